@@ -1,0 +1,3 @@
+from dynamicdet_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The dynamic detector: backbones, composite connection, router, heads, and their assembly."""

@@ -1,0 +1,50 @@
+"""The one place where the recipe's model section becomes modules."""
+
+from __future__ import annotations
+
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet, load_backbone_weights
+from dynamicdet_cli.model.composite import DenseHigherLevelComposition
+from dynamicdet_cli.model.detector import DynamicDetector
+from dynamicdet_cli.model.heads import build_faster_rcnn_head
+from dynamicdet_cli.model.router import Router
+
+# Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
+HEAD_BUILDERS = {
+    "faster_rcnn": build_faster_rcnn_head,
+}
+
+
+def build_transform(cfg) -> GeneralizedRCNNTransform:
+    t = cfg.transform
+    return GeneralizedRCNNTransform(min_size=list(t.min_size), max_size=t.max_size,
+                                    image_mean=list(t.image_mean), image_std=list(t.image_std))
+
+
+def build_model(cfg, num_classes: int | None = None, backbone_weights: str | None = None) -> DynamicDetector:
+    """Build a DynamicDetector from a recipe's ModelConfig.
+
+    num_classes: overrides cfg.num_classes (training takes the data's classes).
+    backbone_weights: a local torchvision ResNet state dict loaded into both backbones.
+    """
+    b = cfg.backbone
+    num_classes = num_classes or cfg.num_classes
+    backbone1 = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1)
+    backbone2 = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=2 if b.share_stem else 1)
+    if backbone_weights:
+        load_backbone_weights(backbone1, backbone_weights)
+        load_backbone_weights(backbone2, backbone_weights)
+    composite = DenseHigherLevelComposition(
+        src_channels=backbone1.out_channels, dst_channels=backbone2.in_channels,
+        dst_stages=list(range(backbone2.first_stage, 5)), zero_init=cfg.composite.zero_init)
+    stages = list(b.stages)
+    in_channels = [backbone1.out_channels[s] for s in stages]
+    build_head = HEAD_BUILDERS[cfg.family]
+    router = Router(sum(in_channels), cfg.router.reduction)
+    return DynamicDetector(
+        transform=build_transform(cfg), backbone1=backbone1, backbone2=backbone2, composite=composite,
+        router=router, head1=build_head(in_channels, stages, num_classes, cfg),
+        head2=build_head(in_channels, stages, num_classes, cfg), router_stages=stages,
+        loss_weights=(cfg.loss_weight1, cfg.loss_weight2),
+    )

@@ -1,0 +1,207 @@
+"""The dynamic detector: two cascaded detectors and a router that picks the route per image.
+
+    F1 = B1(x); phi = R(pool(F1))
+    easy (phi <= tau): y = D1(F1)
+    hard (phi >  tau): y = D2(B2(x, G(F1)))     # D1 is not run
+
+Every part is passed in already built (see model/build.py); this module only wires them.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from dynamicdet_cli.model.backbone import ResNetBackbone
+from dynamicdet_cli.model.composite import DenseHigherLevelComposition
+from dynamicdet_cli.model.router import Router, pool_features
+
+Route = Union[str, float]  # "easy", "hard", or a threshold tau in [0, 1]
+
+
+def _take(feats: dict[int, Tensor], index: list[int], batch: int) -> dict[int, Tensor]:
+    if len(index) == batch:
+        return feats
+    return {k: v[index] for k, v in feats.items()}
+
+
+def _take_images(images: ImageList, index: list[int]) -> ImageList:
+    if len(index) == images.tensors.shape[0]:
+        return images
+    return ImageList(images.tensors[index], [images.image_sizes[i] for i in index])
+
+
+class DynamicDetector(nn.Module):
+    """Two cascaded detectors sharing one input transform, and a router.
+
+    Args (all built elsewhere):
+        transform: torchvision's GeneralizedRCNNTransform (resize, normalise, batch).
+        backbone1, backbone2: ResNetBackbone; backbone2 may start at stage 2 (shared stem).
+        composite: the connection G from backbone 1's stages to backbone 2's stage inputs.
+        router: Router over `pool_features(F1, router_stages)`.
+        head1, head2: detector heads (see model/heads.py).
+        router_stages: backbone-1 stages pooled for the router.
+        loss_weights: (w1, w2) of the joint training loss.
+
+    Training forward(images, targets) -> dict of losses:
+        images: list of FloatTensor[3,H,W] in [0, 1]; targets: list of dict(boxes FloatTensor[N,4]
+        x1y1x2y2 in pixels, labels Int64Tensor[N] in 1..num_classes).
+        Keys: "d1/<part>" and "d2/<part>" for each torchvision loss part (loss_objectness,
+        loss_rpn_box_reg, loss_classifier, loss_box_reg), "d1/total", "d2/total", and "loss"
+        = w1 * d1/total + w2 * d2/total.
+
+    Eval forward(images, route="easy"|"hard"|tau) -> list of dict per image, input order:
+        boxes FloatTensor[N,4] x1y1x2y2 in the input image's pixels, labels Int64Tensor[N],
+        scores FloatTensor[N], difficulty (float tensor, phi), route ("easy" or "hard").
+        Under a threshold, images with phi > tau take the hard route; one batch may mix routes
+        and backbone 2 / detector 2 run only on the hard images.
+    """
+
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone1: ResNetBackbone,
+                 backbone2: ResNetBackbone, composite: DenseHigherLevelComposition, router: Router,
+                 head1: nn.Module, head2: nn.Module, router_stages: list[int],
+                 loss_weights: tuple[float, float] = (1.0, 1.0)):
+        super().__init__()
+        self.transform = transform
+        self.backbone1 = backbone1
+        self.backbone2 = backbone2
+        self.composite = composite
+        self.router = router
+        self.head1 = head1
+        self.head2 = head2
+        self.router_stages = list(router_stages)
+        self.loss_weights = tuple(loss_weights)
+
+    # ------------------------------------------------------------------ the parts, one by one
+    def prepare(self, images: list[Tensor], targets=None):
+        """Resize, normalise and batch. Returns (ImageList, targets in the resized frame, original sizes)."""
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, targets = self.transform(images, targets)
+        return image_list, targets, original_sizes
+
+    def difficulty(self, feats1: dict[int, Tensor]) -> Tensor:
+        """phi for each image, B."""
+        return self.router(self.router_input(feats1))
+
+    def router_input(self, feats1: dict[int, Tensor]) -> Tensor:
+        """The pooled backbone-1 vector the router reads, B,d."""
+        return pool_features(feats1, self.router_stages)
+
+    def second_backbone(self, x: Tensor, feats1: dict[int, Tensor]) -> dict[int, Tensor]:
+        """F2 = B2(x, G(F1)). With a shared stem, stage 1 of B2 *is* stage 1 of B1."""
+        composite = self.composite(feats1)
+        if self.backbone2.first_stage == 1:
+            return self.backbone2(x, composite)
+        feats2 = self.backbone2(feats1[1], composite)
+        return {1: feats1[1], **feats2}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, images: list[Tensor], targets=None, route: Route = "hard"):
+        if self.training:
+            if targets is None:
+                raise ValueError("training mode needs targets; call model.eval() for inference")
+            return self.joint_losses(images, targets)
+        return self.detect(images, route)
+
+    def joint_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """Both detectors' losses on one batch (backbone 1 runs once for both)."""
+        image_list, targets, _ = self.prepare(images, targets)
+        feats1 = self.backbone1(image_list.tensors)
+        _, losses1 = self.head1(image_list, feats1, targets)
+        feats2 = self.second_backbone(image_list.tensors, feats1)
+        _, losses2 = self.head2(image_list, feats2, targets)
+        out = {f"d1/{k}": v for k, v in losses1.items()}
+        out.update({f"d2/{k}": v for k, v in losses2.items()})
+        out["d1/total"] = sum(losses1.values())
+        out["d2/total"] = sum(losses2.values())
+        w1, w2 = self.loss_weights
+        out["loss"] = w1 * out["d1/total"] + w2 * out["d2/total"]
+        return out
+
+    def per_image_losses(self, images: list[Tensor], targets: list[dict], seeds: list[int] | None = None,
+                         draws: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """Each detector's full loss per image, and the router's input, in one pass.
+
+        Returns (L1: B, L2: B, v: B,d). The backbones run once for the batch; the heads run per
+        image, because torchvision's heads average their losses over the batch. Their losses
+        depend on random anchor/proposal sampling: with `seeds`, image i's sampling is seeded
+        by seeds[i] (so an image's losses do not depend on its batch or on the epoch), and
+        `draws` seeded draws are averaged. The caller sets the mode: heads in training mode
+        (losses are computed only then), BatchNorm in eval mode (see `freeze_detectors`).
+        """
+        image_list, targets, _ = self.prepare(images, targets)
+        x = image_list.tensors
+        feats1 = self.backbone1(x)
+        v = self.router_input(feats1)
+        feats2 = self.second_backbone(x, feats1)
+        batch = x.shape[0]
+        l1 = torch.zeros(batch, device=x.device)
+        l2 = torch.zeros(batch, device=x.device)
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            for i in range(batch):
+                one = _take_images(image_list, [i])
+                f1, f2 = _take(feats1, [i], batch), _take(feats2, [i], batch)
+                for d in range(draws):
+                    if seeds is not None:
+                        torch.manual_seed(seeds[i] * 1009 + d)
+                    l1[i] += sum(self.head1(one, f1, [targets[i]])[1].values()) / draws
+                    if seeds is not None:
+                        torch.manual_seed(seeds[i] * 1009 + d)
+                    l2[i] += sum(self.head2(one, f2, [targets[i]])[1].values()) / draws
+        return l1, l2, v
+
+    def freeze_detectors(self) -> None:
+        """Router training: every parameter but the router's frozen, BatchNorm in eval mode,
+        heads in training mode (so they compute losses)."""
+        self.train()
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("router."))
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    # ------------------------------------------------------------------ inference
+    def detect(self, images: list[Tensor], route: Route = "hard") -> list[dict]:
+        """Detections on the given route(s); see the class docstring for the contract."""
+        image_list, _, original_sizes = self.prepare(images)
+        x = image_list.tensors  # B,3,H,W
+        batch = x.shape[0]
+        feats1 = self.backbone1(x)
+        phi = self.difficulty(feats1)  # B
+        hard = self.route_mask(phi, route)
+        results: list[dict] = [{} for _ in range(batch)]
+        easy_idx = (~hard).nonzero().flatten().tolist()
+        hard_idx = hard.nonzero().flatten().tolist()
+        if easy_idx:
+            sub = _take_images(image_list, easy_idx)
+            dets, _ = self.head1(sub, _take(feats1, easy_idx, batch))
+            self._place(results, easy_idx, dets, sub, original_sizes, "easy")
+        if hard_idx:
+            sub = _take_images(image_list, hard_idx)
+            feats2 = self.second_backbone(sub.tensors, _take(feats1, hard_idx, batch))
+            dets, _ = self.head2(sub, feats2)
+            self._place(results, hard_idx, dets, sub, original_sizes, "hard")
+        for i, r in enumerate(results):
+            r["difficulty"] = phi[i]
+        return results
+
+    @staticmethod
+    def route_mask(phi: Tensor, route: Route) -> Tensor:
+        """Boolean B: True where the image takes the hard route."""
+        if route == "easy":
+            return torch.zeros_like(phi, dtype=torch.bool)
+        if route == "hard":
+            return torch.ones_like(phi, dtype=torch.bool)
+        if isinstance(route, str):
+            raise ValueError(f"route must be 'easy', 'hard' or a threshold, got {route!r}")
+        return phi > float(route)
+
+    def _place(self, results, index, dets, sub: ImageList, original_sizes, route: str) -> None:
+        dets = self.transform.postprocess(dets, sub.image_sizes, [original_sizes[i] for i in index])
+        for i, det in zip(index, dets):
+            det["route"] = route
+            results[i] = det

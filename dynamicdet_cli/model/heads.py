@@ -1,0 +1,88 @@
+"""Detector heads: everything after a backbone (neck, proposals, box heads).
+
+A head takes a backbone's stage features and returns torchvision-style detections (eval)
+or a loss dict (training):
+
+    head(images: ImageList, feats: dict[int, Tensor], targets=None)
+        -> (detections: list[dict(boxes FloatTensor[N,4] x1y1x2y2 in the resized frame,
+                                  labels Int64Tensor[N], scores FloatTensor[N])],
+            losses: dict[str, Tensor])   # empty in eval mode
+
+The Faster R-CNN head is assembled from torchvision's parts (FeaturePyramidNetwork,
+AnchorGenerator, RegionProposalNetwork, RoIHeads) and re-implements none of them. Another
+family (RetinaNet, FCOS, Mask R-CNN) is another module with this contract and another
+builder registered in `model/build.py`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+
+class FasterRCNNHead(nn.Module):
+    """FPN neck + RPN + RoI heads over the stages `stages` of one backbone.
+
+    FPN levels are named "0", "1", ... in stage order, plus "pool" (torchvision's names).
+    """
+
+    def __init__(self, neck: FeaturePyramidNetwork, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
+                 stages: list[int]):
+        super().__init__()
+        self.neck = neck
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.stages = list(stages)
+
+    def neck_features(self, feats: dict[int, Tensor]) -> "OrderedDict[str, Tensor]":
+        x = OrderedDict((str(i), feats[s]) for i, s in enumerate(self.stages))
+        return self.neck(x)
+
+    def forward(self, images: ImageList, feats: dict[int, Tensor], targets=None):
+        fpn = self.neck_features(feats)
+        proposals, rpn_losses = self.rpn(images, fpn, targets)
+        detections, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
+        return detections, {**rpn_losses, **roi_losses}
+
+
+def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classes: int, cfg) -> FasterRCNNHead:
+    """Build a Faster R-CNN head from `cfg` (the recipe's ModelConfig).
+
+    in_channels: the backbone's output channels of each stage in `stages`.
+    num_classes: object classes, background excluded.
+    """
+    c = cfg.neck.out_channels
+    neck = FeaturePyramidNetwork(in_channels, c, extra_blocks=LastLevelMaxPool())
+    n_levels = len(stages) + 1
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in cfg.rpn.anchor_sizes),
+        aspect_ratios=(tuple(cfg.rpn.aspect_ratios),) * n_levels,
+    )
+    r = cfg.rpn
+    rpn = RegionProposalNetwork(
+        anchors, RPNHead(c, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+        pre_nms_top_n=dict(training=r.pre_nms_top_n_train, testing=r.pre_nms_top_n_test),
+        post_nms_top_n=dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
+        nms_thresh=r.nms_thresh,
+    )
+    h = cfg.roi_heads
+    pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))], output_size=7, sampling_ratio=2)
+    roi_heads = RoIHeads(
+        pool, TwoMLPHead(c * 7 * 7, h.representation_size),
+        FastRCNNPredictor(h.representation_size, num_classes + 1),
+        fg_iou_thresh=h.fg_iou_thresh, bg_iou_thresh=h.bg_iou_thresh,
+        batch_size_per_image=h.batch_size_per_image, positive_fraction=h.positive_fraction,
+        bbox_reg_weights=None, score_thresh=h.score_thresh, nms_thresh=h.nms_thresh,
+        detections_per_img=h.detections_per_img,
+    )
+    return FasterRCNNHead(neck, rpn, roi_heads, stages)

@@ -1,0 +1,341 @@
+"""Recipes: the YAML files that say what to build and how to train it.
+
+A recipe is loaded once into frozen dataclasses (`Recipe`), checked at load time, and never
+reaches the modules as an object: builders read it and pass plain arguments on.
+
+Rules, all checked here:
+- one level of inheritance: a recipe may name `_base_: other.yaml` (relative to itself);
+  its keys are merged over the base's, section by section. A base may not have a base.
+- an unknown key is rejected with the closest known key ("did you mean ...?");
+- every value is type- and range-checked;
+- single-key overrides (`--set model.router.reduction=8`) go through the same checks.
+
+The meaning and type of every key is written once, as the `help` of its field below, and
+repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dynamicdet_cli.errors import DynamicDetError
+
+
+def _f(default, help: str, lo=None, hi=None, choices=None):
+    """A recipe field: default, meaning, and the allowed range or choices."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int = _f(50, "ResNet depth of both backbones", choices=(10, 18, 34, 50, 101))
+    norm: str = _f("frozen_bn", "backbone normalisation", choices=("bn", "frozen_bn"))
+    stages: tuple[int, ...] = _f((1, 2, 3, 4), "ResNet stages (1-4) that feed the neck and the router")
+    share_stem: bool = _f(False, "backbone 2 reuses backbone 1's stem and stage 1 (CBNetV2 style)")
+
+
+@dataclass(frozen=True)
+class CompositeConfig:
+    zero_init: bool = _f(True, "start the composite connection at zero (BN scale 0), so training starts from two independent detectors")
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    out_channels: int = _f(256, "FPN channels", lo=8, hi=1024)
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    anchor_sizes: tuple[int, ...] = _f((32, 64, 128, 256, 512), "anchor size (pixels) per FPN level, smallest level first; one per stage plus one for the extra pooled level")
+    aspect_ratios: tuple[float, ...] = _f((0.5, 1.0, 2.0), "anchor aspect ratios (h/w), the same at every level")
+    pre_nms_top_n_train: int = _f(2000, "proposals kept per level before NMS, training", lo=1)
+    pre_nms_top_n_test: int = _f(1000, "proposals kept per level before NMS, inference", lo=1)
+    post_nms_top_n_train: int = _f(2000, "proposals kept after NMS, training", lo=1)
+    post_nms_top_n_test: int = _f(1000, "proposals kept after NMS, inference", lo=1)
+    nms_thresh: float = _f(0.7, "RPN NMS IoU threshold", lo=0.0, hi=1.0)
+    fg_iou_thresh: float = _f(0.7, "anchor IoU above which an anchor is foreground", lo=0.0, hi=1.0)
+    bg_iou_thresh: float = _f(0.3, "anchor IoU below which an anchor is background", lo=0.0, hi=1.0)
+    batch_size_per_image: int = _f(256, "anchors sampled per image for the RPN loss", lo=1)
+    positive_fraction: float = _f(0.5, "share of positives among sampled anchors", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class RoIHeadsConfig:
+    representation_size: int = _f(1024, "width of the two-layer box head", lo=8)
+    fg_iou_thresh: float = _f(0.5, "proposal IoU above which a proposal is foreground", lo=0.0, hi=1.0)
+    bg_iou_thresh: float = _f(0.5, "proposal IoU below which a proposal is background", lo=0.0, hi=1.0)
+    batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)
+    positive_fraction: float = _f(0.25, "share of positives among sampled proposals", lo=0.0, hi=1.0)
+    score_thresh: float = _f(0.05, "minimum score of a returned detection", lo=0.0, hi=1.0)
+    nms_thresh: float = _f(0.5, "per-class NMS IoU threshold of the detections", lo=0.0, hi=1.0)
+    detections_per_img: int = _f(100, "maximum detections per image", lo=1)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference")
+    max_size: int = _f(1333, "longest image side after resizing", lo=16)
+    image_mean: tuple[float, ...] = _f((0.485, 0.456, 0.406), "per-channel mean for normalisation")
+    image_std: tuple[float, ...] = _f((0.229, 0.224, 0.225), "per-channel std for normalisation")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    reduction: int = _f(4, "router hidden width = floor(d / reduction), d = sum of pooled stage channels", lo=1, hi=1024)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn",))
+    num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1)
+    loss_weight1: float = _f(1.0, "weight w1 of detector 1's loss in joint training", lo=0.0)
+    loss_weight2: float = _f(1.0, "weight w2 of detector 2's loss in joint training", lo=0.0)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    composite: CompositeConfig = field(default_factory=CompositeConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: float = _f(0.5, "probability of a horizontal flip", lo=0.0, hi=1.0)
+    photometric: float = _f(0.5, "probability of photometric distortion (brightness, contrast, saturation, hue)", lo=0.0, hi=1.0)
+    zoom_out: float = _f(0.0, "probability of zooming out onto a larger canvas (smaller objects)", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(12, "training epochs", lo=1)
+    batch_size: int = _f(2, "images per step per process", lo=1)
+    optimizer: str = _f("sgd", "optimizer", choices=("sgd", "adamw"))
+    lr: float = _f(0.02, "peak learning rate", lo=0.0, hi=10.0)
+    momentum: float = _f(0.9, "SGD momentum (AdamW beta1)", lo=0.0, hi=1.0)
+    weight_decay: float = _f(1e-4, "weight decay", lo=0.0, hi=1.0)
+    schedule: str = _f("step", "learning-rate schedule after warm-up", choices=("step", "cosine", "constant"))
+    milestones: tuple[float, ...] = _f((0.67, 0.89), "step schedule: fractions of training where lr drops x0.1")
+    warmup_iters: int = _f(500, "linear warm-up steps", lo=0)
+    grad_clip: float = _f(0.0, "max gradient norm; 0 disables clipping", lo=0.0)
+    eval_every: int = _f(1, "evaluate on the validation set every N epochs", lo=1)
+    workers: int = _f(2, "data-loader worker processes", lo=0, hi=64)
+    seed: int = _f(0, "random seed", lo=0)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class RouterTrainConfig:
+    epochs: int = _f(20, "router epochs over the cached features", lo=1)
+    lr: float = _f(1e-3, "AdamW learning rate of the router", lo=0.0, hi=10.0)
+    weight_decay: float = _f(1e-4, "AdamW weight decay of the router", lo=0.0, hi=1.0)
+    batch_size: int = _f(64, "router batch size on cached features", lo=1)
+    views: int = _f(1, "augmented views cached per training image (1 = the image as is)", lo=1, hi=16)
+    loss_draws: int = _f(2, "seeded draws of the sampled losses averaged per image, to make L1 - L2 stable", lo=1, hi=16)
+    seed: int = _f(0, "random seed", lo=0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
+
+
+# ----------------------------------------------------------------------------- checking
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _check_value(key: str, value: Any, tp, meta: dict) -> Any:
+    """Return `value` converted to `tp`, or raise a one-line error naming `key`."""
+    if get_origin(tp) is tuple:
+        (item_tp, _) = get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a single number where a list is expected
+        if not isinstance(value, (list, tuple)) or not value:
+            raise DynamicDetError(f"recipe key {key}: expected a non-empty list, got {value!r}")
+        return tuple(_check_value(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise DynamicDetError(f"recipe key {key}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DynamicDetError(f"recipe key {key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DynamicDetError(f"recipe key {key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise DynamicDetError(f"recipe key {key}: expected a string, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        options = ", ".join(str(c) for c in meta["choices"])
+        raise DynamicDetError(f"recipe key {key}: {value!r} is not one of {options}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise DynamicDetError(f"recipe key {key}: {value} is below the minimum {meta['lo']}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise DynamicDetError(f"recipe key {key}: {value} is above the maximum {meta['hi']}")
+    return value
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build dataclass `cls` from nested plain data, checking every key and value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DynamicDetError(f"recipe section {prefix or '(top)'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
+            raise DynamicDetError(f"unknown recipe key {path}{hint}")
+        tp = hints[key]
+        if _is_section(tp):
+            kwargs[key] = _build(tp, value, f"{path}.")
+        else:
+            kwargs[key] = _check_value(path, value, tp, fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _check_consistency(recipe: Recipe) -> None:
+    """Rules that involve more than one key."""
+    m = recipe.model
+    stages = m.backbone.stages
+    if sorted(set(stages)) != list(stages) or not all(1 <= s <= 4 for s in stages):
+        raise DynamicDetError(f"recipe key model.backbone.stages: {list(stages)} must be increasing stage numbers from 1 to 4")
+    if len(m.rpn.anchor_sizes) != len(stages) + 1:
+        raise DynamicDetError(
+            f"recipe key model.rpn.anchor_sizes: {len(m.rpn.anchor_sizes)} sizes given, but the FPN has "
+            f"{len(stages) + 1} levels ({len(stages)} stages + 1 pooled level)")
+    if len(m.transform.image_mean) != 3 or len(m.transform.image_std) != 3:
+        raise DynamicDetError("recipe keys model.transform.image_mean/image_std: need 3 values each (RGB)")
+    if m.loss_weight1 == 0 and m.loss_weight2 == 0:
+        raise DynamicDetError("recipe keys model.loss_weight1/loss_weight2: at least one must be positive")
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Build and check a Recipe from plain nested data (a YAML file's or a checkpoint's)."""
+    recipe = _build(Recipe, data, "")
+    _check_consistency(recipe)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain nested data (lists, not tuples): what checkpoints and run folders store."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return plain(dataclasses.asdict(recipe))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise DynamicDetError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise DynamicDetError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DynamicDetError(f"{path}: a recipe must be a YAML mapping")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'model.router.reduction=8' -> (['model', 'router', 'reduction'], 8)."""
+    if "=" not in text:
+        raise DynamicDetError(f"--set {text!r}: expected KEY=VALUE, for example model.router.reduction=8")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise DynamicDetError(f"--set {text!r}: {k} is a value, not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a recipe file (with its `_base_`) and apply overrides; return plain nested data."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base_name = data.pop("_base_", None)
+    if base_name is not None:
+        base_path = path.parent / str(base_name)
+        base = _read_yaml(base_path)
+        if "_base_" in base:
+            raise DynamicDetError(f"{base_path}: a base recipe may not itself have a _base_ (one level only)")
+        data = _merge(base, data)
+    return apply_overrides(data, list(overrides))
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Load, merge, override and check a recipe file."""
+    data = load_recipe_data(path, overrides)
+    try:
+        return recipe_from_dict(data)
+    except DynamicDetError as err:
+        raise DynamicDetError(f"{path}: {err}") from None
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A copy of `recipe` with `--set` overrides applied and checked."""
+    if not overrides:
+        return recipe
+    return recipe_from_dict(apply_overrides(recipe_to_dict(recipe), list(overrides)))
+
+
+def describe_keys(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, type, meaning) for every key: used by docs and tests of the base recipe."""
+    rows = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            rows += describe_keys(tp, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", getattr(tp, "__name__", str(tp)), f.metadata.get("help", "")))
+    return rows
