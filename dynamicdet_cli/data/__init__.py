@@ -1,0 +1,7 @@
+"""Data: COCO-format datasets, transforms, and the built-in synthetic shapes set."""
+
+from dynamicdet_cli.data.coco import CocoDataset, DataConfig, collate, load_data_config
+from dynamicdet_cli.data.shapes import make_shapes
+from dynamicdet_cli.data.transforms import build_transforms
+
+__all__ = ["CocoDataset", "DataConfig", "build_transforms", "collate", "load_data_config", "make_shapes"]

@@ -1,0 +1,369 @@
+"""COCO-format detection data: the dataset, its collate function and the data YAML.
+
+Contracts (torchvision's detection format):
+  image   tv_tensors.Image, float32 in [0, 1], shape [3, H, W] (always RGB)
+  target  dict(boxes=tv_tensors.BoundingBoxes float32 [N, 4] XYXY in pixels, canvas (H, W),
+               labels=int64 [N] in 1..num_classes (0 is background), image_id=int)
+
+Contiguous label = index in `cat_ids` + 1, so any COCO category ids (say 3 and 7) map to
+labels 1..K; `label_to_cat_id` maps back when writing COCO results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from pycocotools.coco import COCO
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as F
+
+from dynamicdet_cli.errors import DynamicDetError
+
+SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
+
+
+class _BadImage(Exception):
+    """An image file that cannot be used; the message says why."""
+
+
+class CocoDataset(torch.utils.data.Dataset):
+    """Images and boxes of a COCO annotation file.
+
+    Every image of the JSON is kept, including images without annotations (negatives).
+    Boxes are converted from COCO xywh to XYXY, clipped to the image, and those of zero
+    area after clipping are dropped (counted once in `n_degenerate`, reported in one
+    warning). `iscrowd=1` annotations are left out, as torchvision's references do.
+
+    With `skip_bad_images=True`, files that are missing, do not open, or whose size differs
+    from the JSON are dropped from `image_ids` at construction and listed in `skipped` as
+    (path, reason); an image that still fails to decode later makes `__getitem__` return
+    None, which `collate` drops. Without it, any such file raises DynamicDetError.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_dir: str | Path,
+        transforms: Callable | None = None,
+        skip_bad_images: bool = False,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.transforms = transforms
+        self.skip_bad_images = skip_bad_images
+        if not self.image_dir.is_dir():
+            raise DynamicDetError(f"image folder {self.image_dir} does not exist")
+
+        data = _read_json(self.ann_file)
+        _validate(data, self.ann_file.name)
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
+
+        self.cat_ids: list[int] = sorted(self.coco.cats)
+        self.classes: list[str] = [str(self.coco.cats[c]["name"]) for c in self.cat_ids]
+        self._label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self._boxes, self.n_degenerate = self._build_targets()
+        if self.n_degenerate:
+            warnings.warn(f"{self.ann_file.name}: dropped {self.n_degenerate} boxes of zero area",
+                          stacklevel=2)
+
+        self.skipped: list[tuple[str, str]] = []
+        self.image_ids: list[int] = self._check_images(sorted(self.coco.imgs))
+
+    # -- construction ------------------------------------------------------------------
+
+    def _build_targets(self) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
+        """Per image id: (boxes [N, 4] XYXY clipped, labels [N]); and the zero-area count."""
+        per_image: dict[int, tuple[list, list]] = {i: ([], []) for i in self.coco.imgs}
+        n_degenerate = 0
+        for ann in self.coco.dataset["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            img = self.coco.imgs[ann["image_id"]]
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            x1, x2 = min(max(x, 0.0), img["width"]), min(max(x + w, 0.0), img["width"])
+            y1, y2 = min(max(y, 0.0), img["height"]), min(max(y + h, 0.0), img["height"])
+            if x2 <= x1 or y2 <= y1:
+                n_degenerate += 1
+                continue
+            boxes, labels = per_image[ann["image_id"]]
+            boxes.append((x1, y1, x2, y2))
+            labels.append(self._label_of[ann["category_id"]])
+        out = {
+            i: (np.asarray(b, dtype=np.float32).reshape(-1, 4), np.asarray(lab, dtype=np.int64))
+            for i, (b, lab) in per_image.items()
+        }
+        return out, n_degenerate
+
+    def _check_images(self, ids: list[int]) -> list[int]:
+        """Fail early on missing files; with skip_bad_images also verify and drop bad ones."""
+        if not self.skip_bad_images:
+            missing = [self.image_path_of(i) for i in ids if not self.image_path_of(i).is_file()]
+            if missing:
+                raise DynamicDetError(
+                    f"{self.ann_file.name}: {len(missing)} image file(s) missing, e.g. "
+                    f"{missing[0]}; {SKIP_HINT}"
+                )
+            return ids
+        kept = []
+        for i in ids:
+            path = self.image_path_of(i)
+            reason = self._verify(path, self.coco.imgs[i])
+            if reason is None:
+                kept.append(i)
+            else:
+                self.skipped.append((str(path), reason))
+        return kept  # the caller reports self.skipped
+
+    @staticmethod
+    def _verify(path: Path, info: dict) -> str | None:
+        """Why the file is unusable, or None; cheap: header + PIL's integrity check."""
+        if not path.is_file():
+            return "file not found"
+        try:
+            with Image.open(path) as im:
+                size = im.size
+                im.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            return f"cannot open image: {err}"
+        if size != (info["width"], info["height"]):
+            return f"image is {size[0]}x{size[1]} but the JSON says {info['width']}x{info['height']}"
+        return None
+
+    # -- access ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | None:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_path_of(image_id)
+        try:
+            image = _load_rgb(path)  # 3,H,W uint8 or uint16
+            if tuple(image.shape[-2:]) != (info["height"], info["width"]):
+                raise _BadImage(
+                    f"image is {image.shape[-1]}x{image.shape[-2]} but "
+                    f"{self.ann_file.name} says {info['width']}x{info['height']}"
+                )
+        except _BadImage as err:
+            if self.skip_bad_images:
+                return None
+            raise DynamicDetError(f"{path}: {err}; {SKIP_HINT}") from None
+        image = tv_tensors.Image(F.to_dtype(image, torch.float32, scale=True))
+        boxes, labels = self._boxes[image_id]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(boxes.copy()), format="XYXY", canvas_size=tuple(image.shape[-2:])
+            ),
+            "labels": torch.from_numpy(labels.copy()),
+            "image_id": int(image_id),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def image_path_of(self, image_id: int) -> Path:
+        """Path of the file of a COCO image id."""
+        return self.image_dir / self.coco.imgs[image_id]["file_name"]
+
+    def image_info(self, index: int) -> dict:
+        """The COCO image record of item `index` (id, file_name, width, height, extras such
+        as the synthetic data's `difficulty`)."""
+        return self.coco.imgs[self.image_ids[index]]
+
+    def label_to_cat_id(self, label: int) -> int:
+        """COCO category id of a contiguous label (1..num_classes)."""
+        if not 1 <= int(label) <= len(self.cat_ids):
+            raise ValueError(f"label {label} outside 1..{len(self.cat_ids)}")
+        return self.cat_ids[int(label) - 1]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes, background excluded."""
+        return len(self.cat_ids)
+
+
+def collate(batch: list) -> tuple[list[Tensor], list[dict]]:
+    """Detection collate: lists of images and targets, with skipped (None) items dropped.
+
+    A batch made only of skipped items gives ([], []); callers should skip it.
+    """
+    items = [b for b in batch if b is not None]
+    return [b[0] for b in items], [b[1] for b in items]
+
+
+# -- image decoding --------------------------------------------------------------------
+
+
+def _load_rgb(path: Path) -> Tensor:
+    """Decode to a [3, H, W] uint8 (or uint16 for 16-bit PNG) tensor, whatever the mode."""
+    try:
+        data = read_file(str(path))
+    except (RuntimeError, OSError) as err:
+        raise _BadImage("file not found" if not path.exists() else f"cannot read file: {err}")
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        pass  # formats torchvision does not decode (BMP, TIFF, ...) or broken files
+    try:
+        with Image.open(path) as im:
+            return _pil_to_rgb(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise _BadImage(f"cannot decode image: {err}") from None
+
+
+def _pil_to_rgb(im: Image.Image) -> Tensor:
+    if im.mode.startswith("I"):  # PIL's convert("RGB") would clip 16-bit values at 255
+        arr = np.asarray(im, dtype=np.float32) / 257.0
+        gray = torch.from_numpy(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        return gray.expand(3, *gray.shape).clone()
+    arr = np.asarray(im.convert("RGB"))  # H,W,3
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+# -- annotation file checks ------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DynamicDetError(f"annotation file {path} does not exist")
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise DynamicDetError(f"{path.name}: not valid JSON (line {err.lineno}): {err.msg}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise DynamicDetError(f"{path.name}: cannot read: {err}") from None
+    if not isinstance(data, dict):
+        raise DynamicDetError(f"{path.name}: expected a COCO object with images/annotations/categories")
+    return data
+
+
+_REQUIRED = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def _validate(data: dict, name: str) -> None:
+    """Raise DynamicDetError on anything that would break pycocotools or the targets later."""
+    for section, keys in _REQUIRED.items():
+        if not isinstance(data.get(section), list):
+            raise DynamicDetError(f"{name}: missing list '{section}' (a COCO file needs images, "
+                                  "annotations and categories)")
+        for k, rec in enumerate(data[section]):
+            missing = [key for key in keys if not isinstance(rec, dict) or key not in rec]
+            if missing:
+                raise DynamicDetError(f"{name}: {section}[{k}] lacks key(s) {', '.join(missing)}")
+    image_ids = _unique_ids(data["images"], "image", name)
+    cat_ids = _unique_ids(data["categories"], "category", name)
+    if not cat_ids:
+        raise DynamicDetError(f"{name}: 'categories' is empty")
+    for img in data["images"]:
+        if not all(_is_int(img[k]) and img[k] > 0 for k in ("width", "height")):
+            raise DynamicDetError(f"{name}: image id {img['id']} has no positive integer width/height")
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise DynamicDetError(
+                f"{name}: annotation {ann['id']} names unknown image id {ann['image_id']!r}"
+            )
+        if ann["category_id"] not in cat_ids:
+            raise DynamicDetError(
+                f"{name}: annotation {ann['id']} names unknown category id {ann['category_id']!r}"
+            )
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite(v) for v in bbox)):
+            raise DynamicDetError(f"{name}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+
+
+def _unique_ids(records: list[dict], what: str, name: str) -> set[int]:
+    ids: set[int] = set()
+    for rec in records:
+        if not _is_int(rec["id"]):
+            raise DynamicDetError(f"{name}: {what} id {rec['id']!r} is not an integer")
+        if rec["id"] in ids:
+            raise DynamicDetError(f"{name}: duplicate {what} id {rec['id']}")
+        ids.add(rec["id"])
+    return ids
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# -- data YAML -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset lives. Paths are absolute or relative to the data YAML's folder
+    (resolved at load). `val_ann`/`val_images` are both set or both None."""
+
+    train_ann: Path
+    train_images: Path
+    val_ann: Path | None = None
+    val_images: Path | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_ann is not None
+
+
+_DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    """Read a data YAML (keys train_ann, train_images, optional val_ann, val_images) and
+    check that every path it names exists."""
+    path = Path(path)
+    if not path.is_file():
+        raise DynamicDetError(f"data file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DynamicDetError(f"{path.name}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise DynamicDetError(f"{path.name}: expected a mapping with keys {', '.join(_DATA_KEYS)}")
+    for key in raw:
+        if key not in _DATA_KEYS:
+            close = difflib.get_close_matches(str(key), _DATA_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(_DATA_KEYS)}"
+            raise DynamicDetError(f"{path.name}: unknown key '{key}'{hint}")
+    for key in ("train_ann", "train_images"):
+        if raw.get(key) is None:
+            raise DynamicDetError(f"{path.name}: missing key '{key}'")
+    if (raw.get("val_ann") is None) != (raw.get("val_images") is None):
+        raise DynamicDetError(f"{path.name}: give both val_ann and val_images, or neither")
+    resolved = {}
+    for key in _DATA_KEYS:
+        if raw.get(key) is None:
+            continue
+        if not isinstance(raw[key], str):
+            raise DynamicDetError(f"{path.name}: '{key}' must be a path string")
+        p = Path(raw[key]).expanduser()
+        p = p if p.is_absolute() else path.parent / p
+        if not p.exists():
+            raise DynamicDetError(f"{path.name}: {key} points to {p}, which does not exist")
+        resolved[key] = p
+    return DataConfig(**resolved)

@@ -1,0 +1,217 @@
+"""The built-in synthetic dataset: colored shapes whose difficulty varies per image.
+
+Each image draws a difficulty d ~ U(0, 1) (stored as the extra COCO image field
+`difficulty`). Everything that makes detection hard grows smoothly with d:
+
+  d -> 0: 1-3 large shapes (30-60% of the side), strong contrast, plain background.
+  d -> 1: up to 15 small shapes (down to 8 px at 128 px), low contrast, overlaps,
+          faint clutter (lines, arcs, thin ellipses that belong to no class), Gaussian noise.
+
+So a small detector handles the easy images and a twice-as-deep one pays off on the hard
+ones, which is the situation DynamicDet's router learns to tell apart.
+
+Boxes are the tight pixel extent of each whole shape (an occluded shape keeps its full
+box, as in COCO); shapes more than 70% hidden by later ones are not annotated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from dynamicdet_cli.errors import DynamicDetError
+
+CLASSES = ("circle", "square", "triangle", "cross", "ring")
+MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
+
+
+def make_shapes(out: Path, n_train: int = 512, n_val: int = 128, size: int = 128, seed: int = 0) -> Path:
+    """Write the shapes dataset under `out` and return the path of its data YAML.
+
+    Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
+    images carry id, file_name, width, height, difficulty; categories ids start at 1) and
+    out/data.yaml (train_ann, train_images, val_ann, val_images, relative to `out`).
+    The same arguments give byte-identical files.
+    """
+    if n_train < 1 or n_val < 0:
+        raise DynamicDetError(f"need n_train >= 1 and n_val >= 0, got {n_train} and {n_val}")
+    if size < 32:
+        raise DynamicDetError(f"image size {size} is too small; use at least 32")
+    out = Path(out)
+    splits = {"train": n_train, "val": n_val} if n_val else {"train": n_train}
+    for split_index, (split, n) in enumerate(splits.items()):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        coco = _make_split(out / split, n, size, seed, split_index)
+        (out / f"{split}.json").write_text(json.dumps(coco, indent=1))
+    config = {"train_ann": "train.json", "train_images": "train"}
+    if n_val:
+        config.update(val_ann="val.json", val_images="val")
+    path = out / "data.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) -> dict:
+    images, annotations = [], []
+    for i in range(n):
+        # One generator per image: an image depends only on (seed, split, index).
+        rng = np.random.default_rng([seed, split_index, i])
+        d = float(rng.uniform())
+        pixels, objects = render_image(rng, d, size)
+        name = f"{i:06d}.png"
+        Image.fromarray(pixels).save(folder / name, compress_level=1)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
+                       "difficulty": round(d, 4)})
+        for cls, box, area in objects:
+            x1, y1, x2, y2 = box
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0})
+    categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndarray, list]:
+    """Draw one image of difficulty d in [0, 1].
+
+    Returns (uint8 [size, size, 3], [(class_index, (x1, y1, x2, y2) ints, visible_area)]).
+    """
+    bg_level = rng.uniform(0.15, 0.85)
+    bg_color = np.clip(bg_level + rng.uniform(-0.1, 0.1, 3), 0, 1)
+    contrast = _lerp(0.7, 0.14, d) * rng.uniform(0.85, 1.15)
+    # Push shapes away from the nearer bound so the contrast is reachable.
+    sign = -1.0 if bg_level > 0.5 else 1.0
+
+    canvas = _background(rng, d, size, bg_color)  # H,W,3 float
+    _draw_clutter(rng, d, size, canvas, bg_color, contrast)
+
+    n_min, n_max = round(_lerp(1, 8, d)), round(_lerp(3, 15, d))
+    shapes = _place_shapes(rng, d, size, int(rng.integers(n_min, n_max + 1)))
+    owner = np.full((size, size), -1, dtype=np.int16)  # topmost shape index per pixel
+    masks = []
+    for k, (cls, cx, cy, r, angle) in enumerate(shapes):
+        mask = _shape_mask(cls, cx, cy, r, angle, size)
+        color = np.clip(bg_color + sign * contrast * rng.uniform(0.7, 1.3, 3), 0, 1)
+        canvas[mask] = color
+        owner[mask] = k
+        masks.append(mask)
+
+    noise = _lerp(0.0, 0.06, d)
+    if noise > 0:
+        canvas += rng.normal(0.0, noise, canvas.shape)
+    pixels = np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
+
+    objects = []
+    for k, mask in enumerate(masks):
+        full, visible = int(mask.sum()), int((owner == k).sum())
+        if full == 0 or visible < (1 - MAX_HIDDEN) * full:
+            continue
+        ys, xs = np.nonzero(mask)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        objects.append((shapes[k][0], box, visible))
+    return pixels, objects
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    return a + (b - a) * t
+
+
+def _background(rng: np.random.Generator, d: float, size: int, color: np.ndarray) -> np.ndarray:
+    """Plain color, plus a gentle random gradient as d grows (uneven lighting)."""
+    canvas = np.empty((size, size, 3), dtype=np.float64)
+    canvas[:] = color
+    amp = _lerp(0.0, 0.1, d)
+    if amp > 0:
+        theta = rng.uniform(0, 2 * math.pi)
+        ramp = np.linspace(-1, 1, size)
+        grad = math.cos(theta) * ramp[None, :] + math.sin(theta) * ramp[:, None]  # H,W
+        canvas += amp * grad[..., None]
+    return canvas
+
+
+def _draw_clutter(rng: np.random.Generator, d: float, size: int, canvas: np.ndarray,
+                  bg_color: np.ndarray, contrast: float) -> None:
+    """Faint lines, arcs and thin ellipses: edges that look like object parts but are not."""
+    n = int(round(_lerp(0, 20, d ** 1.5)))
+    if n == 0:
+        return
+    layer = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
+    for _ in range(n):
+        layer.paste(0, (0, 0, size, size))
+        kind = rng.integers(3)
+        x0, y0 = rng.uniform(0, size, 2)
+        length = rng.uniform(0.1, 0.5) * size
+        width = int(rng.integers(1, 3))
+        if kind == 0:
+            a = rng.uniform(0, 2 * math.pi)
+            end = (x0 + length * math.cos(a), y0 + length * math.sin(a))
+            draw.line([(x0, y0), end], fill=255, width=width)
+        elif kind == 1:
+            start = rng.uniform(0, 360)
+            sweep = rng.uniform(60, 200)
+            draw.arc([x0, y0, x0 + length, y0 + length], start, start + sweep, fill=255, width=width)
+        else:
+            horizontal, thin = rng.uniform() < 0.5, length / rng.uniform(3, 6)  # aspect 3-6: no circle
+            w, h = (length, thin) if horizontal else (thin, length)
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=255)
+        strength = rng.uniform(0.3, 1.0) * contrast * rng.choice([-1.0, 1.0])
+        canvas[np.asarray(layer) > 0] = np.clip(bg_color + strength * rng.uniform(0.7, 1.3, 3), 0, 1)
+
+
+def _place_shapes(rng: np.random.Generator, d: float, size: int, n: int) -> list[tuple]:
+    """(class, cx, cy, radius, angle) per shape; the overlap allowed grows with d."""
+    lo = max(_lerp(0.30, 0.0625, d), 8 / 128) * size  # diameter bounds in pixels
+    hi = _lerp(0.60, 0.22, d) * size
+    max_overlap = _lerp(0.0, 0.5, d)
+    placed: list[tuple] = []
+    for _ in range(n):
+        for _attempt in range(20):
+            diam = math.exp(rng.uniform(math.log(lo), math.log(max(hi, lo))))
+            r = diam / 2
+            cx, cy = rng.uniform(r, size - r, 2)
+            if all(_overlap(cx, cy, r, p[1], p[2], p[3]) <= max_overlap for p in placed):
+                placed.append((int(rng.integers(len(CLASSES))), cx, cy, r, rng.uniform(0, 2 * math.pi)))
+                break
+    return placed
+
+
+def _overlap(cx: float, cy: float, r: float, ox: float, oy: float, orad: float) -> float:
+    """Intersection of the two bounding squares over the smaller one's area."""
+    ix = max(0.0, min(cx + r, ox + orad) - max(cx - r, ox - orad))
+    iy = max(0.0, min(cy + r, oy + orad) - max(cy - r, oy - orad))
+    return ix * iy / (4 * min(r, orad) ** 2)
+
+
+def _shape_mask(cls: int, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
+    """Boolean [size, size] mask of one shape of circumradius r."""
+    layer = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
+    name = CLASSES[cls]
+    if name == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif name == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        ri = 0.55 * r
+        draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
+    elif name == "square":
+        draw.polygon(_regular(cx, cy, r, 4, angle), fill=255)
+    elif name == "triangle":
+        draw.polygon(_regular(cx, cy, r, 3, angle), fill=255)
+    else:  # cross: a plus sign whose arms are 40% of its span wide
+        a = r / math.sqrt(1.16)  # arm tips touch the circumcircle: a^2 + (0.4 a)^2 = r^2
+        h = 0.4 * a
+        pts = [(h, a), (h, h), (a, h), (a, -h), (h, -h), (h, -a),
+               (-h, -a), (-h, -h), (-a, -h), (-a, h), (-h, h), (-h, a)]
+        c, s = math.cos(angle), math.sin(angle)
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
+    return np.asarray(layer) > 0
+
+
+def _regular(cx: float, cy: float, r: float, k: int, angle: float) -> list[tuple[float, float]]:
+    return [(cx + r * math.cos(angle + 2 * math.pi * j / k), cy + r * math.sin(angle + 2 * math.pi * j / k))
+            for j in range(k)]

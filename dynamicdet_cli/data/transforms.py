@@ -1,0 +1,54 @@
+"""Training and evaluation transforms on (image, target) pairs, built on transforms.v2.
+
+Input and output follow the dataset's contract: image a tv_tensors.Image [3, H, W]
+(uint8 or float), target dict(boxes=BoundingBoxes XYXY, labels=int64 [N], image_id=int).
+The output image is always float32 in [0, 1]; boxes move with the image, boxes that become
+degenerate are removed together with their labels, and non-tensor entries (image_id) pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from dynamicdet_cli.errors import DynamicDetError
+
+Transform = Callable[[tv_tensors.Image, dict[str, Any]], tuple[tv_tensors.Image, dict[str, Any]]]
+
+# Mid-gray keeps the padded border close to the data mean, so zoom-out adds no strong edges.
+_ZOOM_FILL = {tv_tensors.Image: 0.5, "others": 0}
+
+
+def build_transforms(
+    train: bool, hflip: float = 0.5, photometric: float = 0.5, zoom_out: float = 0.0
+) -> Transform:
+    """Return `f(image, target) -> (image, target)`.
+
+    train=True: horizontal flip (prob `hflip`), photometric distortion (prob `photometric`),
+    zoom-out onto a gray canvas up to 2x the side (prob `zoom_out`), then box sanitizing.
+    train=False: only the conversion to float32 in [0, 1].
+    """
+    for name, p in (("hflip", hflip), ("photometric", photometric), ("zoom_out", zoom_out)):
+        if not 0.0 <= p <= 1.0:
+            raise DynamicDetError(f"augmentation probability {name}={p} must be in [0, 1]")
+    # Float first, so the photometric ops and the zoom fill work in the [0, 1] range.
+    steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    if train:
+        if hflip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=hflip))
+        if photometric > 0:
+            steps.append(v2.RandomPhotometricDistort(p=photometric))
+        if zoom_out > 0:
+            steps.append(v2.RandomZoomOut(fill=_ZOOM_FILL, side_range=(1.0, 2.0), p=zoom_out))
+        steps.append(v2.SanitizeBoundingBoxes(labels_getter=_labels))
+    return v2.Compose(steps)
+
+
+def _labels(inputs: Any) -> torch.Tensor:
+    # inputs is the (image, target) tuple passed to Compose; naming the key avoids
+    # SanitizeBoundingBoxes' heuristic search for a "labels"-like entry.
+    return inputs[1]["labels"]

@@ -1,0 +1,74 @@
+"""The synthetic shapes dataset: determinism, COCO validity, difficulty trend."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dynamicdet_cli.data import CocoDataset, load_data_config, make_shapes
+from dynamicdet_cli.data.shapes import CLASSES, render_image
+from dynamicdet_cli.errors import DynamicDetError
+
+# torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = _files(make_shapes(tmp_path / "a", n_train=6, n_val=2, size=64, seed=3).parent)
+    b = _files(make_shapes(tmp_path / "b", n_train=6, n_val=2, size=64, seed=3).parent)
+    c = _files(make_shapes(tmp_path / "c", n_train=6, n_val=2, size=64, seed=4).parent)
+    assert a == b
+    assert a["train/000000.png"] != c["train/000000.png"]
+    assert {"data.yaml", "train.json", "val.json", "train/000005.png", "val/000001.png"} <= set(a)
+
+
+def test_output_loads_as_coco_dataset(tmp_path):
+    cfg = load_data_config(make_shapes(tmp_path, n_train=8, n_val=3, size=64))
+    train = CocoDataset(cfg.train_ann, cfg.train_images)
+    val = CocoDataset(cfg.val_ann, cfg.val_images)
+    assert len(train) == 8 and len(val) == 3 and train.classes == list(CLASSES)
+    assert train.cat_ids == list(range(1, len(CLASSES) + 1)) and train.n_degenerate == 0
+    for i in range(len(train)):
+        image, target = train[i]
+        assert image.shape == (3, 64, 64)
+        boxes = target["boxes"]
+        assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
+        assert 0.0 <= train.image_info(i)["difficulty"] <= 1.0
+    data = json.loads(cfg.train_ann.read_text())
+    assert all(a["iscrowd"] == 0 and a["area"] > 0 for a in data["annotations"])
+
+
+def test_hard_images_have_more_and_smaller_objects():
+    def stats(d):
+        counts, sides = [], []
+        for k in range(20):
+            _, objects = render_image(np.random.default_rng(k), d, 128)
+            counts.append(len(objects))
+            sides += [np.sqrt((x2 - x1) * (y2 - y1)) for _, (x1, y1, x2, y2), _ in objects]
+        return np.mean(counts), np.mean(sides), min(sides)
+
+    easy_n, easy_side, _ = stats(0.05)
+    hard_n, hard_side, hard_min = stats(0.95)
+    assert easy_n <= 3.5 and hard_n >= 2.5 * easy_n
+    assert easy_side >= 2.5 * hard_side
+    assert hard_min >= 7  # smallest objects stay around 8 px at 128 px
+
+
+def test_easy_images_have_strong_contrast_and_no_noise():
+    pixels, objects = render_image(np.random.default_rng(0), 0.0, 128)
+    background = pixels[0, 0].astype(int)
+    assert (pixels == pixels[0, 0]).all(axis=-1).mean() > 0.3  # plain background
+    for _, (x1, y1, x2, y2), _ in objects:
+        inside = pixels[y1:y2, x1:x2].astype(int)
+        assert np.abs(inside - background).max() > 60
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    with pytest.raises(DynamicDetError, match="too small"):
+        make_shapes(tmp_path, size=8)
+    with pytest.raises(DynamicDetError, match="n_train"):
+        make_shapes(tmp_path, n_train=0)
