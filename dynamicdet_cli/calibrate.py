@@ -1,0 +1,150 @@
+"""From a latency target to a router threshold (METHOD.md, "Variable-speed inference").
+
+    k   = (lat_t - lat1) / (lat2 - lat1)      largest fraction of images allowed on the hard route
+    tau = percentile(S_val, 100 * (1 - k))    images with phi > tau take the hard route
+
+lat1 / lat2 are the easy / hard route latencies in milliseconds, S_val the router scores of
+the validation images. Pure math plus a timing helper; nothing here knows about models.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dynamicdet_cli.errors import DynamicDetError
+
+
+def hard_ratio_for_latency(
+    target_ms: float, lat1_ms: float, lat2_ms: float, clamp: bool = False
+) -> float:
+    """Fraction k in [0, 1] of images that may take the hard route to average `target_ms`.
+
+    Raises DynamicDetError when the hard route is not slower than the easy one, or when the
+    target lies outside [lat1, lat2] and `clamp` is False; with `clamp`, k is clipped to
+    [0, 1] (all easy below lat1, all hard above lat2).
+    """
+    for name, value in (("target", target_ms), ("easy", lat1_ms), ("hard", lat2_ms)):
+        if not math.isfinite(value) or value <= 0:
+            raise DynamicDetError(f"{name} latency must be a positive number of ms, got {value}")
+    if lat2_ms <= lat1_ms:
+        raise DynamicDetError(
+            f"the hard route ({lat2_ms:.1f} ms) is not slower than the easy route "
+            f"({lat1_ms:.1f} ms), so latency cannot choose a threshold: re-measure with more "
+            "repeats or on an idle device, or pass a hard ratio / threshold directly"
+        )
+    k = (target_ms - lat1_ms) / (lat2_ms - lat1_ms)
+    if not clamp and not 0.0 <= k <= 1.0:
+        raise DynamicDetError(
+            f"target latency {target_ms:.1f} ms cannot be met: achievable range is "
+            f"{lat1_ms:.1f}-{lat2_ms:.1f} ms (all easy to all hard); pick a target inside it "
+            "or clamp to the nearest end"
+        )
+    return min(max(k, 0.0), 1.0)
+
+
+def threshold_for_hard_ratio(scores: torch.Tensor | Sequence[float], k: float) -> float:
+    """Threshold tau such that round(k * N) of the N `scores` are strictly greater than tau.
+
+    k = 0 gives tau = 1.0 (all easy) and k = 1 gives tau = 0.0 (all hard), since router
+    scores are sigmoids in (0, 1) (saturated scores of exactly 0 or 1 still land on the
+    right side). Otherwise tau is the midpoint between the sorted scores either side of
+    the cut, computed in the scores' dtype so that comparing scores of that dtype to tau
+    reproduces the count exactly. Ties at the cut: tied images all go easy, so fewer than
+    round(k * N) are hard; k is a latency budget and must not be exceeded.
+
+    Raises DynamicDetError on empty scores (no validation scores: run train-router) or k
+    outside [0, 1].
+    """
+    s = _as_scores(scores)
+    if not 0.0 <= k <= 1.0:  # also rejects NaN
+        raise DynamicDetError(f"hard ratio must lie in [0, 1], got {k}")
+    n_hard = round(k * s.numel())
+    s = s.sort(descending=True).values
+    if n_hard == 0:
+        return max(1.0, s[0].item())
+    if n_hard == s.numel():
+        low = s[-1]
+        if low > 0.0:
+            return 0.0
+        # In the scores' dtype: a float64 step below 0.0 would round back to 0.0 in float32.
+        return torch.nextafter(low, low.new_tensor(-math.inf)).item()
+    above, below = s[n_hard - 1], s[n_hard]  # last hard, first easy
+    tau = (above + below) / 2
+    if tau >= above:  # adjacent floats: the midpoint rounds up onto `above`
+        tau = below
+    return tau.item()
+
+
+def hard_ratio_for_threshold(scores: torch.Tensor | Sequence[float], tau: float) -> float:
+    """Fraction of `scores` strictly greater than `tau` (the share routed hard)."""
+    s = _as_scores(scores)
+    return (s > tau).float().mean().item()
+
+
+def expected_latency(k: float, lat1_ms: float, lat2_ms: float) -> float:
+    """Mean latency when a fraction k of images takes the hard route: lat1 + k (lat2 - lat1)."""
+    return lat1_ms + k * (lat2_ms - lat1_ms)
+
+
+def measure_latency(
+    fn: Callable[[], object],
+    warmup: int = 3,
+    repeats: int = 10,
+    sync: Callable[[], None] | None = None,
+) -> float:
+    """Median wall time of `fn()` in milliseconds over `repeats` calls after `warmup` calls.
+
+    `sync` (e.g. torch.cuda.synchronize) runs after every call and inside the timed span:
+    GPU work is asynchronous, so without it only the kernel launches would be timed.
+    The median rather than the mean keeps one-off stalls (allocation, GC) out.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+        if sync is not None:
+            sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+_LATENCY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*(ms|s)?\s*$", re.IGNORECASE)
+
+
+def parse_latency(text: str) -> float:
+    """Milliseconds from '40ms', '40 ms', '0.04s' or a bare number (taken as ms)."""
+    match = _LATENCY_RE.match(str(text))
+    if match is None:
+        raise DynamicDetError(f"cannot read latency {text!r}: write e.g. '40ms', '0.04s' or '40'")
+    number, exponent, unit = match.groups()
+    value = float(number + (f"e{exponent}" if exponent else ""))
+    if unit is not None and unit.lower() == "s":
+        value *= 1000.0
+    if not math.isfinite(value) or value <= 0:
+        raise DynamicDetError(f"latency must be positive, got {text!r}")
+    return value
+
+
+def _as_scores(scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """A flat floating tensor of router scores; DynamicDetError when there are none."""
+    s = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(scores)
+    s = s.detach().cpu().flatten()
+    if not s.is_floating_point():
+        s = s.float()
+    if s.numel() == 0:
+        raise DynamicDetError(
+            "the model has no validation router scores: run train-router to compute them"
+        )
+    return s

@@ -1,0 +1,187 @@
+"""Accuracy-latency sweep over the hard-route share, composed from stored results.
+
+Each detector has been run once over the validation set; routing only decides, per image,
+whose detections count. So the AP of any split is a composition of the two stored runs,
+and the whole curve costs two per-image evaluations plus one accumulate per point
+(see coco_eval.mixed_stats). Random routing of the same number of images is the baseline
+the router must beat (METHOD.md: random recovers about half the gain at 50% hard).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from pycocotools.coco import COCO
+
+from dynamicdet_cli.calibrate import expected_latency, threshold_for_hard_ratio
+from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats
+from dynamicdet_cli.errors import DynamicDetError
+
+SWEEP_COLUMNS = ("k", "tau", "hard_share", "AP", "AP50", "latency_ms", "random_AP", "random_AP_std")
+
+
+def compose_sweep(
+    coco_gt: COCO,
+    image_ids: list[int],
+    results_easy: dict[int, list[dict]],
+    results_hard: dict[int, list[dict]],
+    scores: torch.Tensor,
+    ratios: list[float],
+    lat1_ms: float | None,
+    lat2_ms: float | None,
+    random_draws: int = 5,
+    seed: int = 0,
+) -> list[dict]:
+    """One row per hard ratio k: router routing versus random routing of as many images.
+
+    `results_easy` / `results_hard` map image id -> COCO results of that detector (an id
+    may be missing: no detections); `scores` holds the router score of each image in
+    `image_ids`, same order. For each k: tau = threshold_for_hard_ratio(scores, k), images
+    with score > tau take the hard results, the rest the easy ones. Rows hold
+    {k, tau, hard_share, AP, AP50, latency_ms, random_AP, random_AP_std}: hard_share is
+    the share actually routed hard (below k when scores tie at the cut), latency_ms the
+    expected latency at that share (None without both latencies), random_AP the mean AP
+    over `random_draws` random routings (seeded) with the same number of hard images
+    (None when random_draws is 0), random_AP_std their population std. APs use
+    coco_eval's convention (-1 when the images have no ground-truth objects).
+    """
+    scores = torch.as_tensor(scores).detach().cpu().flatten()
+    if scores.numel() != len(image_ids):
+        raise DynamicDetError(
+            f"{scores.numel()} router scores for {len(image_ids)} images: the stored scores "
+            "belong to another validation set; rerun the evaluation"
+        )
+    if len(set(image_ids)) != len(image_ids):
+        raise DynamicDetError("duplicate image ids in the validation set")
+    if (lat1_ms is None) != (lat2_ms is None):
+        raise DynamicDetError("give both route latencies or neither")
+    if random_draws < 0:
+        raise DynamicDetError(f"random draws must be >= 0, got {random_draws}")
+
+    easy = evaluate_images(coco_gt, _flatten(results_easy, image_ids), image_ids)
+    hard = evaluate_images(coco_gt, _flatten(results_hard, image_ids), image_ids)
+    generator = torch.Generator().manual_seed(seed)
+    n_images = len(image_ids)
+
+    rows = []
+    for k in ratios:
+        tau = threshold_for_hard_ratio(scores, k)
+        routed = (scores > tau).nonzero().flatten().tolist()
+        stats = mixed_stats(easy, hard, (image_ids[i] for i in routed), headline_only=True)
+        n_hard = len(routed)
+        hard_share = n_hard / n_images
+        random_ap, random_std = _random_baseline(
+            easy, hard, image_ids, n_hard, random_draws, generator, stats["AP"]
+        )
+        latency = None if lat1_ms is None else expected_latency(hard_share, lat1_ms, lat2_ms)
+        rows.append(
+            {
+                "k": float(k),
+                "tau": tau,
+                "hard_share": hard_share,
+                "AP": stats["AP"],
+                "AP50": stats["AP50"],
+                "latency_ms": latency,
+                "random_AP": random_ap,
+                "random_AP_std": random_std,
+            }
+        )
+    return rows
+
+
+def write_sweep(rows: list[dict], out_dir: Path) -> dict[str, Path | None]:
+    """Write sweep.json, sweep.csv and, if matplotlib is installed, sweep.png into `out_dir`.
+
+    Each file is written to a temporary file and renamed, so a reader never sees half a
+    file. Returns {"json": path, "csv": path, "plot": path or None}; None means matplotlib
+    is missing (the caller suggests `pip install 'dynamicdet[plot]'`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path | None] = {}
+
+    paths["json"] = out_dir / "sweep.json"
+    _write_atomic(paths["json"], (json.dumps(rows, indent=2) + "\n").encode())
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:  # None (no latency / no random draws) -> empty cell
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in SWEEP_COLUMNS})
+    paths["csv"] = out_dir / "sweep.csv"
+    _write_atomic(paths["csv"], buffer.getvalue().encode())
+
+    paths["plot"] = _plot(rows, out_dir / "sweep.png")
+    return paths
+
+
+def _flatten(results: dict[int, list[dict]], image_ids: list[int]) -> list[dict]:
+    """The results of `image_ids` as one list (other images' results are dropped)."""
+    return [r for image_id in image_ids for r in results.get(image_id, [])]
+
+
+def _random_baseline(easy, hard, image_ids, n_hard, draws, generator, router_ap):
+    """(mean AP, std AP) over `draws` random choices of `n_hard` hard images."""
+    if draws == 0:
+        return None, None
+    if n_hard in (0, len(image_ids)):
+        return router_ap, 0.0  # every routing of 0 or all images is the same routing
+    aps = []
+    for _ in range(draws):
+        pick = torch.randperm(len(image_ids), generator=generator)[:n_hard].tolist()
+        hard_ids = (image_ids[i] for i in pick)
+        aps.append(mixed_stats(easy, hard, hard_ids, headline_only=True)["AP"])
+    return float(torch.tensor(aps).mean()), float(torch.tensor(aps).std(unbiased=False))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot(rows: list[dict], path: Path) -> Path | None:
+    """AP of router vs random routing against latency (or hard share); None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError:
+        return None
+    use_latency = all(row["latency_ms"] is not None for row in rows)
+    x_key = "latency_ms" if use_latency else "hard_share"
+    rows = sorted(rows, key=lambda row: row[x_key])
+    x = [row[x_key] for row in rows]
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, [row["AP"] for row in rows], "o-", label="router")
+    if all(row["random_AP"] is not None for row in rows):
+        ax.errorbar(
+            x, [row["random_AP"] for row in rows], yerr=[row["random_AP_std"] for row in rows],
+            fmt="s--", capsize=3, label="random routing",
+        )
+    ax.set_xlabel("expected latency (ms)" if use_latency else "share of images routed hard")
+    ax.set_ylabel("COCO box AP")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

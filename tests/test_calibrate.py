@@ -1,0 +1,118 @@
+"""calibrate: latency target -> hard ratio k -> router threshold tau, and timing helpers."""
+
+import time
+
+import pytest
+import torch
+
+from dynamicdet_cli.calibrate import (
+    expected_latency,
+    hard_ratio_for_latency,
+    hard_ratio_for_threshold,
+    measure_latency,
+    parse_latency,
+    threshold_for_hard_ratio,
+)
+from dynamicdet_cli.errors import DynamicDetError
+
+LAT1, LAT2 = 20.0, 40.0
+
+
+@pytest.mark.parametrize("target, k", [(20.0, 0.0), (25.0, 0.25), (30.0, 0.5), (40.0, 1.0)])
+def test_hard_ratio_for_latency(target, k):
+    assert hard_ratio_for_latency(target, LAT1, LAT2) == pytest.approx(k)
+    assert expected_latency(k, LAT1, LAT2) == pytest.approx(target)
+
+
+@pytest.mark.parametrize("target, clamped", [(10.0, 0.0), (55.0, 1.0)])
+def test_out_of_range_target_raises_unless_clamped(target, clamped):
+    with pytest.raises(DynamicDetError, match=r"cannot be met.*20\.0-40\.0 ms"):
+        hard_ratio_for_latency(target, LAT1, LAT2)
+    assert hard_ratio_for_latency(target, LAT1, LAT2, clamp=True) == clamped
+
+
+@pytest.mark.parametrize("lat2", [20.0, 15.0])
+def test_hard_route_not_slower_raises(lat2):
+    with pytest.raises(DynamicDetError, match="not slower"):
+        hard_ratio_for_latency(30.0, LAT1, lat2, clamp=True)
+
+
+def test_threshold_ends():
+    scores = torch.rand(50, generator=torch.Generator().manual_seed(0)) * 0.98 + 0.01
+    assert threshold_for_hard_ratio(scores, 0.0) == 1.0
+    assert threshold_for_hard_ratio(scores, 1.0) == 0.0
+    assert hard_ratio_for_threshold(scores, 1.0) == 0.0
+    assert hard_ratio_for_threshold(scores, 0.0) == 1.0
+
+
+def test_saturated_scores_still_land_on_the_right_side():
+    scores = torch.tensor([0.0, 0.5, 1.0])
+    assert (scores > threshold_for_hard_ratio(scores, 0.0)).sum() == 0
+    assert (scores > threshold_for_hard_ratio(scores, 1.0)).sum() == 3
+
+
+@pytest.mark.parametrize("k", [0.0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.77, 0.9, 0.99, 1.0])
+def test_exact_count_above_threshold(k):
+    scores = torch.rand(101, generator=torch.Generator().manual_seed(1))
+    tau = threshold_for_hard_ratio(scores, k)
+    assert (scores > tau).sum().item() == round(k * 101)
+    assert hard_ratio_for_threshold(scores, tau) == pytest.approx(round(k * 101) / 101)
+
+
+def test_threshold_is_midpoint_and_accepts_sequences():
+    scores = [0.1, 0.9, 0.3, 0.7]  # sorted: 0.9 0.7 | 0.3 0.1
+    assert threshold_for_hard_ratio(scores, 0.5) == pytest.approx(0.5)
+    assert threshold_for_hard_ratio(scores, 0.25) == pytest.approx(0.8)
+
+
+def test_adjacent_float32_scores_keep_exact_count():
+    low = torch.tensor(0.3)
+    scores = torch.stack([low, torch.nextafter(low, torch.tensor(1.0))])
+    tau = threshold_for_hard_ratio(scores, 0.5)
+    assert (scores > tau).sum().item() == 1
+
+
+def test_ties_at_the_cut_go_easy():
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.1])
+    tau = threshold_for_hard_ratio(scores, 0.5)  # cut falls inside the tie
+    assert (scores > tau).sum().item() == 1  # budget not exceeded
+
+
+def test_bad_scores_or_ratio_raise():
+    with pytest.raises(DynamicDetError, match="train-router"):
+        threshold_for_hard_ratio(torch.empty(0), 0.5)
+    with pytest.raises(DynamicDetError, match="train-router"):
+        hard_ratio_for_threshold([], 0.5)
+    for k in (-0.1, 1.5, float("nan")):
+        with pytest.raises(DynamicDetError, match=r"\[0, 1\]"):
+            threshold_for_hard_ratio([0.2, 0.4], k)
+
+
+@pytest.mark.parametrize(
+    "text, ms", [("40ms", 40.0), ("40 ms", 40.0), ("0.04s", 40.0), ("40", 40.0), (" 12.5MS ", 12.5),
+                 ("1s", 1000.0), (".5 ms", 0.5)]
+)
+def test_parse_latency(text, ms):
+    assert parse_latency(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "40 fps", "-5ms", "0", "ms", "4 0ms"])
+def test_parse_latency_rejects_bad_text(text):
+    with pytest.raises(DynamicDetError):
+        parse_latency(text)
+
+
+def test_measure_latency_returns_positive_median_and_syncs():
+    calls = {"fn": 0, "sync": 0}
+
+    def fn():
+        calls["fn"] += 1
+        time.sleep(0.001)
+
+    def sync():
+        calls["sync"] += 1
+
+    ms = measure_latency(fn, warmup=2, repeats=5, sync=sync)
+    assert ms >= 1.0
+    assert ms < 1000.0
+    assert calls == {"fn": 7, "sync": 7}

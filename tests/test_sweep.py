@@ -1,0 +1,169 @@
+"""sweep: AP of every easy/hard split composed from two stored runs, plus the random baseline."""
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from dynamicdet_cli.coco_eval import coco_evaluate
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.sweep import SWEEP_COLUMNS, compose_sweep, write_sweep
+
+N_IMAGES = 10
+IMAGE_IDS = [100 + i for i in range(N_IMAGES)]
+DIFFICULT = set(IMAGE_IDS[:5])  # the easy detector misses these; the hard one never does
+RATIOS = [0.0, 0.2, 0.5, 0.8, 1.0]
+
+
+def gt_box(i):
+    return [10.0 + 5 * i, 20.0, 40.0 + 3 * i, 50.0]
+
+
+def make_gt() -> COCO:
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": img, "width": 200, "height": 200} for img in IMAGE_IDS],
+        "categories": [{"id": 1, "name": "thing"}, {"id": 5, "name": "other"}],
+        "annotations": [
+            {"id": n, "image_id": img, "category_id": 1 + 4 * (n % 2), "bbox": gt_box(n),
+             "area": gt_box(n)[2] * gt_box(n)[3], "iscrowd": 0}
+            for n, img in enumerate(IMAGE_IDS, start=1)
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def perfect(gt, img):
+    return [{"image_id": img, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt.imgToAnns[img]]
+
+
+def make_results(gt):
+    hard = {img: perfect(gt, img) for img in IMAGE_IDS}
+    easy = {}
+    for img in IMAGE_IDS:
+        if img == IMAGE_IDS[0]:
+            continue  # no entry at all: the easy detector found nothing
+        if img in DIFFICULT:  # a badly placed box: a false positive and a miss
+            x, y, w, h = gt.imgToAnns[img][0]["bbox"]
+            easy[img] = [{**perfect(gt, img)[0], "bbox": [x + w, y + h, w, h], "score": 0.6}]
+        else:
+            easy[img] = perfect(gt, img)
+    return easy, hard
+
+
+def informative_scores():
+    # difficult images score highest, so they are routed hard first
+    return torch.tensor([0.9 - 0.01 * i if img in DIFFICULT else 0.4 - 0.01 * i
+                         for i, img in enumerate(IMAGE_IDS)])
+
+
+def flat(results):
+    return [r for img in IMAGE_IDS for r in results.get(img, [])]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    gt = make_gt()
+    easy, hard = make_results(gt)
+    rows = compose_sweep(gt, IMAGE_IDS, easy, hard, informative_scores(), RATIOS,
+                         lat1_ms=20.0, lat2_ms=40.0, random_draws=4, seed=0)
+    return gt, easy, hard, rows
+
+
+def test_ends_equal_single_detectors(setup):
+    gt, easy, hard, rows = setup
+    first, last = rows[0], rows[-1]
+    easy_stats = coco_evaluate(gt, flat(easy), IMAGE_IDS)
+    hard_stats = coco_evaluate(gt, flat(hard), IMAGE_IDS)
+    assert (first["AP"], first["AP50"]) == (easy_stats["AP"], easy_stats["AP50"])
+    assert (last["AP"], last["AP50"]) == (hard_stats["AP"], hard_stats["AP50"])
+    assert last["AP"] == pytest.approx(1.0) and first["AP"] < 0.6
+    assert (first["hard_share"], last["hard_share"]) == (0.0, 1.0)
+    assert (first["tau"], last["tau"]) == (1.0, 0.0)
+    # random routing of no / all images is the same routing: copied, zero spread
+    assert (first["random_AP"], first["random_AP_std"]) == (first["AP"], 0.0)
+    assert (last["random_AP"], last["random_AP_std"]) == (last["AP"], 0.0)
+
+
+def test_ap_grows_with_k_and_beats_random(setup):
+    _, _, _, rows = setup
+    aps = [row["AP"] for row in rows]
+    assert aps == sorted(aps) and aps[0] < aps[-1]
+    half = rows[RATIOS.index(0.5)]
+    assert half["AP"] == pytest.approx(1.0)  # all difficult images routed hard
+    assert half["random_AP"] < half["AP"]
+    assert half["random_AP_std"] > 0.0
+
+
+def test_rows_shape_and_latency(setup):
+    _, _, _, rows = setup
+    assert [row["k"] for row in rows] == RATIOS
+    for row in rows:
+        assert set(row) == set(SWEEP_COLUMNS)
+        assert row["hard_share"] == pytest.approx(row["k"])
+        assert row["latency_ms"] == pytest.approx(20.0 + 20.0 * row["k"])
+
+
+def test_middle_point_equals_evaluating_composed_results(setup):
+    gt, easy, hard, rows = setup
+    row = rows[RATIOS.index(0.2)]
+    routed = {img for img, s in zip(IMAGE_IDS, informative_scores()) if s > row["tau"]}
+    composed = [r for img in IMAGE_IDS
+                for r in (hard if img in routed else easy).get(img, [])]
+    stats = coco_evaluate(gt, composed, IMAGE_IDS)
+    assert (row["AP"], row["AP50"]) == (stats["AP"], stats["AP50"])
+
+
+def test_no_latency_and_no_random_draws():
+    gt = make_gt()
+    easy, hard = make_results(gt)
+    rows = compose_sweep(gt, IMAGE_IDS, easy, hard, informative_scores(), [0.0, 0.5],
+                         None, None, random_draws=0)
+    assert all(row["latency_ms"] is None and row["random_AP"] is None for row in rows)
+
+
+def test_seeded_random_baseline_is_reproducible():
+    gt = make_gt()
+    easy, hard = make_results(gt)
+    args = (gt, IMAGE_IDS, easy, hard, informative_scores(), [0.3], None, None)
+    assert compose_sweep(*args, random_draws=3, seed=7) == compose_sweep(*args, random_draws=3, seed=7)
+
+
+def test_mismatched_scores_raise():
+    gt = make_gt()
+    easy, hard = make_results(gt)
+    with pytest.raises(DynamicDetError, match="router scores"):
+        compose_sweep(gt, IMAGE_IDS, easy, hard, torch.rand(3), [0.5], None, None)
+
+
+def test_write_sweep(setup, tmp_path):
+    _, _, _, rows = setup
+    out = tmp_path / "sweep"
+    paths = write_sweep(rows, out)
+    assert json.loads(paths["json"].read_text()) == rows
+    with paths["csv"].open() as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(SWEEP_COLUMNS) and len(table) == len(rows)
+    assert float(table[2]["AP"]) == pytest.approx(rows[2]["AP"])
+    if importlib.util.find_spec("matplotlib") is None:
+        assert paths["plot"] is None
+    else:
+        assert paths["plot"].stat().st_size > 0
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_write_sweep_without_latency_leaves_empty_cells(tmp_path):
+    rows = [{"k": 0.0, "tau": 1.0, "hard_share": 0.0, "AP": 0.3, "AP50": 0.5,
+             "latency_ms": None, "random_AP": None, "random_AP_std": None}]
+    paths = write_sweep(rows, tmp_path)
+    row = next(csv.DictReader(paths["csv"].open()))
+    assert row["latency_ms"] == "" and row["random_AP"] == ""
