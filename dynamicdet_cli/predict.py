@@ -1,0 +1,355 @@
+"""Detections on image files: each image takes the easy or the hard route, as the router says.
+
+What `predict` writes into `out_dir` (JSON files are written atomically, at the end):
+
+    predictions.jsonl      one line per readable image, in input order:
+                           {"file", "image_id", "width", "height", "difficulty" (phi), "route",
+                            "detections": [{"box": [x1, y1, x2, y2] pixels, "score",
+                                            "label" (class name), "category_id"}]}
+    predictions_coco.json  the same detections in COCO results format
+                           [{image_id, category_id, bbox [x, y, w, h], score}]
+    images.json            what the COCO image ids stand for, COCO-style:
+                           {"images": [{id, file_name, width, height}], "categories": [{id, name}]}
+    render/<stem>.png      each image with its boxes and "name score" labels (unless render=False);
+                           a second file with the same stem becomes <stem>-1.png, and so on
+
+image_id is the image's position in the `paths` list given to `predict` (skipped files keep
+their number, so ids are stable whatever fails to read). Only detections scoring >= conf are
+written or drawn.
+
+Latency: the model's time per image, batched. For each batch, the time of one `detect` call is
+split into the part each route runs alone (easy: detector head 1; hard: composite connection,
+backbone 2 and detector head 2, timed with forward hooks) and the rest (resize/normalise,
+backbone 1, router, post-processing), which is shared equally among the batch's images.
+An image's latency is its share of the rest plus its route's part divided by the number of
+images on that route. Decoding, rendering and writing are not included; the first batch
+includes any one-time warm-up.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.markup import escape
+from rich.table import Table
+from torch import Tensor, nn
+from torchvision.io import write_png
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes
+
+from dynamicdet_cli.coco_eval import to_coco_results
+from dynamicdet_cli.data.coco import _BadImage, _load_rgb
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.detector import Route
+from dynamicdet_cli.progress import progress_bar
+
+# Distinct colours, one per class (cycled when there are more classes).
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3",
+           "#808000", "#000075")
+
+
+@dataclass
+class PredictSummary:
+    """What one `predict` run did.
+
+    latency_ms: route -> mean model time per image on that route in ms (see the module
+    docstring for what is measured); None for a route no image took.
+    written: the JSON files; renders: the PNG files.
+    """
+
+    n_images: int
+    skipped: list[tuple[Path, str]]
+    n_hard: int
+    n_detections: int
+    latency_ms: dict[str, float | None]
+    batch_size: int
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+    renders: list[Path] = field(default_factory=list)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def share_hard(self) -> float:
+        return self.n_hard / self.n_images if self.n_images else 0.0
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files named by `inputs`: folders (their files, not recursive, sorted), files, or glob
+    patterns (sorted matches). Input order is kept and duplicates are dropped. Hidden files
+    in folders are left out. Whether a file is an image is decided later, when it is read."""
+    found: dict[Path, None] = {}  # ordered set
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not files:
+                raise DynamicDetError(f"{item}: no such file or folder, and no file matches it as a pattern")
+        found.update(dict.fromkeys(files))
+    if not found:
+        raise DynamicDetError(f"no files in {', '.join(inputs) or 'the (empty) input list'}: "
+                              "give image files, folders holding images, or glob patterns")
+    return list(found)
+
+
+def parse_route(value: str, operating_points: dict) -> Route:
+    """A --route value: "easy", "hard", an operating point's name (its tau), or a threshold."""
+    if value in ("easy", "hard"):
+        return value
+    if value in operating_points:
+        return float(operating_points[value]["tau"])
+    try:
+        tau = float(value)
+    except ValueError:
+        names = ", ".join(operating_points) or "none stored: run calibrate"
+        raise DynamicDetError(f"route {value!r} is not easy, hard, a threshold in [0, 1] "
+                              f"or an operating point of the checkpoint ({names})") from None
+    _check_route(tau)
+    return tau
+
+
+def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
+            category_ids: list[int], batch_size: int = 8, conf: float = 0.3, render: bool = True,
+            device: str | torch.device = "cpu", progress: bool = True) -> PredictSummary:
+    """Run `model` (a DynamicDetector) on the image files `paths` and write the outputs.
+
+    Files that are not images or cannot be decoded are skipped with a one-line warning and
+    counted; DynamicDetError if none of them can be read. Label l is class_names[l - 1] and
+    COCO category category_ids[l - 1].
+    """
+    assert len(class_names) == len(category_ids), "one category id per class name"
+    _check_route(route)
+    if batch_size < 1:
+        raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
+    if not 0.0 <= conf <= 1.0:
+        raise DynamicDetError(f"confidence threshold must lie in [0, 1], got {conf}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
+    render_dir = out_dir / "render"
+    (render_dir if render else out_dir).mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    model.to(device).eval()
+
+    lines, coco, images_meta, renders = [], [], [], []
+    skipped: list[tuple[Path, str]] = []
+    stems: dict[str, int] = {}
+    totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images]
+    n_det = 0
+    timer = _RouteTimer(model, device)
+    try:
+        with progress_bar(progress) as bar, torch.inference_mode():
+            task = bar.add_task("predicting", total=len(paths))
+
+            def skip(path: Path, reason: str) -> None:
+                skipped.append((path, reason))
+                bar.console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+                bar.advance(task)
+
+            for batch in _read_batches(paths, batch_size, skip):
+                images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
+                dets, per_image_ms = timer.detect(images, route)
+                for (index, path, img), det, ms in zip(batch, dets, per_image_ms):
+                    det = _keep(det, conf)
+                    totals[det["route"]][0] += ms
+                    totals[det["route"]][1] += 1
+                    n_det += len(det["scores"])
+                    height, width = img.shape[-2:]
+                    lines.append(_json_line(path, index, width, height, det, class_names, category_ids))
+                    coco.extend(to_coco_results(det, index, category_ids))
+                    images_meta.append({"id": index, "file_name": str(path), "width": width, "height": height})
+                    if render:
+                        name = _unique_stem(path.stem, stems)
+                        renders.append(_render(img, det, class_names, render_dir / f"{name}.png"))
+                bar.advance(task, len(batch))
+    finally:
+        timer.remove()
+
+    if not lines:
+        raise DynamicDetError(f"no readable images among {len(paths)} files "
+                              f"(e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "no images given")
+    categories = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
+    written = [
+        _write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines)),
+        _write_atomic(out_dir / "predictions_coco.json", json.dumps(coco)),
+        _write_atomic(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
+    ]
+    latency = {r: (s / n if n else None) for r, (s, n) in totals.items()}
+    return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1], n_detections=n_det,
+                          latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
+                          renders=renders)
+
+
+def summary_table(summary: PredictSummary) -> Table:
+    """Images, skipped files, share of hard images, mean latency per route, outputs."""
+    table = Table(title="dynamicdet predict", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("images", str(summary.n_images))
+    table.add_row("skipped", str(summary.n_skipped) + (f" (e.g. {escape(str(summary.skipped[0][0]))}: "
+                                                       f"{escape(summary.skipped[0][1])})" if summary.skipped else ""))
+    table.add_row("hard route", f"{summary.n_hard} images ({100 * summary.share_hard:.1f}%)")
+    for route, ms in summary.latency_ms.items():
+        table.add_row(f"{route} latency", "-" if ms is None else
+                      f"{ms:.1f} ms/image (model only, batch {summary.batch_size})")
+    table.add_row("detections", str(summary.n_detections))
+    table.add_row("written", escape(str(summary.out_dir))
+                  + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))
+    return table
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _read_batches(paths: list[Path], batch_size: int,
+                  skip: Callable[[Path, str], None]) -> Iterator[list[tuple[int, Path, Tensor]]]:
+    """Batches of (index in paths, path, uint8 or uint16 image 3,H,W) of the readable files."""
+    batch = []
+    for index, path in enumerate(paths):
+        try:
+            batch.append((index, path, _load_rgb(Path(path))))
+        except _BadImage as err:
+            skip(path, str(err))
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _check_route(route: Route) -> None:
+    if isinstance(route, str):
+        if route not in ("easy", "hard"):
+            raise DynamicDetError(f"route must be 'easy', 'hard' or a threshold in [0, 1], got {route!r}")
+    elif not 0.0 <= float(route) <= 1.0:
+        raise DynamicDetError(f"route threshold must lie in [0, 1] (phi is a sigmoid), got {route}")
+
+
+# -- timing -------------------------------------------------------------------------------
+
+
+class _RouteTimer:
+    """Times `model.detect` and, through forward hooks, the part each route runs alone:
+    easy = head1, hard = from the composite connection's start to head2's end."""
+
+    _MARKS = {"head1": ("easy", "easy"), "composite": ("hard", None), "head2": (None, "hard")}
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model = model
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.start: dict[str, float] = {}
+        self.spent = {"easy": 0.0, "hard": 0.0}
+        self.handles = []
+        for name, (begins, ends) in self._MARKS.items():
+            module = getattr(model, name, None)
+            if module is None:
+                continue
+            if begins:
+                self.handles.append(module.register_forward_pre_hook(self._begin(begins)))
+            if ends:
+                self.handles.append(module.register_forward_hook(self._end(ends)))
+
+    def _begin(self, route: str):
+        def hook(*_):
+            self.sync()
+            self.start[route] = time.perf_counter()
+        return hook
+
+    def _end(self, route: str):
+        def hook(*_):
+            self.sync()
+            self.spent[route] += time.perf_counter() - self.start.pop(route)
+        return hook
+
+    def detect(self, images: list[Tensor], route: Route) -> tuple[list[dict], list[float]]:
+        """The model's detections and each image's latency in ms (see the module docstring)."""
+        self.spent = {"easy": 0.0, "hard": 0.0}
+        self.sync()
+        t0 = time.perf_counter()
+        dets = self.model(images, route=route)
+        self.sync()
+        total = time.perf_counter() - t0
+        shared = (total - self.spent["easy"] - self.spent["hard"]) / len(images)
+        count = {r: sum(d["route"] == r for d in dets) for r in ("easy", "hard")}
+        ms = [1000.0 * (shared + self.spent[d["route"]] / count[d["route"]]) for d in dets]
+        return dets, ms
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _keep(det: dict, conf: float) -> dict:
+    """The detections scoring >= conf, on the CPU."""
+    keep = det["scores"] >= conf
+    return {"boxes": det["boxes"][keep].float().cpu(), "labels": det["labels"][keep].cpu(),
+            "scores": det["scores"][keep].float().cpu(), "difficulty": float(det["difficulty"]),
+            "route": det["route"]}
+
+
+def _json_line(path: Path, index: int, width: int, height: int, det: dict,
+               class_names: list[str], category_ids: list[int]) -> dict:
+    detections = [
+        {"box": [round(v, 2) for v in box], "score": round(score, 4),
+         "label": class_names[label - 1], "category_id": category_ids[label - 1]}
+        for box, label, score in zip(det["boxes"].tolist(), det["labels"].tolist(), det["scores"].tolist())
+    ]
+    return {"file": str(path), "image_id": index, "width": int(width), "height": int(height),
+            "difficulty": round(det["difficulty"], 6), "route": det["route"], "detections": detections}
+
+
+def _unique_stem(stem: str, seen: dict[str, int]) -> str:
+    n = seen.get(stem, 0)
+    seen[stem] = n + 1
+    return stem if n == 0 else f"{stem}-{n}"
+
+
+def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Path:
+    """Draw the boxes with "name score" labels, one colour per class, and write a PNG."""
+    canvas = F.to_dtype(image, torch.uint8, scale=True)  # 3,H,W; 16-bit PNGs come in as uint16
+    if len(det["scores"]):
+        labels = det["labels"].tolist()
+        text = [f"{class_names[lab - 1]} {s:.2f}" for lab, s in zip(labels, det["scores"].tolist())]
+        colors = [PALETTE[(lab - 1) % len(PALETTE)] for lab in labels]
+        canvas = draw_bounding_boxes(canvas, det["boxes"], labels=text, colors=colors, width=2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        write_png(canvas, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
