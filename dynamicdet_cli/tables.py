@@ -62,3 +62,56 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     prov = ckpt["provenance"]
     table.add_row("written by", f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, {prov.get('saved', prov.get('created'))}")
     return table
+
+
+def epoch_table(record: dict) -> Table:
+    """One epoch of train-detectors: losses, speed, and each detector's COCO metrics."""
+    table = Table(title=f"epoch {record['epoch']} (step {record['step']})")
+    for col in ("", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl"):
+        table.add_column(col, justify="right")
+    val = record.get("val") or {}
+    for d, name in (("d1", "detector 1 (easy)"), ("d2", "detector 2 (hard)")):
+        m = val.get(d, {})
+        table.add_row(name, _fmt(record.get(f"{d}/total")),
+                      *[_fmt(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")])
+    table.caption = f"lr {record['lr']:.2e}, {record['images_per_s']:.1f} images/s, {record['seconds']:.0f} s"
+    return table
+
+
+def calibrate_table(latency: dict | None, point: dict, name: str) -> Table:
+    """lat1, lat2, target, k, tau, expected latency of a stored operating point."""
+    table = Table(title=f"operating point '{name}'", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    if latency is not None:
+        table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms")
+        table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms")
+        table.add_row("measured on", f"{latency['device']}, batch {latency['batch_size']}, "
+                                     f"{latency['image_size']} px, {latency['threads']} threads")
+    table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")
+    table.add_row("k (share routed hard on val)", f"{point['hard_ratio']:.3f}")
+    table.add_row("tau", f"{point['tau']:.4f}")
+    table.add_row("expected latency", "-" if point.get("expected_ms") is None else f"{point['expected_ms']:.2f} ms")
+    return table
+
+
+def evaluate_table(evaluation, route_text: str) -> Table:
+    table = Table(title=f"COCO box metrics ({route_text})")
+    for col in ("AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
+        table.add_column(col, justify="right")
+    m = evaluation.metrics
+    table.add_row(*[_fmt(m[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
+                  f"{100 * evaluation.hard_share:.0f}%", f"{evaluation.latency_ms:.2f}")
+    table.caption = f"{evaluation.n_images} images; detections: {evaluation.detections_path}"
+    return table
+
+
+def sweep_table(rows: list[dict]) -> Table:
+    table = Table(title="accuracy-latency sweep (router vs the same share routed at random)")
+    for col in ("k", "tau", "AP", "AP50", "latency ms", "random AP"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        rand = "-" if r["random_AP"] is None else f"{r['random_AP']:.3f} ± {r['random_AP_std']:.3f}"
+        table.add_row(f"{r['hard_share']:.2f}", f"{r['tau']:.4f}", f"{r['AP']:.3f}", f"{r['AP50']:.3f}",
+                      _fmt(r["latency_ms"], 2), rand)
+    return table

@@ -189,6 +189,20 @@ class DynamicDetector(nn.Module):
             r["difficulty"] = phi[i]
         return results
 
+    def detect_both(self, images: list[Tensor]) -> tuple[list[dict], list[dict], Tensor]:
+        """Both detectors' detections for every image, backbone 1 run once: (easy, hard, phi).
+
+        What evaluation and the accuracy-latency sweep need: each route's result per image.
+        """
+        image_list, _, original_sizes = self.prepare(images)
+        feats1 = self.backbone1(image_list.tensors)
+        phi = self.difficulty(feats1)
+        easy, _ = self.head1(image_list, feats1)
+        hard, _ = self.head2(image_list, self.second_backbone(image_list.tensors, feats1))
+        easy = self.transform.postprocess(easy, image_list.image_sizes, original_sizes)
+        hard = self.transform.postprocess(hard, image_list.image_sizes, original_sizes)
+        return easy, hard, phi
+
     @staticmethod
     def route_mask(phi: Tensor, route: Route) -> Tensor:
         """Boolean B: True where the image takes the hard route."""

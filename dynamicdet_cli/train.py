@@ -1,0 +1,335 @@
+"""Step 1 of DynamicDet: joint training of both detectors, loss = w1 * L1 + w2 * L2.
+
+A run folder holds everything about one run:
+    recipe.yaml      the recipe used (with the data's classes)
+    metrics.jsonl    one JSON line per epoch: mean losses, lr, images/s, COCO metrics
+    state.pt         resume state: model, optimizer, scheduler, grad scaler, epoch, step
+    last.pt, best.pt model checkpoints in the one dynamicdet format (best = mean AP of d1, d2)
+
+Resume is epoch-exact: state.pt is written (atomically) after each epoch, and the random
+state is re-seeded from (seed, epoch) at the start of every epoch, so a resumed epoch replays
+exactly what the killed one would have done. A run killed mid-epoch loses at most that epoch.
+
+Several processes: run under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA);
+each process sees its share of the data; only rank 0 writes files and evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
+from dynamicdet_cli.data.coco import CocoDataset, collate
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.inference import evaluate_both
+from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.progress import progress_bar
+from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with_overrides
+
+STATE_FORMAT = "dynamicdet-run-state"
+
+
+# ----------------------------------------------------------------------------- processes
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the training processes (one when not under torchrun)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> a device that exists, or a clear error."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise DynamicDetError(f"--device {name}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DynamicDetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    index = int(name.split(":")[1]) if ":" in name else local_rank
+    if index >= torch.cuda.device_count():
+        raise DynamicDetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if launched by torchrun; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name, env.local_rank)
+    if env.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return env, device
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, cfg) -> float:
+    """Multiplier of the peak lr at `step`: linear warm-up, then step / cosine / constant."""
+    warm = min(cfg.warmup_iters, max(total_steps - 1, 0))
+    if step < warm:
+        return 0.001 + (1 - 0.001) * step / warm
+    progress = (step - warm) / max(total_steps - warm, 1)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "step":
+        return 0.1 ** sum(step >= m * total_steps for m in cfg.milestones)
+    return 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+def _reduce(losses: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:
+    """Mean of each loss part over processes, as floats (one all_reduce for all parts)."""
+    keys = sorted(losses)
+    values = torch.stack([losses[k].detach().float() for k in keys])
+    if env.enabled:
+        dist.all_reduce(values)
+        values /= env.world_size
+    return dict(zip(keys, values.tolist()))
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: int, env: Dist,
+                    amp: bool = False, grad_clip: float = 0.0, bar=None, max_steps: int | None = None,
+                    first_step: int = 0) -> dict:
+    """One pass over `loader`. Returns mean loss parts, lr, images/s and steps done.
+
+    Raises DynamicDetError on a non-finite loss, naming the step and the loss part.
+    `max_steps` stops after that many global steps (an interrupted run, for tests and
+    smoke runs); the returned stats then say `complete: False`.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    steps, images_seen, start = 0, 0, time.perf_counter()
+    task = bar.add_task(f"epoch {epoch + 1}", total=len(loader)) if bar is not None else None
+    for images, targets in loader:
+        if max_steps is not None and first_step + steps >= max_steps:
+            return {"complete": False, "steps": steps}
+        if not images:
+            continue
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = model(images, targets)
+        logged = _reduce(losses, env)
+        if not math.isfinite(logged["loss"]):
+            bad = next((k for k, v in logged.items() if not math.isfinite(v) and k != "loss"), "loss")
+            raise DynamicDetError(
+                f"non-finite loss at epoch {epoch + 1}, step {first_step + steps + 1}: {bad} = {logged[bad]}; "
+                "training stopped, the checkpoints already saved are unchanged "
+                "(lower train.lr or set train.grad_clip)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        steps += 1
+        images_seen += len(images) * env.world_size
+        for k, v in logged.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if bar is not None:
+            rate = images_seen / (time.perf_counter() - start)
+            bar.update(task, advance=1, status=(
+                f"loss {logged['loss']:.3f} (d1 {logged['d1/total']:.3f}, d2 {logged['d2/total']:.3f}) "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s"))
+    elapsed = time.perf_counter() - start
+    stats = {k: v / max(steps, 1) for k, v in sums.items()}
+    stats.update(complete=True, steps=steps, lr=optimizer.param_groups[0]["lr"],
+                 images_per_s=images_seen / elapsed if elapsed > 0 else 0.0, seconds=elapsed)
+    return stats
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _train_loader(dataset, cfg, env: Dist, epoch: int) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): what makes resume exact."""
+    if env.enabled:
+        sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      collate_fn=collate, drop_last=False,
+                      generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+
+
+def _save_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, best: float,
+                recipe: dict, classes, category_ids) -> None:
+    state = {
+        "format": STATE_FORMAT, "version": 1, "epoch": epoch, "step": step, "best": best,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "recipe": recipe, "classes": list(classes), "category_ids": list(category_ids),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_run_state(run: Path) -> dict:
+    """The resume state of a run folder, or a one-line error."""
+    path = Path(run) / "state.pt"
+    if not path.is_file():
+        raise DynamicDetError(f"{run}: no resume state (state.pt) in this run folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise DynamicDetError(f"{path}: damaged resume state; restart the run or use last.pt with --init") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise DynamicDetError(f"{path}: not a dynamicdet run state")
+    return state
+
+
+def _write_metrics(run: Path, record: dict) -> None:
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    epochs: int
+    complete: bool
+    best_metric: float | None
+    last_val: dict | None
+    history: list[dict]
+
+
+def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
+                    device_name: str = "cpu", amp: bool = False, resume: bool = False,
+                    init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
+                    on_epoch=None) -> TrainResult:
+    """Train both detectors jointly; write the run folder; return what happened.
+
+    `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
+    """
+    env, device = init_distributed(device_name)
+    if amp and device.type != "cuda":
+        raise DynamicDetError("--amp needs a CUDA device (mixed precision is for GPUs); drop --amp on CPU")
+    run = Path(run)
+    state = load_run_state(run) if resume else None
+    if state is not None:
+        recipe = recipe_from_dict(state["recipe"])
+        if list(state["classes"]) != list(train_set.classes):
+            raise DynamicDetError(f"{run}: the run was trained on classes {state['classes'][:5]}..., "
+                                  f"the data has {train_set.classes[:5]}...")
+    elif (run / "state.pt").exists():
+        raise DynamicDetError(f"{run} already holds a run; resume it with --resume or choose another --out")
+    recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
+    cfg = recipe.train
+    recipe_data = recipe_to_dict(recipe)
+
+    seed_everything(cfg.seed)
+    model = build_model(recipe.model, num_classes=train_set.num_classes)
+    model.router.requires_grad_(False)  # step 1 trains the detectors only
+    init_note = load_init_weights_if(model, init) if state is None else None
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    steps_per_epoch = len(_train_loader(train_set, cfg, env, 0))
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    start_epoch, step, best = 0, 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best"]
+    train_model = model
+    if env.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if env.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_data, sort_keys=False))
+        if init_note:
+            _write_metrics(run, {"event": "init", "note": init_note})
+
+    history, last_val, complete = [], None, True
+    with progress_bar(show_progress and env.is_main) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(cfg.seed * 1000 + epoch)
+            loader = _train_loader(train_set, cfg, env, epoch)
+            stats = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, env,
+                                    amp=amp, grad_clip=cfg.grad_clip, bar=bar, max_steps=max_steps,
+                                    first_step=step)
+            step += stats["steps"]
+            if not stats["complete"]:
+                complete = False
+                break
+            record = {"epoch": epoch + 1, "step": step, **{k: v for k, v in stats.items() if k != "complete"}}
+            last_epoch = epoch + 1 == cfg.epochs
+            if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
+                last_val = evaluate_both(model, val_set, device, batch_size=cfg.batch_size,
+                                         show_progress=False)
+                record["val"] = last_val
+            if env.is_main:
+                metric = (last_val["d1"]["AP"] + last_val["d2"]["AP"]) / 2 if "val" in record else None
+                ckpt = new_checkpoint(recipe_data, train_set.classes, train_set.cat_ids, model)
+                ckpt["training"] = {"epochs": epoch + 1, "steps": step, "run": str(run),
+                                    "val": _flat_val(record.get("val"))}
+                save_checkpoint(ckpt, run / "last.pt")
+                if metric is None or metric >= best:
+                    best = metric if metric is not None else best
+                    save_checkpoint(ckpt, run / "best.pt")
+                _save_state(run / "state.pt", model, optimizer, scheduler, scaler, epoch + 1, step, best,
+                            recipe_data, train_set.classes, train_set.cat_ids)
+                _write_metrics(run, record)
+                if on_epoch is not None:
+                    on_epoch(record)
+            history.append(record)
+            if env.enabled:
+                dist.barrier()
+    return TrainResult(run, start_epoch + len(history), complete, best if best >= 0 else None, last_val, history)
+
+
+def _flat_val(val: dict | None) -> dict:
+    if not val:
+        return {}
+    return {f"{d}_{k}": v for d in ("d1", "d2") for k, v in val[d].items() if k in ("AP", "AP50")}
+
+
+def load_init_weights_if(model, init: str | None) -> str | None:
+    if not init:
+        return None
+    from dynamicdet_cli.model.pretrained import load_init_weights
+    return load_init_weights(model, init)
