@@ -93,6 +93,220 @@ def make_shapes(
     console.print(f"wrote {train} train and {val} val images; data file: [bold]{data_yaml}[/]")
 
 
+# ----------------------------------------------------------------------------- data options
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images")]
+TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
+TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
+ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
+ValImgOpt = Annotated[Optional[Path], typer.Option("--val-images", help="validation image folder")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable images (counted) instead of stopping")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")]
+
+
+def _data_config(data, train_ann, train_images, val_ann, val_images):
+    from dynamicdet_cli.data.coco import DataConfig, load_data_config
+    if data is not None:
+        if train_ann or train_images or val_ann or val_images:
+            raise DynamicDetError("give either --data or --train-ann/--train-images/--val-ann/--val-images, not both")
+        return load_data_config(data)
+    if not (train_ann and train_images):
+        raise DynamicDetError("no data: give --data data.yaml, or --train-ann and --train-images")
+    if (val_ann is None) != (val_images is None):
+        raise DynamicDetError("give both --val-ann and --val-images, or neither")
+    return DataConfig(train_ann, train_images, val_ann, val_images)
+
+
+def _open_dataset(ann, images, train: bool, augment, skip_bad: bool):
+    """A CocoDataset with the recipe's augmentation (training) or none (evaluation)."""
+    from dynamicdet_cli.data.coco import CocoDataset
+    from dynamicdet_cli.data.transforms import build_transforms
+    tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
+    ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad)
+    if ds.skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {len(ds.skipped)} unreadable image(s) of {ann}, "
+                          f"e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
+    if not ds.image_ids:
+        raise DynamicDetError(f"{ann}: no usable images")
+    return ds
+
+
+@app.command("train-detectors")
+def train_detectors(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (not needed with --resume)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")] = Path("runs/train"),
+    data: DataOpt = None, train_ann: TrainAnnOpt = None, train_images: TrainImgOpt = None,
+    val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    overrides: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="override train.epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="override train.batch_size")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="override train.lr")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
+    device: DeviceOpt = "cpu",
+    amp: Annotated[bool, typer.Option("--amp", help="mixed precision (CUDA only)")] = False,
+    skip_bad_images: SkipBadOpt = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
+    from dynamicdet_cli.recipe import load_recipe, recipe_from_dict
+    from dynamicdet_cli.tables import epoch_table
+    from dynamicdet_cli.train import load_run_state, train_detectors as _train
+
+    if resume:
+        cfg = recipe_from_dict(load_run_state(out)["recipe"])
+    elif recipe is None:
+        raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
+    else:
+        sets = list(overrides or [])
+        sets += [f"train.epochs={epochs}"] if epochs else []
+        sets += [f"train.batch_size={batch_size}"] if batch_size else []
+        sets += [f"train.lr={lr}"] if lr is not None else []
+        sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
+        cfg = load_recipe(recipe, sets)
+    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+    train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images)
+    val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
+    result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                    init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
+                    on_epoch=lambda record: console.print(epoch_table(record)))
+    state = "stopped early (--max-steps)" if not result.complete else "done"
+    console.print(f"{state}: {result.epochs} epoch(s); run folder [bold]{result.run}[/] "
+                  f"(best.pt, last.pt, metrics.jsonl)")
+
+
+# ----------------------------------------------------------------------------- inference
+RouteLatency = Annotated[Optional[str], typer.Option("--latency", help="target mean latency per image, e.g. 40ms")]
+RouteRatio = Annotated[Optional[float], typer.Option("--hard-ratio", min=0.0, max=1.0, help="share of images routed hard, e.g. 0.3")]
+RouteTau = Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, help="difficulty threshold tau: phi > tau goes hard")]
+RoutePoint = Annotated[Optional[str], typer.Option("--point", help="a stored operating point (or easy / hard)")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per batch")]
+
+
+def _load_model(checkpoint: Path, device_name: str):
+    from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from dynamicdet_cli.train import resolve_device
+    device = resolve_device(device_name)
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt, model_from_checkpoint(ckpt, device).eval(), device
+
+
+@app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint with a trained router")],
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None,
+    name: Annotated[str, typer.Option("--name", help="name of the stored operating point")] = "default",
+    clamp: Annotated[bool, typer.Option("--clamp", help="clamp an unreachable latency target to the nearest end")] = False,
+    device: DeviceOpt = "cpu",
+    batch_size: BatchOpt = 1,
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="square input side for timing (default: the recipe's)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="timed runs per route (median)")] = 20,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
+):
+    """Measure lat1/lat2 on this device and store a threshold for a target latency (or hard ratio / threshold)."""
+    from dynamicdet_cli.checkpoint import save_checkpoint
+    from dynamicdet_cli.latency import measure_routes, operating_point, store_latency, validation_scores
+    from dynamicdet_cli.tables import calibrate_table
+
+    ckpt, model, dev = _load_model(checkpoint, device)
+    validation_scores(ckpt)  # fail before timing anything
+    measured = None
+    if latency is not None:
+        from dynamicdet_cli.calibrate import parse_latency
+        target = parse_latency(latency)
+        side = image_size or ckpt["recipe"]["model"]["transform"]["min_size"][-1]
+        measured = measure_routes(model, dev, batch_size, side, repeats=repeats)
+        point = operating_point(ckpt, target_ms=target, latency=measured, clamp=clamp)
+        store_latency(ckpt, measured)
+    else:
+        point = operating_point(ckpt, hard_ratio=hard_ratio, threshold=threshold)
+    ckpt["operating_points"][name] = point
+    path = save_checkpoint(ckpt, output or checkpoint)
+    console.print(calibrate_table(measured, point, name))
+    console.print(f"stored operating point '{name}' in [bold]{path}[/]")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint")],
+    data: DataOpt = None, val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
+    do_sweep: Annotated[bool, typer.Option("--sweep", help="the whole accuracy-latency curve instead of one point")] = False,
+    ratios: Annotated[str, typer.Option(help="hard ratios of the sweep, comma-separated")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    draws: Annotated[int, typer.Option(min=0, help="random-routing draws per sweep point")] = 5,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files")] = None,
+    device: DeviceOpt = "cpu", batch_size: BatchOpt = 8,
+    skip_bad_images: SkipBadOpt = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """COCO box AP on the validation data at one operating point, or the accuracy-latency --sweep."""
+    from dynamicdet_cli import evaluate as engine
+    from dynamicdet_cli.latency import device_name
+    from dynamicdet_cli.routing import resolve_route
+    from dynamicdet_cli.tables import evaluate_table, sweep_table
+
+    ckpt, model, dev = _load_model(checkpoint, device)
+    if data is not None:
+        dc = _data_config(data, None, None, None, None)
+        if not dc.has_val:
+            raise DynamicDetError(f"{data}: no val_ann / val_images to evaluate on")
+        val_ann, val_images = dc.val_ann, dc.val_images
+    elif not (val_ann and val_images):
+        raise DynamicDetError("no data: give --data data.yaml, or --val-ann and --val-images")
+    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images)
+    if dataset.classes != ckpt["classes"]:
+        raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {ckpt['classes'][:5]}")
+    out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")
+    if do_sweep:
+        try:
+            ks = [float(x) for x in ratios.split(",") if x.strip()]
+        except ValueError:
+            raise DynamicDetError(f"--ratios {ratios!r}: expected comma-separated numbers in [0, 1]") from None
+        rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
+        console.print(sweep_table(rows))
+        if measured is None:
+            console.print("no latency stored: run `dynamicdet calibrate` for the latency column")
+        plot = written.get("plot")
+        console.print(f"sweep: {written['json']}, {written['csv']}, " +
+                      (f"plot: [bold]{plot}[/]" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
+        return
+    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                                device=device_name(dev))
+    result = engine.evaluate_route(model, dataset, route, dev, out, batch_size, progress)
+    engine.write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
+                                             "hard_share": result.hard_share, "latency_ms": result.latency_ms,
+                                             "images": result.n_images})
+    console.print(evaluate_table(result, text))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="image folders, files or glob patterns")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a dynamicdet checkpoint")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
+    conf: Annotated[float, typer.Option("--conf", min=0.0, max=1.0, help="score threshold of kept detections")] = 0.3,
+    render: Annotated[bool, typer.Option("--render/--no-render", help="write pictures with boxes and labels")] = True,
+    device: DeviceOpt = "cpu", batch_size: BatchOpt = 8,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Detect objects in images; each image takes the route its difficulty asks for."""
+    from dynamicdet_cli import predict as engine
+    from dynamicdet_cli.latency import device_name
+    from dynamicdet_cli.routing import resolve_route
+
+    ckpt, model, dev = _load_model(checkpoint, device)
+    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                                device=device_name(dev))
+    console.print(f"route: {text}")
+    paths = engine.list_images(inputs)
+    summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
+                             conf=conf, render=render, device=dev, progress=progress)
+    console.print(engine.summary_table(summary))
+    console.print(f"predictions: [bold]{out / 'predictions.jsonl'}[/]" + (f", pictures: {out / 'render'}" if render else ""))
+
+
 def main() -> None:
     """Console-script entry point."""
     typer_app()

@@ -1,0 +1,91 @@
+"""`evaluate`: COCO box AP at one operating point, or the whole accuracy-latency sweep.
+
+One operating point: the model runs once over the dataset under the chosen route (mixed
+routes in each batch), and the model time per image is measured.
+
+The sweep: each detector runs ONCE over the dataset (backbone 1 shared), and every point of
+the curve (hard ratios 0, 0.1, ..., 1 by default) is composed from those stored per-image
+results (sweep.py), next to the same number of images routed at random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dynamicdet_cli.coco_eval import coco_evaluate, to_coco_results
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.inference import loader_for, run_both_routes
+from dynamicdet_cli.latency import device_name, latest_latency
+from dynamicdet_cli.progress import progress_bar
+from dynamicdet_cli.sweep import compose_sweep, write_sweep
+
+
+def write_json(path: Path, data) -> Path:
+    """Atomic JSON write (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    hard_share: float
+    latency_ms: float          # measured model time per image (mean over the dataset)
+    n_images: int
+    detections_path: Path
+
+
+@torch.inference_mode()
+def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out_dir: Path,
+                   batch_size: int = 8, show_progress: bool = True) -> Evaluation:
+    """COCO metrics of `model` on `dataset` under `route`; writes detections.json (COCO results)."""
+    model.eval()
+    results, n_hard, n_images, seconds = [], 0, 0, 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("evaluating", total=len(dataset))
+        for images, targets in loader_for(dataset, batch_size):
+            if not images:
+                continue
+            images = [im.to(device) for im in images]
+            sync()
+            start = time.perf_counter()
+            outputs = model(images, route=route)
+            sync()
+            seconds += time.perf_counter() - start
+            for t, out in zip(targets, outputs):
+                results += to_coco_results(out, int(t["image_id"]), dataset.cat_ids)
+                n_hard += out["route"] == "hard"
+            n_images += len(images)
+            bar.advance(task, len(images))
+    metrics = coco_evaluate(dataset.coco, results, dataset.image_ids)
+    path = write_json(out_dir / "detections.json", results)
+    return Evaluation(metrics, n_hard / max(n_images, 1), 1000 * seconds / max(n_images, 1), n_images, path)
+
+
+def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir: Path,
+          ratios: list[float], random_draws: int = 5, batch_size: int = 8,
+          show_progress: bool = True) -> tuple[list[dict], dict, dict | None]:
+    """The accuracy-latency curve. Returns (rows, written paths, latency measurement used)."""
+    routes = run_both_routes(model, dataset, device, batch_size, show_progress=show_progress,
+                             label="running both detectors")
+    measured = latest_latency(ckpt, device_name(device)) or latest_latency(ckpt)
+    lat1, lat2 = (measured["easy_ms"], measured["hard_ms"]) if measured else (None, None)
+    rows = compose_sweep(dataset.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
+                         ratios, lat1, lat2, random_draws=random_draws)
+    written = write_sweep(rows, out_dir)
+    for name, results in (("easy", routes.easy), ("hard", routes.hard)):
+        flat = [r for i in routes.image_ids for r in results[i]]
+        written[f"detections_{name}"] = write_json(out_dir / f"detections_{name}.json", flat)
+    return rows, written, measured

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole DynamicDet pipeline on the built-in synthetic shapes data (called by `make demo`):
+# make-shapes -> train-detectors -> train-router -> calibrate -> evaluate --sweep -> predict.
+set -euo pipefail
+PY=${PY:-python3}
+DEMO=${DEMO:-runs/demo}
+dd() { "$PY" -m dynamicdet_cli "$@"; }
+
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+echo "== 1/6 make-shapes: synthetic COCO-format data, easy to hard images"
+dd make-shapes "$DEMO/data" --train 512 --val 128 --size 128 --seed 0
+
+echo "== 2/6 train-detectors: both detectors jointly (step 1)"
+dd train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run"
+
+echo "== 3/6 train-router: frozen detectors, cached losses (step 2)"
+dd train-router "$DEMO/run/best.pt" --data "$DEMO/data/data.yaml" -o "$DEMO/model.pt"
+
+echo "== 4/6 calibrate: time both routes here, then a target halfway between them"
+dd calibrate "$DEMO/model.pt" --latency 0.001ms --clamp --name fastest
+TARGET=$("$PY" -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); l = c['latency'][-1]; print(f\"{(l['easy_ms'] + l['hard_ms']) / 2:.2f}ms\")" "$DEMO/model.pt")
+dd calibrate "$DEMO/model.pt" --latency "$TARGET" --name default
+
+echo "== 5/6 evaluate: the accuracy-latency sweep, then the calibrated point"
+dd evaluate "$DEMO/model.pt" --data "$DEMO/data/data.yaml" --sweep --out "$DEMO/eval"
+dd evaluate "$DEMO/model.pt" --data "$DEMO/data/data.yaml" --point default --out "$DEMO/eval"
+
+echo "== 6/6 predict: a folder of images, routed per image"
+dd predict "$DEMO/data/val" --checkpoint "$DEMO/model.pt" --point default --out "$DEMO/predictions"
+
+echo
+echo "done. sweep: $DEMO/eval/sweep.csv (plot: $DEMO/eval/sweep.png if matplotlib is installed)"
+echo "      predictions: $DEMO/predictions/predictions.jsonl, pictures: $DEMO/predictions/render/"
