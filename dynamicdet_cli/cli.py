@@ -20,6 +20,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _one_line(err: DynamicDetError) -> str:
+    """The user's line. A DataLoader worker re-raises our error with the worker's whole
+    traceback as its message; keep only the original message."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.rsplit("DynamicDetError: ", 1)[-1]
+    return text.strip()
+
+
 class _App:
     """Registers commands on the typer app so that a user error (DynamicDetError) in any of
     them prints one line and exits with status 2 instead of showing a traceback."""
@@ -31,7 +40,7 @@ class _App:
                 try:
                     return fn(*args, **kwargs)
                 except DynamicDetError as err:
-                    err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+                    err_console.print(f"[red]error:[/] {_one_line(err)}", highlight=False, soft_wrap=True)
                     raise typer.Exit(2) from None
             return typer_app.command(name)(friendly)
         return register
@@ -124,7 +133,7 @@ def _open_dataset(ann, images, train: bool, augment, skip_bad: bool):
     ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad)
     if ds.skipped:
         err_console.print(f"[yellow]warning:[/] skipped {len(ds.skipped)} unreadable image(s) of {ann}, "
-                          f"e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
+                          f"e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}", highlight=False, soft_wrap=True)
     if not ds.image_ids:
         raise DynamicDetError(f"{ann}: no usable images")
     return ds
@@ -146,7 +155,7 @@ def train_detectors(
     device: DeviceOpt = "cpu",
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision (CUDA only)")] = False,
     skip_bad_images: SkipBadOpt = False,
-    max_steps: Annotated[Optional[int], typer.Option(help="stop after this many steps (smoke runs)")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
@@ -156,6 +165,9 @@ def train_detectors(
 
     if resume:
         cfg = recipe_from_dict(load_run_state(out)["recipe"])
+        if recipe or overrides or epochs or batch_size or lr is not None or image_size:
+            err_console.print("[yellow]warning:[/] --resume continues with the run's own recipe; "
+                              "the recipe and override options given are ignored", highlight=False)
     elif recipe is None:
         raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
     else:

@@ -93,9 +93,11 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:
             if int(stage) >= backbone.first_stage:
                 renamed[f"stages.{stage}.{rest}"] = value
     own = backbone.state_dict()
+    extra = [k for k in renamed if k not in own]
+    if extra:
+        raise DynamicDetError(f"{path}: {len(extra)} tensors have no place in this backbone, e.g. {extra[0]} "
+                              "(is model.backbone.depth right?)")
     for key, value in renamed.items():
-        if key not in own:
-            continue
         if own[key].shape != value.shape:
             raise DynamicDetError(
                 f"{path}: {key} has shape {tuple(value.shape)}, the recipe's backbone expects "
@@ -103,5 +105,5 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:
     missing = [k for k in own if k not in renamed and not k.endswith("num_batches_tracked")]
     if missing:
         raise DynamicDetError(f"{path}: {len(missing)} backbone tensors missing, e.g. {missing[0]} (wrong depth?)")
-    backbone.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
+    backbone.load_state_dict(renamed, strict=False)
     return len(renamed)

@@ -1,0 +1,290 @@
+"""Step 1, joint training of both detectors: the run folder, exact resume, non-finite losses,
+bad and empty data, --amp and --init, and two DDP processes that agree.
+
+Everything runs on the synthetic shapes (4 training images of 64 px, batch 2: 2 steps per
+epoch) with the tiny recipe, so the whole file takes seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from dynamicdet_cli.cli import typer_app
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.data.shapes import make_shapes
+from dynamicdet_cli.data.transforms import build_transforms
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.detector import DynamicDetector
+from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.train import train_detectors
+
+TESTS = Path(__file__).resolve().parent
+TINY = TESTS.parent / "recipes" / "shapes-tiny.yaml"
+FAST = ["model.transform.min_size=[64]", "model.transform.max_size=64", "train.batch_size=2",
+        "train.workers=0", "train.warmup_iters=1"]
+FAST_SETS = [arg for key in FAST for arg in ("--set", key)]
+RUN_FILES = ("last.pt", "best.pt", "state.pt", "metrics.jsonl", "recipe.yaml")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def cli(*args):
+    return CliRunner().invoke(typer_app, [str(a) for a in args])
+
+
+def train_cli(data: Path, out: Path, *extra) -> list:
+    """train-detectors arguments on `data`'s training split only (no evaluation: faster)."""
+    return ["train-detectors", TINY, "--train-ann", data / "train.json", "--train-images", data / "train",
+            "--out", out, "--no-progress", *FAST_SETS, *extra]
+
+
+def recipe(*overrides: str):
+    return load_recipe(TINY, [*FAST, *overrides])
+
+
+def train_set(data: Path) -> CocoDataset:
+    return CocoDataset(data / "train.json", data / "train", transforms=build_transforms(True))
+
+
+def one_error_line(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], result.output
+    return lines[0]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def copy_data(data: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(data, dest))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Shapes: 4 training images (2 steps of 2), 2 validation images, 64 px."""
+    folder = tmp_path_factory.mktemp("shapes")
+    make_shapes(folder, n_train=4, n_val=2, size=64, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli_run(data, tmp_path_factory) -> Path:
+    """One epoch through the CLI, with evaluation on the validation split."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = cli("train-detectors", TINY, "--data", data / "data.yaml", "--out", run, "--epochs", 1,
+                 "--no-progress", *FAST_SETS)
+    assert result.exit_code == 0, result.output
+    assert "done: 1 epoch(s)" in result.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(data, tmp_path_factory) -> Path:
+    """A 2-epoch run stopped after step 3 (mid second epoch): state.pt holds epoch 1."""
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    result = train_detectors(recipe("train.epochs=2"), train_set(data), None, run, max_steps=3,
+                             show_progress=False)
+    assert not result.complete and result.epochs == 1
+    return run
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+def test_cli_run_writes_the_run_folder_and_info_reads_it(cli_run):
+    for name in RUN_FILES:
+        assert (cli_run / name).is_file(), name
+    (record,) = metrics(cli_run)
+    assert record["epoch"] == 1 and record["step"] == 2 and record["steps"] == 2
+    assert set(record["val"]) == {"d1", "d2"} and "AP" in record["val"]["d1"]
+    state = torch.load(cli_run / "state.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 2)
+    assert state["recipe"]["model"]["num_classes"] == 5
+    result = cli("info", cli_run / "last.pt", "--no-flops")
+    assert result.exit_code == 0, result.output
+
+
+def test_existing_run_is_refused_without_resume(cli_run, data):
+    before = (cli_run / "last.pt").read_bytes()
+    result = cli(*train_cli(data, cli_run, "--epochs", 1))
+    one_error_line(result, "already holds a run", "--resume")
+    assert (cli_run / "last.pt").read_bytes() == before
+
+
+def test_resume_without_state_is_refused(data, tmp_path):
+    one_error_line(cli("train-detectors", "--resume", "--out", tmp_path / "none",
+                       "--data", data / "data.yaml"), "no resume state")
+
+
+# ----------------------------------------------------------------------------- resume
+
+def test_resume_mid_epoch_ends_where_an_uninterrupted_run_ends(data, interrupted_run, tmp_path):
+    straight = tmp_path / "straight"
+    full = train_detectors(recipe("train.epochs=2"), train_set(data), None, straight, show_progress=False)
+    assert full.complete and full.epochs == 2
+
+    resumed = Path(shutil.copytree(interrupted_run, tmp_path / "resumed"))
+    assert torch.load(resumed / "state.pt", weights_only=True)["epoch"] == 1
+    result = cli("train-detectors", "--resume", "--out", resumed, "--train-ann", data / "train.json",
+                 "--train-images", data / "train", "--no-progress")
+    assert result.exit_code == 0, result.output
+
+    want = torch.load(straight / "state.pt", weights_only=True)
+    got = torch.load(resumed / "state.pt", weights_only=True)
+    assert (got["epoch"], got["step"]) == (want["epoch"], want["step"]) == (2, 4)
+    assert list(got["model"]) == list(want["model"])
+    for key, value in want["model"].items():
+        assert torch.equal(got["model"][key], value), key
+    # The replayed epoch saw the same batches in the same order: the same losses.
+    assert [r["epoch"] for r in metrics(resumed)] == [1, 2]
+    assert metrics(resumed)[1]["loss"] == metrics(straight)[1]["loss"]
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+
+def test_non_finite_loss_names_step_and_part_and_keeps_the_checkpoints(data, interrupted_run, tmp_path,
+                                                                      monkeypatch):
+    run = Path(shutil.copytree(interrupted_run, tmp_path / "run"))
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "state.pt")}
+    joint_losses = DynamicDetector.joint_losses
+
+    def nan_box_loss(self, images, targets):
+        out = joint_losses(self, images, targets)
+        out["d2/loss_box_reg"] = out["d2/loss_box_reg"] * float("nan")
+        out["loss"] = out["loss"] + out["d2/loss_box_reg"]
+        return out
+
+    monkeypatch.setattr(DynamicDetector, "joint_losses", nan_box_loss)
+    with pytest.raises(DynamicDetError, match=r"epoch 2, step 3: d2/loss_box_reg = nan"):
+        train_detectors(recipe("train.epochs=2"), train_set(data), None, run, resume=True, show_progress=False)
+    for name, content in before.items():
+        assert (run / name).read_bytes() == content, name
+
+
+# ----------------------------------------------------------------------------- data edge cases
+
+@pytest.fixture
+def corrupt_data(data, tmp_path) -> Path:
+    folder = copy_data(data, tmp_path / "data")
+    (folder / "train" / "000002.png").write_bytes(b"not a png at all")
+    return folder
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_one_line_error_naming_the_file(corrupt_data, tmp_path, workers):
+    result = cli(*train_cli(corrupt_data, tmp_path / "run", "--epochs", 1, "--set", f"train.workers={workers}"))
+    result.exc_info = None  # its traceback holds the data loader: free its worker now, not in a later test
+    gc.collect()
+    one_error_line(result, str(corrupt_data / "train" / "000002.png"), "--skip-bad-images")
+
+
+def test_skip_bad_images_trains_and_reports_the_skipped(corrupt_data, tmp_path):
+    run = tmp_path / "run"
+    result = cli(*train_cli(corrupt_data, run, "--epochs", 1, "--skip-bad-images"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "skipped 1 unreadable image(s)" in text and "cannot open image" in text
+    assert metrics(run)[0]["step"] == 2  # 3 images left, batch 2
+    assert (run / "last.pt").is_file()
+
+
+def test_images_without_boxes_train_with_zero_box_losses(data, tmp_path):
+    folder = copy_data(data, tmp_path / "data")
+    coco = json.loads((folder / "train.json").read_text())
+    coco["annotations"] = []
+    (folder / "train.json").write_text(json.dumps(coco))
+    result = train_detectors(recipe("train.epochs=1"), train_set(folder), None, tmp_path / "run",
+                             show_progress=False)
+    (record,) = result.history
+    assert record["steps"] == 2 and torch.isfinite(torch.tensor(record["loss"]))
+    for d in ("d1", "d2"):
+        assert record[f"{d}/loss_box_reg"] == 0.0 and record[f"{d}/loss_rpn_box_reg"] == 0.0
+        assert record[f"{d}/loss_classifier"] > 0.0
+
+
+# ----------------------------------------------------------------------------- options
+
+def test_amp_on_cpu_is_refused_before_anything_is_written(data, tmp_path):
+    run = tmp_path / "run"
+    one_error_line(cli(*train_cli(data, run, "--amp")), "--amp", "CUDA")
+    assert not run.exists()
+
+
+def _parameters_only(state: dict) -> dict:
+    """Weights that lr 0 leaves alone (BatchNorm running statistics still move)."""
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches_tracked" not in k}
+
+
+def test_init_from_a_dynamicdet_checkpoint(cli_run, data, tmp_path):
+    run = tmp_path / "run"
+    result = cli(*train_cli(data, run, "--epochs", 1, "--lr", 0, "--init", cli_run / "last.pt"))
+    assert result.exit_code == 0, result.output
+    source = torch.load(cli_run / "last.pt", weights_only=True)["detector"]
+    event = metrics(run)[0]
+    assert event["event"] == "init"
+    assert f"dynamicdet checkpoint: {len(source)} tensors" in event["note"] and "skipped" not in event["note"]
+    trained = torch.load(run / "last.pt", weights_only=True)["detector"]
+    for key, value in _parameters_only(source).items():
+        assert torch.equal(trained[key], value), key
+
+
+def test_init_from_a_torchvision_resnet_state_dict(data, tmp_path):
+    torch.manual_seed(0)
+    weights = torchvision.models.resnet18().state_dict()
+    torch.save(weights, tmp_path / "r18.pt")
+    run = tmp_path / "run"
+    result = cli(*train_cli(data, run, "--epochs", 1, "--lr", 0, "--set", "model.backbone.depth=18",
+                            "--init", tmp_path / "r18.pt"))
+    assert result.exit_code == 0, result.output
+    note = metrics(run)[0]["note"]
+    assert "torchvision ResNet state dict (into both backbones)" in note
+    trained = torch.load(run / "last.pt", weights_only=True)["detector"]
+    assert torch.equal(trained["backbone1.stem.0.weight"], weights["conv1.weight"])
+    assert torch.equal(trained["backbone2.stem.0.weight"], weights["conv1.weight"])
+    assert torch.equal(trained["backbone2.stages.4.1.conv2.weight"], weights["layer4.1.conv2.weight"])
+
+
+def test_init_with_the_wrong_depth_is_a_clear_error(data, tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")  # the recipe says depth 10
+    result = cli(*train_cli(data, tmp_path / "run", "--epochs", 1, "--max-steps", 1, "--init", tmp_path / "r18.pt"))
+    one_error_line(result, "r18.pt", "depth")
+
+
+# ----------------------------------------------------------------------------- several processes
+
+def test_two_ddp_processes_agree_on_the_parameters(data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(TESTS / "ddp_worker.py"), str(data / "data.yaml"), str(tmp_path / "run"), str(out)],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] == 2  # each process: 2 of the 4 images per epoch
+    assert list(rank0["params"]) == list(rank1["params"])
+    for key, value in rank0["params"].items():
+        assert torch.equal(rank1["params"][key], value), key
+    # Only rank 0 writes, and what it writes is what the processes agree on.
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["detector"]
+    for key, value in rank0["params"].items():
+        if not key.startswith("router."):
+            assert torch.equal(saved[key], value), key
