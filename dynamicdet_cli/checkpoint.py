@@ -99,6 +99,9 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
             torch.save(ckpt, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -111,6 +114,8 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DynamicDetError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
+        raise DynamicDetError(f"{path}: truncated or corrupt checkpoint (not a torch zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -17,6 +17,7 @@ repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe.
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,9 +174,16 @@ def _check_value(key: str, value: Any, tp, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise DynamicDetError(f"recipe key {key}: expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DynamicDetError(f"recipe key {key}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise DynamicDetError(f"recipe key {key}: expected a finite number, got {value}")
     elif tp is str:
         if not isinstance(value, str):
             raise DynamicDetError(f"recipe key {key}: expected a string, got {value!r}")
@@ -194,7 +202,7 @@ def _build(cls, data: Any, prefix: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise DynamicDetError(f"recipe section {prefix or '(top)'}: expected a mapping, got {data!r}")
+        raise DynamicDetError(f"recipe section {prefix.rstrip('.') or '(top)'}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -26,6 +26,8 @@ def _read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # legacy (pre-zip) torch files are read above; this is neither
+            raise DynamicDetError(f"{path}: truncated or corrupt weights file") from None
         raise DynamicDetError(f"{path}: refused: it carries pickled Python objects, not plain weights") from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError):
         raise DynamicDetError(f"{path}: truncated or corrupt weights file") from None

@@ -1,0 +1,125 @@
+"""Easy-route latency against a plain torchvision Faster R-CNN of the same configuration.
+
+The easy route is backbone 1 + router + detector 1; the router is the only extra work, so the
+two should take the same time up to the router's tiny cost. Both models share the very same
+modules and run on the same input in the same process; calls alternate to cancel drift.
+
+    .venv/bin/python bench/bench_easy_route.py --recipe recipes/dy-faster-rcnn-r50-fpn.yaml --image-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+
+from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.summary import route_flops, route_params
+
+
+class BackboneWithNeck(nn.Module):
+    """Backbone 1 + detector 1's FPN, in the shape torchvision's FasterRCNN expects."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.body, self.head = backbone, head
+        self.out_channels = head.neck.inner_blocks[0][0].out_channels
+
+    def forward(self, x):
+        return self.head.neck_features(self.body(x))
+
+
+def torchvision_faster_rcnn(model, cfg) -> FasterRCNN:
+    """A plain torchvision FasterRCNN sharing detector 1's modules and the recipe's settings."""
+    h1, r, h, t = model.head1, cfg.rpn, cfg.roi_heads, cfg.transform
+    return FasterRCNN(
+        BackboneWithNeck(model.backbone1, h1), num_classes=None,
+        min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean), image_std=list(t.image_std),
+        rpn_anchor_generator=h1.rpn.anchor_generator, rpn_head=h1.rpn.head,
+        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
+        rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
+        rpn_batch_size_per_image=r.batch_size_per_image, rpn_positive_fraction=r.positive_fraction,
+        box_roi_pool=h1.roi_heads.box_roi_pool, box_head=h1.roi_heads.box_head,
+        box_predictor=h1.roi_heads.box_predictor,
+        box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
+        box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
+        box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
+    ).eval()
+
+
+def _ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+@torch.no_grad()
+def compare(model, reference, images, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Per-call milliseconds of the easy route and of the reference, alternating A B B A ..."""
+    easy = lambda: model.detect(images, route="easy")  # noqa: E731
+    plain = lambda: reference(images)  # noqa: E731
+    for _ in range(warmup):
+        easy(), plain()
+    t_easy, t_plain = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            t_easy.append(_ms(easy))
+            t_plain.append(_ms(plain))
+        else:
+            t_plain.append(_ms(plain))
+            t_easy.append(_ms(easy))
+    return t_easy, t_plain
+
+
+def _quartiles(times: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return f"{q1:.2f}-{q3:.2f}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="recipes/shapes-tiny.yaml")
+    ap.add_argument("--image-size", type=int, default=None, help="square side; default: the recipe's test size")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    side = args.image_size or recipe.model.transform.min_size[-1]
+    # Run the networks at `side` itself, not resized to the recipe's training size.
+    recipe = load_recipe(args.recipe, [f"model.transform.min_size={side}", f"model.transform.max_size={side}"])
+    torch.manual_seed(args.seed)
+    model = build_model(recipe.model).eval()
+    reference = torchvision_faster_rcnn(model, recipe.model)
+    g = torch.Generator().manual_seed(args.seed)
+    images = [torch.rand(3, side, side, generator=g) for _ in range(args.batch_size)]  # each 3,H,W
+
+    t_easy, t_plain = compare(model, reference, images, args.warmup, args.repeats)
+    easy_ms, plain_ms = statistics.median(t_easy), statistics.median(t_plain)
+    params = route_params(model)
+    flops = route_flops(model, side, side)
+    plain_params = sum(p.numel() for p in reference.parameters())
+
+    print(f"recipe {args.recipe}: {side}x{side}, batch {args.batch_size}, {args.threads} threads, "
+          f"{args.repeats} repeats after {args.warmup} warm-up")
+    print(f"  easy route (router included) median {easy_ms:9.2f} ms  (quartiles {_quartiles(t_easy)})")
+    print(f"  torchvision FasterRCNN      median {plain_ms:9.2f} ms  (quartiles {_quartiles(t_plain)})")
+    print(f"  ratio easy / torchvision           {easy_ms / plain_ms:9.3f}")
+    for route in ("easy", "hard"):
+        print(f"  {route} route: {params[route] / 1e6:7.2f} M params, {flops[route] / 2e9:8.2f} GMACs (per image)")
+    print(f"  torchvision: {plain_params / 1e6:7.2f} M params; whole model {params['total'] / 1e6:.2f} M params")
+
+
+if __name__ == "__main__":
+    main()

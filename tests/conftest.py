@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny recipe, a tiny model built from it, and small random images.
+
+The tiny recipe is recipes/shapes-tiny.yaml (ResNet-10, FPN 64) at 64 px, so one forward pass
+of both routes takes a few tens of milliseconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.recipe import Recipe, load_recipe, with_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+TINY_SIZE = 64  # image side of the tiny recipe, pixels
+TINY_OVERRIDES = [f"model.transform.min_size={TINY_SIZE}", f"model.transform.max_size={TINY_SIZE}"]
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one CPU thread. Tiny convolutions gain nothing from threads, and when the
+    2 cores are shared with another process, spinning OpenMP threads make a 64 px forward pass
+    ~50x slower. Restored afterwards: other tests' numbers may depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe() -> Recipe:
+    """recipes/shapes-tiny.yaml resized to 64 px (5 classes)."""
+    return with_overrides(load_recipe(RECIPES / "shapes-tiny.yaml"), TINY_OVERRIDES)
+
+
+@pytest.fixture
+def make_model(tiny_recipe, one_thread):
+    """make_model(*overrides, seed=0) -> a fresh DynamicDetector in eval mode, the same weights
+    for the same overrides and seed."""
+    def make(*overrides: str, seed: int = 0):
+        recipe = with_overrides(tiny_recipe, list(overrides))
+        torch.manual_seed(seed)
+        return build_model(recipe.model).eval()
+    return make
+
+
+@pytest.fixture
+def tiny_model(make_model):
+    """The tiny recipe's model, seed 0, eval mode."""
+    return make_model()
+
+
+def _random_images(n: int, size: int = TINY_SIZE, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, size, size, generator=g) for _ in range(n)]  # each 3,H,W in [0, 1]
+
+
+@pytest.fixture
+def make_images():
+    """make_images(n, size=64, seed=0) -> n random square images, 3,size,size in [0, 1]."""
+    return _random_images
+
+
+@pytest.fixture
+def images() -> list[torch.Tensor]:
+    """Four random 64x64 images in [0, 1] (the same every time)."""
+    return _random_images(4)

@@ -1,0 +1,205 @@
+"""The dynamic detector: each route against a reference, mixed routes, losses, router training, cost."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+from torchvision.models.detection import FasterRCNN
+
+from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet
+from dynamicdet_cli.summary import route_flops, route_params
+
+LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+class _BackboneWithNeck(nn.Module):
+    """Backbone 1 + detector 1's FPN, in the shape torchvision's FasterRCNN expects."""
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.body, self.head = backbone, head
+        self.out_channels = head.neck.inner_blocks[0][0].out_channels
+
+    def forward(self, x):
+        return self.head.neck_features(self.body(x))
+
+
+def torchvision_faster_rcnn(model, cfg) -> FasterRCNN:
+    """A plain torchvision FasterRCNN sharing detector 1's modules and the recipe's settings."""
+    h1, r, h, t = model.head1, cfg.rpn, cfg.roi_heads, cfg.transform
+    return FasterRCNN(
+        _BackboneWithNeck(model.backbone1, h1), num_classes=None,
+        min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean), image_std=list(t.image_std),
+        rpn_anchor_generator=h1.rpn.anchor_generator, rpn_head=h1.rpn.head,
+        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
+        rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
+        rpn_batch_size_per_image=r.batch_size_per_image, rpn_positive_fraction=r.positive_fraction,
+        box_roi_pool=h1.roi_heads.box_roi_pool, box_head=h1.roi_heads.box_head,
+        box_predictor=h1.roi_heads.box_predictor,
+        box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
+        box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
+        box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
+    ).eval()
+
+
+def assert_same_detections(got: dict, want: dict) -> None:
+    assert got["boxes"].shape[0] > 0, "the test needs some detections to compare"
+    for key in ("boxes", "scores", "labels"):
+        assert_close(got[key], want[key])
+
+
+# ----------------------------------------------------------------------------- routes vs references
+
+def test_easy_route_is_a_plain_torchvision_faster_rcnn(make_model, tiny_recipe, images):
+    model = make_model("model.roi_heads.score_thresh=0.0")
+    cfg = tiny_recipe.model
+    reference = torchvision_faster_rcnn(model, cfg)
+    with torch.no_grad():
+        ours = model.detect(images, route="easy")
+        theirs = reference(images)
+    for got, want in zip(ours, theirs):
+        assert got["route"] == "easy"
+        assert_same_detections(got, want)
+
+
+@pytest.mark.parametrize("share_stem", [False, True])
+def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, share_stem):
+    model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}")
+    b = tiny_recipe.model.backbone
+    # An independent backbone: B2's own weights; with a shared stem, B1's stem and stage 1.
+    alone = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1).eval()
+    state = {k: v for k, v in model.backbone2.state_dict().items()}
+    if share_stem:
+        state.update({k: v for k, v in model.backbone1.state_dict().items() if k.startswith(("stem.", "stages.1."))})
+    alone.load_state_dict(state)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # B,3,H,W
+    with torch.no_grad():
+        feats1 = model.backbone1(x)
+        assert all((h == 0).all() for h in model.composite(feats1).values())
+        got = model.second_backbone(x, feats1)
+        want = alone(x)
+    assert sorted(got) == [1, 2, 3, 4]
+    for l in want:
+        assert_close(got[l], want[l], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- routing under a threshold
+
+def test_mixed_batch_matches_each_image_alone(tiny_model, images):
+    with torch.no_grad():
+        mixed_probe = tiny_model.detect(images, route="easy")
+        phi = torch.stack([r["difficulty"] for r in mixed_probe])  # B
+        tau = float(phi.median())
+        mixed = tiny_model.detect(images, route=tau)
+        alone = [tiny_model.detect([img], route="hard" if p > tau else "easy")[0] for img, p in zip(images, phi)]
+    routes = [r["route"] for r in mixed]
+    assert routes == ["hard" if p > tau else "easy" for p in phi.tolist()]
+    assert set(routes) == {"easy", "hard"}
+    for got, want in zip(mixed, alone):
+        assert got["route"] == want["route"]
+        assert_close(got["difficulty"], want["difficulty"])
+        assert_same_detections(got, want)
+
+
+def test_threshold_ends_send_all_one_way(tiny_model, images):
+    with torch.no_grad():
+        assert {r["route"] for r in tiny_model.detect(images, route=0.0)} == {"hard"}
+        assert {r["route"] for r in tiny_model.detect(images, route=1.0)} == {"easy"}
+
+
+def _forbid(module: nn.Module, name: str):
+    def hook(*_):
+        raise AssertionError(f"{name} ran")
+    return module.register_forward_pre_hook(hook)
+
+
+def test_easy_route_never_runs_the_second_detector(tiny_model, images):
+    for part in ("composite", "backbone2", "head2"):
+        _forbid(getattr(tiny_model, part), part)
+    with torch.no_grad():
+        assert {r["route"] for r in tiny_model.detect(images, route="easy")} == {"easy"}
+
+
+def test_hard_route_never_runs_head1(tiny_model, images):
+    _forbid(tiny_model.head1, "head1")
+    with torch.no_grad():
+        assert {r["route"] for r in tiny_model.detect(images, route="hard")} == {"hard"}
+
+
+def test_unknown_route_is_refused(tiny_model, images):
+    with pytest.raises(ValueError, match="route"):
+        tiny_model.detect(images[:1], route="medium")
+
+
+# ----------------------------------------------------------------------------- training
+
+def _targets(n_boxes: list[int]) -> list[dict]:
+    out = []
+    for n in n_boxes:
+        xy = torch.rand(n, 2) * 30
+        out.append({"boxes": torch.cat([xy, xy + 10 + torch.rand(n, 2) * 20], dim=1),  # N,4 x1y1x2y2
+                    "labels": torch.randint(1, 6, (n,))})
+    return out
+
+
+def test_joint_training_losses_and_gradients(tiny_model, images):
+    torch.manual_seed(0)
+    model = tiny_model.train()
+    losses = model(images[:2], _targets([3, 2]))
+    expected = {f"d{i}/{p}" for i in (1, 2) for p in (*LOSS_PARTS, "total")} | {"loss"}
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    for part in ("backbone1", "backbone2"):
+        grads = [p.grad for p in getattr(model, part).parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), part
+    # The composite's BN scale starts at 0, so its conv gets no gradient yet but the scale does.
+    bn_grads = [m.weight.grad for m in model.composite.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(g is not None and g.abs().sum() > 0 for g in bn_grads)
+
+
+def test_images_without_boxes_give_zero_box_regression(tiny_model, images):
+    torch.manual_seed(0)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in range(2)]
+    losses = tiny_model.train()(images[:2], empty)
+    for key in ("d1/loss_box_reg", "d2/loss_box_reg", "d1/loss_rpn_box_reg", "d2/loss_rpn_box_reg"):
+        assert losses[key].item() == 0.0, key
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["d1/loss_classifier"] > 0 and losses["d1/loss_objectness"] > 0
+
+
+def test_freeze_detectors_leaves_only_the_router_trainable(tiny_model):
+    tiny_model.freeze_detectors()
+    for name, p in tiny_model.named_parameters():
+        assert p.requires_grad == name.startswith("router."), name
+    assert not any(m.training for m in tiny_model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert tiny_model.head1.training and tiny_model.head2.training
+
+
+def test_per_image_losses_are_shaped_finite_and_seeded(tiny_model, images):
+    tiny_model.freeze_detectors()
+    targets = _targets([2, 0, 1])
+    batch = images[:3]
+    with torch.no_grad():
+        l1, l2, v = tiny_model.per_image_losses(batch, targets, seeds=[5, 6, 7], draws=2)
+        again = tiny_model.per_image_losses(batch, targets, seeds=[5, 6, 7], draws=2)
+    assert l1.shape == l2.shape == (3,)
+    assert v.shape == (3, tiny_model.router.in_features)
+    assert all(torch.isfinite(t).all() for t in (l1, l2, v))
+    for a, b in zip((l1, l2, v), again):
+        assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- cost per route
+
+def test_route_costs_are_ordered(tiny_model):
+    params = route_params(tiny_model)
+    assert 0 < params["easy"] < params["hard"] < params["total"]
+    flops = route_flops(tiny_model, 64, 64)
+    assert 0 < flops["easy"] < flops["hard"]
+    assert not tiny_model.training
