@@ -188,6 +188,43 @@ def train_detectors(
                   f"(best.pt, last.pt, metrics.jsonl)")
 
 
+@app.command("train-router")
+def train_router(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint with trained detectors, e.g. runs/NAME/best.pt")],
+    data: DataOpt = None, train_ann: TrainAnnOpt = None, train_images: TrainImgOpt = None,
+    val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
+    overrides: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="override router.epochs")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="override router.lr")] = None,
+    device: DeviceOpt = "cpu",
+    skip_bad_images: SkipBadOpt = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Step 2: train the router with both detectors frozen; store it with the validation scores."""
+    from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
+    from dynamicdet_cli.recipe import recipe_from_dict, recipe_to_dict, with_overrides
+    from dynamicdet_cli.router_training import summary_table, train_router_checkpoint
+    from dynamicdet_cli.train import resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    sets = list(overrides or [])
+    sets += [f"router.epochs={epochs}"] if epochs else []
+    sets += [f"router.lr={lr}"] if lr is not None else []
+    recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
+    ckpt["recipe"] = recipe_to_dict(recipe)
+    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+    if not dc.has_val:
+        raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
+    train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images)
+    val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images)
+    new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
+                                           show_progress=progress)
+    path = save_checkpoint(new, output or checkpoint)
+    console.print(summary_table(summary))
+    console.print(f"router trained; wrote [bold]{path}[/]")
+
+
 # ----------------------------------------------------------------------------- inference
 RouteLatency = Annotated[Optional[str], typer.Option("--latency", help="target mean latency per image, e.g. 40ms")]
 RouteRatio = Annotated[Optional[float], typer.Option("--hard-ratio", min=0.0, max=1.0, help="share of images routed hard, e.g. 0.3")]

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from torchvision.models.detection import FasterRCNN
 
 from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet
+from dynamicdet_cli.model.router import pool_features
 from dynamicdet_cli.summary import route_flops, route_params
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -203,3 +204,39 @@ def test_route_costs_are_ordered(tiny_model):
     flops = route_flops(tiny_model, 64, 64)
     assert 0 < flops["easy"] < flops["hard"]
     assert not tiny_model.training
+
+
+def test_mean_loss_equals_the_heads_forward_loss_draw_by_draw(tiny_model, images):
+    """mean_loss shares the work before the sampling across draws; each draw must still be
+    exactly what torchvision's RPN + RoIHeads forward gives under the same seed."""
+    tiny_model.freeze_detectors()
+    targets = _targets([2])
+    image_list, targets, _ = tiny_model.prepare(images[:1], targets)
+    with torch.no_grad():
+        feats = tiny_model.backbone1(image_list.tensors)
+        forward = []
+        for seed in (3, 4):
+            torch.manual_seed(seed)
+            forward.append(sum(tiny_model.head1(image_list, feats, targets)[1].values()))
+        one = tiny_model.head1.mean_loss(image_list, feats, targets, [3])
+        both = tiny_model.head1.mean_loss(image_list, feats, targets, [3, 4])
+    assert_close(one, forward[0])
+    assert_close(both, (forward[0] + forward[1]) / 2)
+    assert not torch.equal(forward[0], forward[1])  # the draws differ, so averaging means something
+
+
+def test_router_pools_each_image_over_its_own_region(make_model):
+    """In a batch of mixed sizes, an image's router input stays close to what it is alone;
+    pooling over the whole padded batch (the zeros of the padding included) would not."""
+    model = make_model("model.transform.min_size=256", "model.transform.max_size=256")
+    g = torch.Generator().manual_seed(1)
+    small, large = torch.rand(3, 128, 256, generator=g), torch.rand(3, 256, 256, generator=g)
+    with torch.no_grad():
+        alone, _, _ = model.prepare([small])
+        v_alone = model.router_input(model.backbone1(alone.tensors), alone)[0]
+        batch, _, _ = model.prepare([small, large])
+        feats = model.backbone1(batch.tensors)
+        v_region = model.router_input(feats, batch)[0]
+        v_whole = pool_features(feats, model.router_stages)[0]
+    # Only the convolutions at the region's border see the padding differently.
+    assert (v_region - v_alone).norm() < 0.3 * (v_whole - v_alone).norm()

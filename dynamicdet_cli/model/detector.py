@@ -83,13 +83,13 @@ class DynamicDetector(nn.Module):
         image_list, targets = self.transform(images, targets)
         return image_list, targets, original_sizes
 
-    def difficulty(self, feats1: dict[int, Tensor]) -> Tensor:
+    def difficulty(self, feats1: dict[int, Tensor], images: ImageList) -> Tensor:
         """phi for each image, B."""
-        return self.router(self.router_input(feats1))
+        return self.router(self.router_input(feats1, images))
 
-    def router_input(self, feats1: dict[int, Tensor]) -> Tensor:
-        """The pooled backbone-1 vector the router reads, B,d."""
-        return pool_features(feats1, self.router_stages)
+    def router_input(self, feats1: dict[int, Tensor], images: ImageList) -> Tensor:
+        """The pooled backbone-1 vector the router reads, B,d (each image over its own region)."""
+        return pool_features(feats1, self.router_stages, images.image_sizes, tuple(images.tensors.shape[-2:]))
 
     def second_backbone(self, x: Tensor, feats1: dict[int, Tensor]) -> dict[int, Tensor]:
         """F2 = B2(x, G(F1)). With a shared stem, stage 1 of B2 *is* stage 1 of B1."""
@@ -130,29 +130,25 @@ class DynamicDetector(nn.Module):
         image, because torchvision's heads average their losses over the batch. Their losses
         depend on random anchor/proposal sampling: with `seeds`, image i's sampling is seeded
         by seeds[i] (so an image's losses do not depend on its batch or on the epoch), and
-        `draws` seeded draws are averaged. The caller sets the mode: heads in training mode
+        `draws` seeded draws are averaged; each head computes everything before the sampling
+        once per image (see `mean_loss`). The caller sets the mode: heads in training mode
         (losses are computed only then), BatchNorm in eval mode (see `freeze_detectors`).
         """
         image_list, targets, _ = self.prepare(images, targets)
         x = image_list.tensors
         feats1 = self.backbone1(x)
-        v = self.router_input(feats1)
+        v = self.router_input(feats1, image_list)
         feats2 = self.second_backbone(x, feats1)
         batch = x.shape[0]
-        l1 = torch.zeros(batch, device=x.device)
-        l2 = torch.zeros(batch, device=x.device)
+        seeds = seeds if seeds is not None else [None] * batch
+        l1, l2 = [], []
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             for i in range(batch):
                 one = _take_images(image_list, [i])
-                f1, f2 = _take(feats1, [i], batch), _take(feats2, [i], batch)
-                for d in range(draws):
-                    if seeds is not None:
-                        torch.manual_seed(seeds[i] * 1009 + d)
-                    l1[i] += sum(self.head1(one, f1, [targets[i]])[1].values()) / draws
-                    if seeds is not None:
-                        torch.manual_seed(seeds[i] * 1009 + d)
-                    l2[i] += sum(self.head2(one, f2, [targets[i]])[1].values()) / draws
-        return l1, l2, v
+                draw_seeds = [None if seeds[i] is None else seeds[i] * 1009 + d for d in range(draws)]
+                l1.append(self.head1.mean_loss(one, _take(feats1, [i], batch), [targets[i]], draw_seeds))
+                l2.append(self.head2.mean_loss(one, _take(feats2, [i], batch), [targets[i]], draw_seeds))
+        return torch.stack(l1), torch.stack(l2), v
 
     def freeze_detectors(self) -> None:
         """Router training: every parameter but the router's frozen, BatchNorm in eval mode,
@@ -163,6 +159,7 @@ class DynamicDetector(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+        self.transform.eval()  # the inference size, not a random multi-scale pick
 
     # ------------------------------------------------------------------ inference
     def detect(self, images: list[Tensor], route: Route = "hard") -> list[dict]:
@@ -171,7 +168,7 @@ class DynamicDetector(nn.Module):
         x = image_list.tensors  # B,3,H,W
         batch = x.shape[0]
         feats1 = self.backbone1(x)
-        phi = self.difficulty(feats1)  # B
+        phi = self.difficulty(feats1, image_list)  # B
         hard = self.route_mask(phi, route)
         results: list[dict] = [{} for _ in range(batch)]
         easy_idx = (~hard).nonzero().flatten().tolist()
@@ -196,7 +193,7 @@ class DynamicDetector(nn.Module):
         """
         image_list, _, original_sizes = self.prepare(images)
         feats1 = self.backbone1(image_list.tensors)
-        phi = self.difficulty(feats1)
+        phi = self.difficulty(feats1, image_list)
         easy, _ = self.head1(image_list, feats1)
         hard, _ = self.head2(image_list, self.second_backbone(image_list.tensors, feats1))
         easy = self.transform.postprocess(easy, image_list.image_sizes, original_sizes)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -51,6 +52,38 @@ class FasterRCNNHead(nn.Module):
         proposals, rpn_losses = self.rpn(images, fpn, targets)
         detections, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
         return detections, {**rpn_losses, **roi_losses}
+
+    def mean_loss(self, images: ImageList, feats: dict[int, Tensor], targets: list[dict],
+                  seeds: list[int | None]) -> Tensor:
+        """The total training loss averaged over draws of torchvision's random sampling.
+
+        Equal, draw by draw, to `sum(self(images, feats, targets)[1].values())` after
+        `torch.manual_seed(seed)` (a test holds it to that), but the neck, the RPN head, the
+        anchors, the proposals and the anchor matching run once: only the sampling of
+        anchors (RPN loss) and proposals (RoI loss) and the RoI head differ between draws.
+        This mirrors RegionProposalNetwork.forward and RoIHeads.forward in training mode.
+        """
+        rpn, roi = self.rpn, self.roi_heads
+        fpn = self.neck_features(feats)
+        features = list(fpn.values())
+        objectness, deltas = rpn.head(features)
+        anchors = rpn.anchor_generator(images, features)
+        per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)
+        labels, matched = rpn.assign_targets_to_anchors(anchors, targets)
+        regression_targets = rpn.box_coder.encode(matched, anchors)
+        total = objectness.new_zeros(())
+        for seed in seeds:
+            if seed is not None:
+                torch.manual_seed(seed)
+            total = total + sum(rpn.compute_loss(objectness, deltas, labels, regression_targets))
+            sampled, _, roi_labels, roi_targets = roi.select_training_samples(boxes, targets)
+            x = roi.box_head(roi.box_roi_pool(fpn, sampled, images.image_sizes))
+            class_logits, box_regression = roi.box_predictor(x)
+            total = total + sum(fastrcnn_loss(class_logits, box_regression, roi_labels, roi_targets))
+        return total / len(seeds)
 
 
 def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classes: int, cfg) -> FasterRCNNHead:

@@ -9,13 +9,32 @@ with W1: d -> floor(d / reduction), W2: -> 1.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 
-def pool_features(feats: dict[int, Tensor], stages: list[int]) -> Tensor:
-    """The router's input vector: global-average-pooled stage outputs, concatenated. B,d"""
-    return torch.cat([feats[s].mean(dim=(-2, -1)) for s in stages], dim=1)
+def pool_features(feats: dict[int, Tensor], stages: list[int],
+                  image_sizes: list[tuple[int, int]] | None = None,
+                  padded_size: tuple[int, int] | None = None) -> Tensor:
+    """The router's input vector: global-average-pooled stage outputs, concatenated. B,d
+
+    With `image_sizes` (each image's size inside the padded batch of `padded_size`), each
+    image is pooled over its own region only, so its score does not depend on batch-mates
+    of other sizes.
+    """
+    pooled = []
+    for s in stages:
+        f = feats[s]  # B,C,H,W
+        if image_sizes is None or all(tuple(sz) == tuple(padded_size) for sz in image_sizes):
+            pooled.append(f.mean(dim=(-2, -1)))
+            continue
+        sy, sx = padded_size[0] / f.shape[-2], padded_size[1] / f.shape[-1]  # the stage's stride
+        pooled.append(torch.stack([
+            f[i, :, :math.ceil(h / sy), :math.ceil(w / sx)].mean(dim=(-2, -1))
+            for i, (h, w) in enumerate(image_sizes)]))
+    return torch.cat(pooled, dim=1)
 
 
 class Router(nn.Module):
