@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_easy_route import torchvision_faster_rcnn
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.shapes import CLASSES, make_shapes
+from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.recipe import load_recipe

@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
-from torchvision.models.detection import FasterRCNN
 
 from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet
+from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.model.router import pool_features
 from dynamicdet_cli.summary import route_flops, route_params
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
-
-
-class _BackboneWithNeck(nn.Module):
-    """Backbone 1 + detector 1's FPN, in the shape torchvision's FasterRCNN expects."""
-
-    def __init__(self, backbone, head):
-        super().__init__()
-        self.body, self.head = backbone, head
-        self.out_channels = head.neck.inner_blocks[0][0].out_channels
-
-    def forward(self, x):
-        return self.head.neck_features(self.body(x))
-
-
-def torchvision_faster_rcnn(model, cfg) -> FasterRCNN:
-    """A plain torchvision FasterRCNN sharing detector 1's modules and the recipe's settings."""
-    h1, r, h, t = model.head1, cfg.rpn, cfg.roi_heads, cfg.transform
-    return FasterRCNN(
-        _BackboneWithNeck(model.backbone1, h1), num_classes=None,
-        min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean), image_std=list(t.image_std),
-        rpn_anchor_generator=h1.rpn.anchor_generator, rpn_head=h1.rpn.head,
-        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
-        rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
-        rpn_batch_size_per_image=r.batch_size_per_image, rpn_positive_fraction=r.positive_fraction,
-        box_roi_pool=h1.roi_heads.box_roi_pool, box_head=h1.roi_heads.box_head,
-        box_predictor=h1.roi_heads.box_predictor,
-        box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
-        box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
-        box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
-    ).eval()
 
 
 def assert_same_detections(got: dict, want: dict) -> None:
