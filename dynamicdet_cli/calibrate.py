@@ -49,14 +49,14 @@ def hard_ratio_for_latency(
 
 
 def threshold_for_hard_ratio(scores: torch.Tensor | Sequence[float], k: float) -> float:
-    """Threshold tau such that round(k * N) of the N `scores` are strictly greater than tau.
+    """Threshold tau such that floor(k * N) of the N `scores` are strictly greater than tau.
 
     k = 0 gives tau = 1.0 (all easy) and k = 1 gives tau = 0.0 (all hard), since router
     scores are sigmoids in (0, 1) (saturated scores of exactly 0 or 1 still land on the
     right side). Otherwise tau is the midpoint between the sorted scores either side of
     the cut, computed in the scores' dtype so that comparing scores of that dtype to tau
     reproduces the count exactly. Ties at the cut: tied images all go easy, so fewer than
-    round(k * N) are hard; k is a latency budget and must not be exceeded.
+    floor(k * N) are hard; k is a latency budget and must not be exceeded.
 
     Raises DynamicDetError on empty scores (no validation scores: run train-router) or k
     outside [0, 1].
@@ -64,7 +64,8 @@ def threshold_for_hard_ratio(scores: torch.Tensor | Sequence[float], k: float) -
     s = _as_scores(scores)
     if not 0.0 <= k <= 1.0:  # also rejects NaN
         raise DynamicDetError(f"hard ratio must lie in [0, 1], got {k}")
-    n_hard = round(k * s.numel())
+    # floor: k is the largest share the latency budget allows, never to be exceeded
+    n_hard = math.floor(k * s.numel() + 1e-9)
     s = s.sort(descending=True).values
     if n_hard == 0:
         return max(1.0, s[0].item())

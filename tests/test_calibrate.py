@@ -1,5 +1,6 @@
 """calibrate: latency target -> hard ratio k -> router threshold tau, and timing helpers."""
 
+import math
 import time
 
 import pytest
@@ -53,10 +54,20 @@ def test_saturated_scores_still_land_on_the_right_side():
 
 @pytest.mark.parametrize("k", [0.0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.77, 0.9, 0.99, 1.0])
 def test_exact_count_above_threshold(k):
+    """floor, not round: k is the largest share the latency budget allows."""
     scores = torch.rand(101, generator=torch.Generator().manual_seed(1))
     tau = threshold_for_hard_ratio(scores, k)
-    assert (scores > tau).sum().item() == round(k * 101)
-    assert hard_ratio_for_threshold(scores, tau) == pytest.approx(round(k * 101) / 101)
+    assert (scores > tau).sum().item() == math.floor(k * 101 + 1e-9)
+    assert hard_ratio_for_threshold(scores, tau) <= k
+
+
+def test_a_latency_target_is_never_exceeded_by_rounding():
+    # lat 10 -> 20 ms, target 17.5 ms: k = 0.75 of 10 images is 7.5; 8 hard would cost 18 ms
+    k = hard_ratio_for_latency(17.5, 10.0, 20.0)
+    scores = torch.linspace(0.05, 0.95, 10)
+    share = hard_ratio_for_threshold(scores, threshold_for_hard_ratio(scores, k))
+    assert share == pytest.approx(0.7)
+    assert expected_latency(share, 10.0, 20.0) <= 17.5
 
 
 def test_threshold_is_midpoint_and_accepts_sequences():

@@ -1,0 +1,244 @@
+"""evaluate, routing and latency: the sweep's composed AP against running each route (and a
+mixed threshold) for real; how route options resolve; the latency-to-threshold step at and
+beyond both ends; replacing a latency measurement.
+
+The model is the tiny recipe at 64 px trained for two epochs on 8 synthetic images (its
+router untrained: random but fixed scores are all these checks need); the routing checks
+use hand-made checkpoints with known validation scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import decode_image
+
+from dynamicdet_cli.calibrate import hard_ratio_for_threshold, threshold_for_hard_ratio
+from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from dynamicdet_cli.coco_eval import to_coco_results
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.data.shapes import make_shapes
+from dynamicdet_cli.data.transforms import build_transforms
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.evaluate import evaluate_route, sweep
+from dynamicdet_cli.latency import measure_routes, operating_point, store_latency
+from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.routing import resolve_route
+from dynamicdet_cli.train import train_detectors
+
+TINY = Path(__file__).resolve().parent.parent / "recipes" / "shapes-tiny.yaml"
+FAST = ["model.transform.min_size=[64]", "model.transform.max_size=64", "train.batch_size=2",
+        "train.workers=0", "train.warmup_iters=1", "train.epochs=1",
+        "model.roi_heads.score_thresh=0.0"]  # every image gets boxes from both detectors
+CPU = torch.device("cpu")
+BATCH = 4  # 6 validation images: one full batch and one short one
+
+
+# ----------------------------------------------------------------------------- a trained model
+
+def pseudo_ground_truth(model, folder: Path) -> Path:
+    """val.json with each image's objects replaced by the top 2 detections of one detector
+    (easy on even images, hard on odd ones). One epoch on 8 images finds next to nothing of
+    the real shapes, so AP would be 0 for both routes and prove nothing; on this ground
+    truth each route scores well on its half and poorly on the other, and where the images
+    go changes the AP."""
+    coco = json.loads((folder / "val.json").read_text())
+    cat_ids = [c["id"] for c in coco["categories"]]
+    annotations = []
+    with torch.inference_mode():
+        for n, info in enumerate(coco["images"]):
+            image = decode_image(str(folder / "val" / info["file_name"])).float() / 255
+            easy, hard, _ = model.detect_both([image])
+            for r in to_coco_results((easy if n % 2 == 0 else hard)[0], info["id"], cat_ids)[:2]:
+                x, y, w, h = r["bbox"]
+                annotations.append({"id": len(annotations) + 1, "image_id": info["id"], "bbox": [x, y, w, h],
+                                    "category_id": r["category_id"], "area": w * h, "iscrowd": 0})
+    assert len(annotations) == 2 * len(coco["images"])
+    path = folder / "pseudo.json"
+    path.write_text(json.dumps({**coco, "annotations": annotations}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint, model in eval mode, validation dataset) after one epoch of training."""
+    folder = tmp_path_factory.mktemp("shapes")
+    make_shapes(folder, n_train=8, n_val=6, size=64, seed=0)
+    train_set = CocoDataset(folder / "train.json", folder / "train", transforms=build_transforms(True))
+    run = tmp_path_factory.mktemp("train") / "run"
+    result = train_detectors(load_recipe(TINY, FAST), train_set, None, run, show_progress=False)
+    assert result.complete
+    ckpt = load_checkpoint(run / "last.pt")
+    torch.manual_seed(0)  # the untrained router's weights
+    model = model_from_checkpoint(ckpt, CPU).eval()
+    val_set = CocoDataset(pseudo_ground_truth(model, folder), folder / "val", transforms=build_transforms(False))
+    return ckpt, model, val_set
+
+
+@pytest.fixture(scope="module")
+def swept(trained, tmp_path_factory):
+    ckpt, model, val_set = trained
+    out = tmp_path_factory.mktemp("sweep")
+    rows, written, measured = sweep(model, ckpt, val_set, CPU, out, [0.0, 0.5, 1.0], random_draws=0,
+                                    batch_size=BATCH, show_progress=False)
+    assert measured is None and all(r["latency_ms"] is None for r in rows)
+    return rows
+
+
+@pytest.mark.parametrize("index, route", [(0, "easy"), (2, "hard")])
+def test_sweep_ends_equal_evaluating_each_route_alone(trained, swept, tmp_path, index, route):
+    _, model, val_set = trained
+    alone = evaluate_route(model, val_set, route, CPU, tmp_path, BATCH, show_progress=False)
+    row = swept[index]
+    assert row["hard_share"] == alone.hard_share == (1.0 if route == "hard" else 0.0)
+    assert alone.metrics["AP"] > 0.1, "each route finds its own half of the pseudo ground truth"
+    assert row["AP"] == pytest.approx(alone.metrics["AP"], abs=1e-9)
+    assert row["AP50"] == pytest.approx(alone.metrics["AP50"], abs=1e-9)
+
+
+def test_sweep_middle_equals_a_mixed_route_run(trained, swept, tmp_path):
+    """At 50% hard the composed AP is what the model gives when it routes each batch itself."""
+    _, model, val_set = trained
+    row = swept[1]
+    mixed = evaluate_route(model, val_set, row["tau"], CPU, tmp_path, BATCH, show_progress=False)
+    assert mixed.hard_share == row["hard_share"] == 0.5
+    # Backbone 2 runs on a sub-batch here: convolution numerics may differ in the last bits.
+    assert row["AP"] == pytest.approx(mixed.metrics["AP"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- hand-made checkpoints
+
+SCORES = torch.tensor([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+LATENCY = {"device": "cpu", "threads": 2, "batch_size": 1, "image_size": 64, "easy_ms": 10.0, "hard_ms": 20.0}
+
+
+def make_ckpt(points: dict | None = None, latency: list | None = None, router: bool = True) -> dict:
+    return {
+        "router": {"mlp.0.weight": torch.zeros(1)} if router else None,
+        "validation": {"image_ids": list(range(len(SCORES))), "scores": SCORES.clone(), "dataset": "val.json"}
+        if router else None,
+        "latency": list(latency or []),
+        "operating_points": dict(points or {}),
+    }
+
+
+def point(tau: float, share: float) -> dict:
+    return {"tau": tau, "hard_ratio": share, "target_ms": None, "expected_ms": None}
+
+
+def test_no_option_takes_the_default_point():
+    ckpt = make_ckpt({"fast": point(0.9, 0.1), "default": point(0.6, 0.4), "slow": point(0.1, 0.9)})
+    route, text = resolve_route(ckpt)
+    assert route == 0.6 and "'default'" in text
+
+
+def test_no_option_takes_the_only_point_then_the_fallbacks():
+    assert resolve_route(make_ckpt({"fast": point(0.9, 0.1)}))[0] == 0.9
+    assert resolve_route(make_ckpt(router=False))[0] == "hard"
+    route, _ = resolve_route(make_ckpt())  # a router but no point: half the images hard
+    assert hard_ratio_for_threshold(SCORES, route) == 0.5
+
+
+def test_no_option_with_several_points_but_no_default_is_half_hard():
+    route, _ = resolve_route(make_ckpt({"a": point(0.9, 0.1), "b": point(0.1, 0.9)}))
+    assert hard_ratio_for_threshold(SCORES, route) == 0.5
+
+
+@pytest.mark.parametrize("k", [0.0, 0.1, 0.3, 0.7, 1.0])
+def test_hard_ratio_gives_that_share_on_the_stored_scores(k):
+    tau, text = resolve_route(make_ckpt({"default": point(0.5, 0.5)}), hard_ratio=k)
+    assert hard_ratio_for_threshold(SCORES, tau) == pytest.approx(k)
+    assert f"{100 * k:.0f}% hard" in text
+
+
+def test_named_points_and_fixed_routes():
+    ckpt = make_ckpt({"x": point(0.42, 0.6)})
+    assert resolve_route(ckpt, point="x")[0] == 0.42
+    assert resolve_route(ckpt, point="easy")[0] == "easy"
+    assert resolve_route(ckpt, point="hard")[0] == "hard"
+    with pytest.raises(DynamicDetError, match=r"no operating point named 'y'.*x"):
+        resolve_route(ckpt, point="y")
+
+
+@pytest.mark.parametrize("options", [
+    {"hard_ratio": 0.3, "threshold": 0.5},
+    {"latency": "15ms", "point": "x"},
+    {"hard_ratio": 0.3, "latency": "15ms", "threshold": 0.2, "point": "x"},
+])
+def test_more_than_one_option_is_refused(options):
+    with pytest.raises(DynamicDetError, match="at most one"):
+        resolve_route(make_ckpt({"x": point(0.5, 0.5)}, [LATENCY]), **options)
+
+
+def test_latency_needs_a_measurement_on_this_device():
+    with pytest.raises(DynamicDetError, match="no latency measured.*calibrate"):
+        resolve_route(make_ckpt(), latency="15ms", device="cpu")
+    gpu = dict(LATENCY, device="cuda:NVIDIA H100")
+    with pytest.raises(DynamicDetError, match="no latency measured on cpu"):
+        resolve_route(make_ckpt(latency=[gpu]), latency="15ms", device="cpu")
+    tau, _ = resolve_route(make_ckpt(latency=[gpu, LATENCY]), latency="15ms", device="cpu")
+    assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # k = (15 - 10) / (20 - 10)
+
+
+def test_threshold_outside_the_scores_range_routes_all_one_way():
+    assert resolve_route(make_ckpt(), threshold=1.0)[0] == 1.0
+    assert hard_ratio_for_threshold(SCORES, resolve_route(make_ckpt(), threshold=0.0)[0]) == 1.0
+
+
+# ----------------------------------------------------------------------------- operating_point
+
+@pytest.mark.parametrize("target, k", [(10.0, 0.0), (12.0, 0.2), (15.0, 0.5), (18.0, 0.8), (20.0, 1.0)])
+def test_operating_point_from_a_latency(target, k):
+    p = operating_point(make_ckpt(), target_ms=target, latency=LATENCY)
+    assert p["hard_ratio"] == pytest.approx(k)
+    assert hard_ratio_for_threshold(SCORES, p["tau"]) == pytest.approx(k)
+    assert p["tau"] == threshold_for_hard_ratio(SCORES, k)
+    assert p["target_ms"] == target
+    assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
+    assert (p["device"], p["batch_size"], p["image_size"]) == ("cpu", 1, 64)
+
+
+def test_operating_point_ends_route_everything_one_way():
+    easy = operating_point(make_ckpt(), target_ms=10.0, latency=LATENCY)
+    hard = operating_point(make_ckpt(), target_ms=20.0, latency=LATENCY)
+    assert (SCORES > easy["tau"]).sum() == 0 and easy["tau"] >= 1.0
+    assert (SCORES > hard["tau"]).all() and hard["tau"] <= 0.0
+
+
+@pytest.mark.parametrize("target, k", [(5.0, 0.0), (9.99, 0.0), (20.01, 1.0), (100.0, 1.0)])
+def test_operating_point_out_of_range(target, k):
+    with pytest.raises(DynamicDetError, match=r"cannot be met: achievable range is 10\.0-20\.0 ms"):
+        operating_point(make_ckpt(), target_ms=target, latency=LATENCY)
+    p = operating_point(make_ckpt(), target_ms=target, latency=LATENCY, clamp=True)
+    assert p["hard_ratio"] == k
+    assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
+
+
+def test_operating_point_refusals():
+    with pytest.raises(DynamicDetError, match="exactly one"):
+        operating_point(make_ckpt(), hard_ratio=0.5, threshold=0.5)
+    with pytest.raises(DynamicDetError, match="needs a latency measurement"):
+        operating_point(make_ckpt(), target_ms=15.0)
+    with pytest.raises(DynamicDetError, match="not slower"):
+        operating_point(make_ckpt(), target_ms=15.0, latency=dict(LATENCY, hard_ms=9.0))
+    with pytest.raises(DynamicDetError, match="run train-router"):
+        operating_point(make_ckpt(router=False), hard_ratio=0.5)
+
+
+# ----------------------------------------------------------------------------- store_latency
+
+def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained):
+    _, model, _ = trained
+    ckpt = make_ckpt(latency=[dict(LATENCY, device="cuda:NVIDIA H100")])
+    first = measure_routes(model, CPU, batch_size=2, image_size=64, warmup=1, repeats=1)
+    assert first["easy_ms"] > 0 and first["hard_ms"] > 0 and first["batch_size"] == 2
+    assert store_latency(ckpt, first) == 1
+    second = measure_routes(model, CPU, batch_size=2, image_size=64, warmup=1, repeats=1)
+    assert store_latency(ckpt, second) == 1  # same device, threads, batch and size: replaced
+    assert len(ckpt["latency"]) == 2 and ckpt["latency"][1] is second
+    other = dict(second, batch_size=8)
+    assert store_latency(ckpt, other) == 2  # another batch size is another measurement
+    assert [m["device"] for m in ckpt["latency"]] == ["cuda:NVIDIA H100", "cpu", "cpu"]
