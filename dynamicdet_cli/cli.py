@@ -110,6 +110,13 @@ ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation
 ValImgOpt = Annotated[Optional[Path], typer.Option("--val-images", help="validation image folder")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable images (counted) instead of stopping")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice); latencies are stored per thread count")]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
 
 
 def _data_config(data, train_ann, train_images, val_ann, val_images):
@@ -152,13 +159,14 @@ def train_detectors(
     image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision (CUDA only)")] = False,
     skip_bad_images: SkipBadOpt = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
+    _set_threads(threads)
     from dynamicdet_cli.recipe import load_recipe, recipe_from_dict
     from dynamicdet_cli.tables import epoch_table
     from dynamicdet_cli.train import load_run_state, train_detectors as _train
@@ -197,11 +205,12 @@ def train_router(
     overrides: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="override router.epochs")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override router.lr")] = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
+    _set_threads(threads)
     from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
     from dynamicdet_cli.recipe import recipe_from_dict, recipe_to_dict, with_overrides
     from dynamicdet_cli.router_training import summary_table, train_router_checkpoint
@@ -247,13 +256,14 @@ def calibrate(
     latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None,
     name: Annotated[str, typer.Option("--name", help="name of the stored operating point")] = "default",
     clamp: Annotated[bool, typer.Option("--clamp", help="clamp an unreachable latency target to the nearest end")] = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     batch_size: BatchOpt = 1,
     image_size: Annotated[Optional[int], typer.Option(min=16, help="square input side for timing (default: the recipe's)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="timed runs per route (median)")] = 20,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
 ):
     """Measure lat1/lat2 on this device and store a threshold for a target latency (or hard ratio / threshold)."""
+    _set_threads(threads)
     from dynamicdet_cli.checkpoint import save_checkpoint
     from dynamicdet_cli.latency import measure_routes, operating_point, store_latency, validation_scores
     from dynamicdet_cli.tables import calibrate_table
@@ -285,11 +295,12 @@ def evaluate(
     ratios: Annotated[str, typer.Option(help="hard ratios of the sweep, comma-separated")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
     draws: Annotated[int, typer.Option(min=0, help="random-routing draws per sweep point")] = 5,
     out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files")] = None,
-    device: DeviceOpt = "cpu", batch_size: BatchOpt = 8,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """COCO box AP on the validation data at one operating point, or the accuracy-latency --sweep."""
+    _set_threads(threads)
     from dynamicdet_cli import evaluate as engine
     from dynamicdet_cli.latency import device_name
     from dynamicdet_cli.routing import resolve_route
@@ -337,10 +348,11 @@ def predict(
     latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
     conf: Annotated[float, typer.Option("--conf", min=0.0, max=1.0, help="score threshold of kept detections")] = 0.3,
     render: Annotated[bool, typer.Option("--render/--no-render", help="write pictures with boxes and labels")] = True,
-    device: DeviceOpt = "cpu", batch_size: BatchOpt = 8,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """Detect objects in images; each image takes the route its difficulty asks for."""
+    _set_threads(threads)
     from dynamicdet_cli import predict as engine
     from dynamicdet_cli.latency import device_name
     from dynamicdet_cli.routing import resolve_route
