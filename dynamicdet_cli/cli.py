@@ -329,7 +329,8 @@ def evaluate(
             console.print("no latency stored: run `dynamicdet calibrate` for the latency column")
         plot = written.get("plot")
         console.print(f"sweep: {written['json']}, {written['csv']}, " +
-                      (f"plot: [bold]{plot}[/]" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
+                      (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"),
+                      markup=False, highlight=False)
         return
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
                                 device=device_name(dev))

@@ -45,8 +45,10 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
                   f"trained {training.get('epochs', '?')} epochs; " +
                   ", ".join(f"{k} {_fmt(v)}" for k, v in (training.get("val") or {}).items()))
     stats = ckpt["router_stats"]
+    shown = {"delta": "Delta", "val_spearman": "val Spearman(phi, L1-L2)", "ap_router_50": "AP at 50% hard",
+             "gap_router_50": "gap recovered at 50%"}
     table.add_row("router", "not trained" if ckpt["router"] is None else
-                  "trained; " + ", ".join(f"{k} {_fmt(v)}" for k, v in stats.items()))
+                  "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats))
     val = ckpt["validation"]
     table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({val.get('dataset', '')})")
     for i, lat in enumerate(ckpt["latency"]):

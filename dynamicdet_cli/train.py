@@ -87,10 +87,20 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 # ----------------------------------------------------------------------------- optimisation
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD or AdamW; biases and normalisation scales (the 1-D tensors) get no weight decay.
+
+    Decay would pull the composite connection's BatchNorm scales, which start at zero, back
+    towards zero, keeping backbone 2 blind to backbone 1 (torchvision's references exempt
+    norm layers likewise).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
 def lr_factor(step: int, total_steps: int, cfg) -> float:
