@@ -88,6 +88,7 @@ def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndar
 
     canvas = _background(rng, d, size, bg_color)  # H,W,3 float
     _draw_clutter(rng, d, size, canvas, bg_color, contrast)
+    _draw_distractors(rng, d, size, canvas, bg_color, sign * contrast)
 
     n_min, n_max = round(_lerp(1, 8, d)), round(_lerp(3, 15, d))
     shapes = _place_shapes(rng, d, size, int(rng.integers(n_min, n_max + 1)))
@@ -161,6 +162,35 @@ def _draw_clutter(rng: np.random.Generator, d: float, size: int, canvas: np.ndar
             draw.ellipse([x0, y0, x0 + w, y0 + h], fill=255)
         strength = rng.uniform(0.3, 1.0) * contrast * rng.choice([-1.0, 1.0])
         canvas[np.asarray(layer) > 0] = np.clip(bg_color + strength * rng.uniform(0.7, 1.3, 3), 0, 1)
+
+
+def _draw_distractors(rng: np.random.Generator, d: float, size: int, canvas: np.ndarray,
+                      bg_color: np.ndarray, contrast: float) -> None:
+    """Object-like shapes of no class, drawn like the objects: pentagons and hexagons (near a
+    circle), oblong rectangles (near a square), open rings and half crosses. Only telling
+    shapes apart rejects them, which takes more than contrast: this is the part of a hard
+    image where a bigger detector pays off."""
+    n = int(round(_lerp(0, 6, d ** 2) * rng.uniform(0.5, 1.5)))
+    for cls, cx, cy, r, angle in _place_shapes(rng, d, size, n):
+        layer = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(layer)
+        kind = int(rng.integers(5))
+        if kind in (0, 1):  # pentagon, hexagon
+            draw.polygon(_regular(cx, cy, r, 5 + kind, angle), fill=255)
+        elif kind == 2:  # rectangle of aspect 1.6-2.2
+            w, h = r, r / rng.uniform(1.6, 2.2)
+            c, s = math.cos(angle), math.sin(angle)
+            pts = [(-w, -h), (w, -h), (w, h), (-w, h)]
+            draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts], fill=255)
+        elif kind == 3:  # a ring with a gap
+            start = math.degrees(angle)
+            draw.arc([cx - r, cy - r, cx + r, cy + r], start, start + 260, fill=255, width=max(2, int(0.45 * r)))
+        else:  # half a cross: an L
+            a, h = r * 0.9, r * 0.36
+            pts = [(-h, -a), (h, -a), (h, h), (a, h), (a, h + 2 * h), (-h, h + 2 * h)]
+            c, s = math.cos(angle), math.sin(angle)
+            draw.polygon([(cx + x * c - y * s, cy - a / 2 + x * s + y * c) for x, y in pts], fill=255)
+        canvas[np.asarray(layer) > 0] = np.clip(bg_color + contrast * rng.uniform(0.7, 1.3, 3), 0, 1)
 
 
 def _place_shapes(rng: np.random.Generator, d: float, size: int, n: int) -> list[tuple]:
