@@ -91,7 +91,7 @@ def info(
 @app.command("make-shapes")
 def make_shapes(
     out: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
-    train: Annotated[int, typer.Option(min=1, help="training images")] = 512,
+    train: Annotated[int, typer.Option(min=1, help="training images")] = 2048,
     val: Annotated[int, typer.Option(min=1, help="validation images")] = 128,
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same dataset)")] = 0,

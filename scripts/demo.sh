@@ -9,7 +9,7 @@ dd() { "$PY" -m dynamicdet_cli "$@"; }
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 echo "== 1/6 make-shapes: synthetic COCO-format data, easy to hard images"
-dd make-shapes "$DEMO/data" --train 512 --val 128 --size 128 --seed 0
+dd make-shapes "$DEMO/data" --train 2048 --val 128 --size 128 --seed 0
 
 echo "== 2/6 train-detectors: both detectors jointly (step 1)"
 dd train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run"

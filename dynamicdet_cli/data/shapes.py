@@ -30,7 +30,7 @@ CLASSES = ("circle", "square", "triangle", "cross", "ring")
 MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
 
 
-def make_shapes(out: Path, n_train: int = 512, n_val: int = 128, size: int = 128, seed: int = 0) -> Path:
+def make_shapes(out: Path, n_train: int = 2048, n_val: int = 128, size: int = 128, seed: int = 0) -> Path:
     """Write the shapes dataset under `out` and return the path of its data YAML.
 
     Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
