@@ -37,7 +37,7 @@ def test_easy_route_is_a_plain_torchvision_faster_rcnn(make_model, tiny_recipe, 
 
 @pytest.mark.parametrize("share_stem", [False, True])
 def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, share_stem):
-    model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}")
+    model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}", "model.composite.zero_init=true")
     b = tiny_recipe.model.backbone
     # An independent backbone: B2's own weights; with a shared stem, B1's stem and stage 1.
     alone = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1).eval()
@@ -173,23 +173,28 @@ def test_route_costs_are_ordered(tiny_model):
     assert not tiny_model.training
 
 
-def test_mean_loss_equals_the_heads_forward_loss_draw_by_draw(tiny_model, images):
-    """mean_loss shares the work before the sampling across draws; each draw must still be
-    exactly what torchvision's RPN + RoIHeads forward gives under the same seed."""
+def test_head_per_image_losses_equal_the_heads_forward_draw_by_draw(tiny_model, images):
+    """per_image_losses shares the work before the sampling across a batch and across draws;
+    each image's draw must still be what torchvision's RPN + RoIHeads forward gives for that
+    image alone under the same seed."""
     tiny_model.freeze_detectors()
-    targets = _targets([2])
-    image_list, targets, _ = tiny_model.prepare(images[:1], targets)
+    batch_images, batch_targets = images[:2], _targets([2, 1])
+    image_list, targets, _ = tiny_model.prepare(batch_images, batch_targets)
+    seeds = [[3, 4], [5, 6]]
     with torch.no_grad():
         feats = tiny_model.backbone1(image_list.tensors)
-        forward = []
-        for seed in (3, 4):
-            torch.manual_seed(seed)
-            forward.append(sum(tiny_model.head1(image_list, feats, targets)[1].values()))
-        one = tiny_model.head1.mean_loss(image_list, feats, targets, [3])
-        both = tiny_model.head1.mean_loss(image_list, feats, targets, [3, 4])
-    assert_close(one, forward[0])
-    assert_close(both, (forward[0] + forward[1]) / 2)
-    assert not torch.equal(forward[0], forward[1])  # the draws differ, so averaging means something
+        got = tiny_model.head1.per_image_losses(image_list, feats, targets, seeds)
+        want = []
+        for i in range(2):
+            one, one_targets, _ = tiny_model.prepare([batch_images[i]], [batch_targets[i]])
+            one_feats = tiny_model.backbone1(one.tensors)
+            draws = []
+            for seed in seeds[i]:
+                torch.manual_seed(seed)
+                draws.append(sum(tiny_model.head1(one, one_feats, one_targets)[1].values()))
+            assert not torch.equal(draws[0], draws[1])  # the draws differ: averaging means something
+            want.append((draws[0] + draws[1]) / 2)
+    assert_close(got, torch.stack(want), rtol=1e-4, atol=1e-5)
 
 
 def test_router_pools_each_image_over_its_own_region(make_model):

@@ -126,12 +126,13 @@ class DynamicDetector(nn.Module):
                          draws: int = 1) -> tuple[Tensor, Tensor, Tensor]:
         """Each detector's full loss per image, and the router's input, in one pass.
 
-        Returns (L1: B, L2: B, v: B,d). The backbones run once for the batch; the heads run per
-        image, because torchvision's heads average their losses over the batch. Their losses
+        Returns (L1: B, L2: B, v: B,d). The backbones run once for the batch; each head's loss
+        is taken image by image (torchvision's heads average over the batch). Their losses
         depend on random anchor/proposal sampling: with `seeds`, image i's sampling is seeded
         by seeds[i] (so an image's losses do not depend on its batch or on the epoch), and
         `draws` seeded draws are averaged; each head computes everything before the sampling
-        once per image (see `mean_loss`). The caller sets the mode: heads in training mode
+        once for the batch (see `FasterRCNNHead.per_image_losses`). Use batches of one image
+        size. The caller sets the mode: heads in training mode
         (losses are computed only then), BatchNorm in eval mode (see `freeze_detectors`).
         """
         image_list, targets, _ = self.prepare(images, targets)
@@ -140,15 +141,11 @@ class DynamicDetector(nn.Module):
         v = self.router_input(feats1, image_list)
         feats2 = self.second_backbone(x, feats1)
         batch = x.shape[0]
-        seeds = seeds if seeds is not None else [None] * batch
-        l1, l2 = [], []
+        draw_seeds = [[None if seeds is None else seeds[i] * 1009 + d for d in range(draws)] for i in range(batch)]
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            for i in range(batch):
-                one = _take_images(image_list, [i])
-                draw_seeds = [None if seeds[i] is None else seeds[i] * 1009 + d for d in range(draws)]
-                l1.append(self.head1.mean_loss(one, _take(feats1, [i], batch), [targets[i]], draw_seeds))
-                l2.append(self.head2.mean_loss(one, _take(feats2, [i], batch), [targets[i]], draw_seeds))
-        return torch.stack(l1), torch.stack(l2), v
+            l1 = self.head1.per_image_losses(image_list, feats1, targets, draw_seeds)
+            l2 = self.head2.per_image_losses(image_list, feats2, targets, draw_seeds)
+        return l1, l2, v
 
     def freeze_detectors(self) -> None:
         """Router training: every parameter but the router's frozen, BatchNorm in eval mode,

@@ -53,37 +53,52 @@ class FasterRCNNHead(nn.Module):
         detections, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
         return detections, {**rpn_losses, **roi_losses}
 
-    def mean_loss(self, images: ImageList, feats: dict[int, Tensor], targets: list[dict],
-                  seeds: list[int | None]) -> Tensor:
-        """The total training loss averaged over draws of torchvision's random sampling.
+    def per_image_losses(self, images: ImageList, feats: dict[int, Tensor], targets: list[dict],
+                         seeds: list[list[int | None]]) -> Tensor:
+        """Each image's total training loss, averaged over draws of torchvision's sampling. B
 
-        Equal, draw by draw, to `sum(self(images, feats, targets)[1].values())` after
-        `torch.manual_seed(seed)` (a test holds it to that), but the neck, the RPN head, the
-        anchors, the proposals and the anchor matching run once: only the sampling of
-        anchors (RPN loss) and proposals (RoI loss) and the RoI head differ between draws.
-        This mirrors RegionProposalNetwork.forward and RoIHeads.forward in training mode.
+        seeds[i][d] seeds image i's d-th draw (None: unseeded). For image i, each draw equals
+        `sum(self(image_i_alone, its feats, [targets[i]])[1].values())` after
+        `torch.manual_seed(seeds[i][d])` (a test holds it to that): only the anchor sampling
+        (RPN loss), the proposal sampling and the RoI head depend on the draw, so the neck,
+        the RPN head, the anchors, the proposals and the matching run once for the batch, and
+        each draw's RoI head runs once over all images' sampled proposals. Mirrors
+        RegionProposalNetwork.forward and RoIHeads.forward in training mode, calling their
+        own methods for every step. Meant for batches of one image size.
         """
         rpn, roi = self.rpn, self.roi_heads
         fpn = self.neck_features(feats)
         features = list(fpn.values())
         objectness, deltas = rpn.head(features)
         anchors = rpn.anchor_generator(images, features)
+        batch = len(anchors)
         per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
-        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
-        proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)  # B*A,1 and B*A,4, image-major
+        proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(batch, -1, 4)
         boxes, _ = rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)
         labels, matched = rpn.assign_targets_to_anchors(anchors, targets)
         regression_targets = rpn.box_coder.encode(matched, anchors)
-        total = objectness.new_zeros(())
-        for seed in seeds:
-            if seed is not None:
-                torch.manual_seed(seed)
-            total = total + sum(rpn.compute_loss(objectness, deltas, labels, regression_targets))
-            sampled, _, roi_labels, roi_targets = roi.select_training_samples(boxes, targets)
+        per_image = objectness.shape[0] // batch
+        draws = len(seeds[0])
+        totals = objectness.new_zeros(batch)
+        for d in range(draws):
+            rpn_loss, sampled, roi_labels, roi_targets = [], [], [], []
+            for i in range(batch):  # sampling image by image, each from its own seed
+                if seeds[i][d] is not None:
+                    torch.manual_seed(seeds[i][d])
+                part = slice(i * per_image, (i + 1) * per_image)
+                rpn_loss.append(sum(rpn.compute_loss(objectness[part], deltas[part], [labels[i]],
+                                                     [regression_targets[i]])))
+                props, _, lab, reg = roi.select_training_samples([boxes[i]], [targets[i]])
+                sampled += props
+                roi_labels += lab
+                roi_targets += reg
             x = roi.box_head(roi.box_roi_pool(fpn, sampled, images.image_sizes))
             class_logits, box_regression = roi.box_predictor(x)
-            total = total + sum(fastrcnn_loss(class_logits, box_regression, roi_labels, roi_targets))
-        return total / len(seeds)
+            counts = [len(p) for p in sampled]
+            for i, (c, r) in enumerate(zip(class_logits.split(counts), box_regression.split(counts))):
+                totals[i] += rpn_loss[i] + sum(fastrcnn_loss(c, r, [roi_labels[i]], [roi_targets[i]]))
+        return totals / draws
 
 
 def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classes: int, cfg) -> FasterRCNNHead:
