@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from dynamicdet_cli import latency
 from dynamicdet_cli.cli import typer_app
 from dynamicdet_cli.latency import device_name
+from helpers import one_error_line
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
@@ -48,17 +49,6 @@ def ok(result) -> str:
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output, result.output
     return " ".join(re.sub(r"[\u2500-\u257f]", " ", result.output).split())
-
-
-def one_error_line(result, *needles: str) -> str:
-    """A user error: exit status 2, no traceback, one 'error:' line holding every needle."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if "error:" in line]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], result.output
-    return lines[0]
 
 
 def load(path: Path) -> dict:

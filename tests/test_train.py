@@ -28,6 +28,7 @@ from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.recipe import load_recipe
 from dynamicdet_cli.train import train_detectors
+from helpers import one_error_line
 
 TESTS = Path(__file__).resolve().parent
 TINY = TESTS.parent / "recipes" / "shapes-tiny.yaml"
@@ -55,16 +56,6 @@ def recipe(*overrides: str):
 
 def train_set(data: Path) -> CocoDataset:
     return CocoDataset(data / "train.json", data / "train", transforms=build_transforms(True))
-
-
-def one_error_line(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if "error:" in line]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], result.output
-    return lines[0]
 
 
 def metrics(run: Path) -> list[dict]:
