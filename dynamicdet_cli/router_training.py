@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from dynamicdet_cli.checkpoint import model_from_checkpoint, store_router
 from dynamicdet_cli.data.transforms import Transform, build_transforms
 from dynamicdet_cli.errors import DynamicDetError
-from dynamicdet_cli.inference import run_both_routes
+from dynamicdet_cli.inference import RouteResults, run_both_routes
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.sweep import compose_sweep
 
@@ -311,22 +311,18 @@ def _gap_share(ap: float, ap_easy: float, ap_hard: float) -> float | None:
     return (ap - ap_easy) / (ap_hard - ap_easy)
 
 
-def router_summary(model, train_cache: RouterCache, val_cache: RouterCache, val_set, val_ids: list[int],
-                   val_scores: Tensor, delta: float, device, batch_size: int = 8, random_draws: int = 10,
-                   seed: int = 0, show_progress: bool = True) -> dict:
+def router_summary(model, train_cache: RouterCache, val_cache: RouterCache, val_set, routes: RouteResults,
+                   delta: float, random_draws: int = 10, seed: int = 0) -> dict:
     """The numbers of the summary table (plain floats / ints / None).
 
     delta; share of training entries with phi > 0.5 (and of validation images); Spearman of
     phi against L1 - L2 on train and val; val AP routed all easy, all hard, and 50% hard by
     the router and at random (mean, std over `random_draws`), and the share of the
     easy-to-hard AP gap each 50% routing recovers: (AP(0.5) - AP(0)) / (AP(1) - AP(0)).
+    `routes`: both detectors' val results with the (new) router's scores, run_both_routes.
     """
     phi_train, phi_val = _phi(model.router, train_cache.v), _phi(model.router, val_cache.v)
-    routes = run_both_routes(model, val_set, device, batch_size, show_progress=show_progress,
-                             label="val AP of both routes")
-    score_of = dict(zip(val_ids, val_scores.tolist()))
-    scores = torch.tensor([score_of[i] for i in routes.image_ids])
-    rows = compose_sweep(val_set.coco, routes.image_ids, routes.easy, routes.hard, scores,
+    rows = compose_sweep(val_set.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
                          list(SUMMARY_RATIOS), None, None, random_draws=random_draws, seed=seed)
     easy, half, hard = rows
     summary = {
@@ -346,9 +342,9 @@ def router_summary(model, train_cache: RouterCache, val_cache: RouterCache, val_
     }
     summary["gap_router_50"] = _gap_share(half["AP"], easy["AP"], hard["AP"])
     summary["gap_random_50"] = _gap_share(half["random_AP"], easy["AP"], hard["AP"])
-    difficulty = [val_set.coco.imgs[i].get("difficulty") for i in val_ids]
+    difficulty = [val_set.coco.imgs[i].get("difficulty") for i in routes.image_ids]
     if all(isinstance(d, (int, float)) for d in difficulty):  # the synthetic shapes data
-        summary["val_spearman_known_difficulty"] = spearman(val_scores, torch.tensor(difficulty))
+        summary["val_spearman_known_difficulty"] = spearman(routes.scores, torch.tensor(difficulty))
     return summary
 
 
@@ -402,19 +398,20 @@ def train_router_checkpoint(ckpt: dict, train_set, val_set, cfg, device, show_pr
     delta = exact_median(train_cache.gain)
     history = train_router(model.router, train_cache, delta, cfg.epochs, cfg.lr, cfg.weight_decay,
                            cfg.batch_size, cfg.seed)
-    val_ids, val_scores = score_dataset(model, val_set, device, images_per_batch)
+    # One pass of both detectors over val gives the stored scores and the summary's APs.
+    routes = run_both_routes(model, val_set, device, images_per_batch, show_progress=show_progress,
+                             label="val: both routes")
 
     val_cache = cache_router_inputs(model, val_set, device, images_per_batch, 1, cfg.loss_draws,
                                     None, cfg.seed, show_progress=show_progress)
-    summary = router_summary(model, train_cache, val_cache, val_set, val_ids, val_scores, delta, device,
-                             images_per_batch, random_draws, cfg.seed, show_progress)
+    summary = router_summary(model, train_cache, val_cache, val_set, routes, delta, random_draws, cfg.seed)
     summary.update(epochs=cfg.epochs, final_loss=history["loss"][-1], views=cfg.views, draws=cfg.loss_draws,
                    logit_scale=history["logit_scale"], cache_seconds=cache_seconds, train_seconds=history["seconds"])
 
     new = copy.copy(ckpt)  # shallow: "detector" stays the very dict of tensors that was read
     store_router(new, model)
     new["router_stats"] = {k: v for k, v in summary.items() if v is None or isinstance(v, (int, float))}
-    new["validation"] = {"image_ids": val_ids, "scores": val_scores, "dataset": str(Path(val_set.ann_file))}
+    new["validation"] = {"image_ids": routes.image_ids, "scores": routes.scores, "dataset": str(Path(val_set.ann_file))}
     # Scores of another router are void, and so are thresholds picked from them.
     new["operating_points"] = {}
     return new, summary
