@@ -25,10 +25,8 @@ Writes are atomic: a temporary file in the same folder, then a rename.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch
 import torchvision
 
 from dynamicdet_cli import __version__
+from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.errors import DynamicDetError
 
 FORMAT_NAME = "dynamicdet"
@@ -91,21 +90,9 @@ def store_router(ckpt: dict, model: torch.nn.Module) -> None:
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """Write atomically: nothing at `path` is lost if the write fails half-way."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = dict(ckpt, provenance=dict(ckpt.get("provenance") or {}, saved=provenance()["created"]))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
     return path
 
 

@@ -302,6 +302,7 @@ def evaluate(
     """COCO box AP on the validation data at one operating point, or the accuracy-latency --sweep."""
     _set_threads(threads)
     from dynamicdet_cli import evaluate as engine
+    from dynamicdet_cli.atomic import write_json
     from dynamicdet_cli.latency import device_name
     from dynamicdet_cli.routing import resolve_route
     from dynamicdet_cli.tables import evaluate_table, sweep_table
@@ -335,7 +336,7 @@ def evaluate(
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
                                 device=device_name(dev))
     result = engine.evaluate_route(model, dataset, route, dev, out, batch_size, progress)
-    engine.write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
+    write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
                                              "hard_share": result.hard_share, "latency_ms": result.latency_ms,
                                              "images": result.n_images})
     console.print(evaluate_table(result, text))

@@ -10,31 +10,19 @@ results (sweep.py), next to the same number of images routed at random.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.coco_eval import coco_evaluate, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.inference import loader_for, run_both_routes
 from dynamicdet_cli.latency import device_name, latest_latency
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.sweep import compose_sweep, write_sweep
-
-
-def write_json(path: Path, data) -> Path:
-    """Atomic JSON write (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass

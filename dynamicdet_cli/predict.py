@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
+from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.coco_eval import to_coco_results
 from dynamicdet_cli.data.coco import _BadImage, _load_rgb
 from dynamicdet_cli.errors import DynamicDetError
@@ -105,22 +104,6 @@ def list_images(inputs: list[str]) -> list[Path]:
         raise DynamicDetError(f"no files in {', '.join(inputs) or 'the (empty) input list'}: "
                               "give image files, folders holding images, or glob patterns")
     return list(found)
-
-
-def parse_route(value: str, operating_points: dict) -> Route:
-    """A --route value: "easy", "hard", an operating point's name (its tau), or a threshold."""
-    if value in ("easy", "hard"):
-        return value
-    if value in operating_points:
-        return float(operating_points[value]["tau"])
-    try:
-        tau = float(value)
-    except ValueError:
-        names = ", ".join(operating_points) or "none stored: run calibrate"
-        raise DynamicDetError(f"route {value!r} is not easy, hard, a threshold in [0, 1] "
-                              f"or an operating point of the checkpoint ({names})") from None
-    _check_route(tau)
-    return tau
 
 
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
@@ -185,9 +168,9 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                               f"(e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "no images given")
     categories = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
     written = [
-        _write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines)),
-        _write_atomic(out_dir / "predictions_coco.json", json.dumps(coco)),
-        _write_atomic(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
+        write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines)),
+        write_text(out_dir / "predictions_coco.json", json.dumps(coco)),
+        write_text(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
     ]
     latency = {r: (s / n if n else None) for r, (s, n) in totals.items()}
     return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1], n_detections=n_det,
@@ -331,25 +314,6 @@ def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Pat
         text = [f"{class_names[lab - 1]} {s:.2f}" for lab, s in zip(labels, det["scores"].tolist())]
         colors = [PALETTE[(lab - 1) % len(PALETTE)] for lab in labels]
         canvas = draw_bounding_boxes(canvas, det["boxes"], labels=text, colors=colors, width=2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        write_png(canvas, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write_png(canvas, str(tmp))
     return path

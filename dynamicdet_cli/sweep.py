@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from pycocotools.coco import COCO
 
+from dynamicdet_cli.atomic import atomic_path, write_json, write_text
 from dynamicdet_cli.calibrate import expected_latency, threshold_for_hard_ratio
 from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats
 from dynamicdet_cli.errors import DynamicDetError
@@ -107,7 +105,7 @@ def write_sweep(rows: list[dict], out_dir: Path) -> dict[str, Path | None]:
     paths: dict[str, Path | None] = {}
 
     paths["json"] = out_dir / "sweep.json"
-    _write_atomic(paths["json"], (json.dumps(rows, indent=2) + "\n").encode())
+    write_json(paths["json"], rows, indent=2)
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
@@ -115,7 +113,7 @@ def write_sweep(rows: list[dict], out_dir: Path) -> dict[str, Path | None]:
     for row in rows:  # None (no latency / no random draws) -> empty cell
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in SWEEP_COLUMNS})
     paths["csv"] = out_dir / "sweep.csv"
-    _write_atomic(paths["csv"], buffer.getvalue().encode())
+    write_text(paths["csv"], buffer.getvalue())
 
     paths["plot"] = _plot(rows, out_dir / "sweep.png")
     return paths
@@ -138,18 +136,6 @@ def _random_baseline(easy, hard, image_ids, n_hard, draws, generator, router_ap)
         hard_ids = (image_ids[i] for i in pick)
         aps.append(mixed_stats(easy, hard, hard_ids, headline_only=True)["AP"])
     return float(torch.tensor(aps).mean()), float(torch.tensor(aps).std(unbiased=False))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:
@@ -176,12 +162,6 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.errors import DynamicDetError
@@ -208,9 +209,8 @@ def _save_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, ste
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "recipe": recipe, "classes": list(classes), "category_ids": list(category_ids),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_run_state(run: Path) -> dict:

@@ -127,8 +127,9 @@ def test_missing_keys_are_refused(ckpt, tmp_path):
 def test_save_is_atomic(ckpt, saved, monkeypatch):
     before = saved.read_bytes()
 
-    def broken_save(obj, fh, *args, **kwargs):
-        fh.write(b"PK\x03\x04 half a zip")
+    def broken_save(obj, target, *args, **kwargs):  # writes half a file, then fails
+        with open(target, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

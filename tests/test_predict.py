@@ -11,7 +11,7 @@ from torchvision.io import decode_png, read_file
 
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.predict import list_images, parse_route, predict, summary_table
+from dynamicdet_cli.predict import list_images, predict, summary_table
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
@@ -141,15 +141,7 @@ def test_list_images_globs_files_and_errors(mixed_folder, tmp_path):
         list_images([str(empty)])
 
 
-def test_parse_route_and_bad_arguments(model, mixed_folder, tmp_path):
-    points = {"fast": {"tau": 0.8, "hard_ratio": 0.1}}
-    assert parse_route("easy", points) == "easy"
-    assert parse_route("fast", points) == 0.8
-    assert parse_route("0.25", points) == 0.25
-    with pytest.raises(DynamicDetError, match="fast"):
-        parse_route("medium", points)
-    with pytest.raises(DynamicDetError, match="threshold"):
-        parse_route("1.5", points)
+def test_bad_arguments(model, mixed_folder, tmp_path):
     paths = list_images([str(mixed_folder)])
     with pytest.raises(DynamicDetError, match="confidence"):
         _run(model, paths, tmp_path / "o", conf=2.0)
