@@ -261,11 +261,15 @@ def calibrate(
     image_size: Annotated[Optional[int], typer.Option(min=16, help="square input side for timing (default: the recipe's)")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="timed runs per route (median)")] = 20,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
+    reuse_latency: Annotated[bool, typer.Option("--reuse-latency", help="use the latency stored for these conditions instead of timing again")] = False,
 ):
     """Measure lat1/lat2 on this device and store a threshold for a target latency (or hard ratio / threshold)."""
     _set_threads(threads)
     from dynamicdet_cli.checkpoint import save_checkpoint
-    from dynamicdet_cli.latency import measure_routes, operating_point, store_latency, validation_scores
+    import torch
+
+    from dynamicdet_cli.latency import (device_name, measure_routes, operating_point, store_latency,
+                                        stored_latency, validation_scores)
     from dynamicdet_cli.tables import calibrate_table
 
     ckpt, model, dev = _load_model(checkpoint, device)
@@ -275,7 +279,11 @@ def calibrate(
         from dynamicdet_cli.calibrate import parse_latency
         target = parse_latency(latency)
         side = image_size or ckpt["recipe"]["model"]["transform"]["min_size"][-1]
-        measured = measure_routes(model, dev, batch_size, side, repeats=repeats)
+        measured = stored_latency(ckpt, device_name(dev), batch_size, side) if reuse_latency else None
+        if reuse_latency and measured is None:
+            raise DynamicDetError(f"--reuse-latency: no latency stored for {device_name(dev)}, batch {batch_size}, "
+                                  f"{side} px, {torch.get_num_threads()} threads; calibrate once without it")
+        measured = measured or measure_routes(model, dev, batch_size, side, repeats=repeats)
         point = operating_point(ckpt, target_ms=target, latency=measured, clamp=clamp)
         store_latency(ckpt, measured)
     else:

@@ -101,6 +101,15 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
     return point
 
 
+def stored_latency(ckpt: dict, device: str, batch_size: int, image_size: int) -> dict | None:
+    """The measurement stored for exactly these conditions (and this thread count), or None."""
+    for m in ckpt["latency"]:
+        if (m["device"], m["batch_size"], m["image_size"], m["threads"]) == (
+                device, batch_size, image_size, torch.get_num_threads()):
+            return m
+    return None
+
+
 def latest_latency(ckpt: dict, device: str | None = None) -> dict | None:
     """The most recent latency measurement (on `device` if given), or None."""
     for m in reversed(ckpt["latency"]):

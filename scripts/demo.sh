@@ -20,7 +20,8 @@ dd train-router "$DEMO/run/best.pt" --data "$DEMO/data/data.yaml" -o "$DEMO/mode
 echo "== 4/6 calibrate: time both routes here, then a target halfway between them"
 dd calibrate "$DEMO/model.pt" --latency 0.001ms --clamp --name fastest
 TARGET=$("$PY" -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); l = c['latency'][-1]; print(f\"{(l['easy_ms'] + l['hard_ms']) / 2:.2f}ms\")" "$DEMO/model.pt")
-dd calibrate "$DEMO/model.pt" --latency "$TARGET" --name default
+# the same measurement, not a second timing that may drift from the one the target came from
+dd calibrate "$DEMO/model.pt" --latency "$TARGET" --name default --reuse-latency
 
 echo "== 5/6 evaluate: the accuracy-latency sweep, then the calibrated point"
 dd evaluate "$DEMO/model.pt" --data "$DEMO/data/data.yaml" --sweep --out "$DEMO/eval"

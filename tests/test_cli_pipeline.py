@@ -176,6 +176,16 @@ def test_calibrate_latency_midway_routes_about_k(calibrated, tmp_path, fixed_lat
     assert ckpt["operating_points"]["slowest"]["hard_ratio"] == 1.0
 
 
+def test_calibrate_can_reuse_the_stored_latency(calibrated, tmp_path, fixed_latency):
+    model = copy_of(calibrated, tmp_path)
+    one_error_line(cli("calibrate", model, "--latency", "15ms", "--reuse-latency"), "no latency stored")
+    ok(cli("calibrate", model, "--latency", "1s", "--clamp", "--name", "slowest"))  # times: (10, 20)
+    ok(cli("calibrate", model, "--latency", "15ms", "--name", "mid", "--reuse-latency"))
+    assert len(fixed_latency) == 1  # the second call did not time again
+    point = load(model)["operating_points"]["mid"]
+    assert abs(point["hard_ratio"] - 0.5) <= 1 / N_VAL + 1e-9  # k from (10, 20), not the drifted (10.5, 20.5)
+
+
 def test_calibrate_times_the_routes_for_real(calibrated, tmp_path):
     """The real timing path. On a busy shared CPU the two medians can come out in the wrong
     order; that must be the one-line refusal, not a crash."""
