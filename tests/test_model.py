@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet
+from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, build_regnet, build_resnet
 from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.model.router import pool_features
 from dynamicdet_cli.summary import route_flops, route_params
@@ -35,12 +35,21 @@ def test_easy_route_is_a_plain_torchvision_faster_rcnn(make_model, tiny_recipe, 
         assert_same_detections(got, want)
 
 
+REGNET = ("model.backbone.kind=regnet", "model.backbone.widths=[16,32,64,128]", "model.backbone.stem_width=16")
+
+
+@pytest.mark.parametrize("kind", ["resnet", "regnet"])
 @pytest.mark.parametrize("share_stem", [False, True])
-def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, share_stem):
-    model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}", "model.composite.zero_init=true")
-    b = tiny_recipe.model.backbone
+def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, share_stem, kind):
+    extra = REGNET if kind == "regnet" else ()
+    model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}", "model.composite.zero_init=true", *extra)
+    b = model_backbone_cfg(tiny_recipe, extra)
     # An independent backbone: B2's own weights; with a shared stem, B1's stem and stage 1.
-    alone = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1).eval()
+    if kind == "regnet":
+        alone = RegNetBackbone(build_regnet(b.depths, b.widths, b.group_width, b.bottleneck, b.se_ratio,
+                                            b.stem_width, b.norm), first_stage=1).eval()
+    else:
+        alone = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1).eval()
     state = {k: v for k, v in model.backbone2.state_dict().items()}
     if share_stem:
         state.update({k: v for k, v in model.backbone1.state_dict().items() if k.startswith(("stem.", "stages.1."))})
@@ -56,9 +65,30 @@ def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, sh
         assert_close(got[l], want[l], rtol=0, atol=0)
 
 
+def model_backbone_cfg(tiny_recipe, overrides):
+    from dynamicdet_cli.recipe import with_overrides
+    return with_overrides(tiny_recipe, list(overrides)).model.backbone
+
+
+def test_regnet_composite_inputs_match_every_stage_input(make_model):
+    model = make_model(*REGNET, "model.composite.zero_init=false")
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))  # B,3,H,W
+    with torch.no_grad():
+        feats1 = model.backbone1(x)
+        composite = model.composite(feats1)
+        stem = model.backbone1.stem(x)
+    assert [tuple(feats1[l].shape[1:]) for l in (1, 2, 3, 4)] == [(16, 16, 24), (32, 8, 12), (64, 4, 6), (128, 2, 3)]
+    assert tuple(composite[1].shape) == tuple(stem.shape)  # stage 1's input: the stem's output, stride 2
+    for l in (2, 3, 4):
+        assert tuple(composite[l].shape) == tuple(feats1[l - 1].shape)
+    assert any(h.abs().sum() > 0 for h in composite.values())
+
+
 # ----------------------------------------------------------------------------- routing under a threshold
 
-def test_mixed_batch_matches_each_image_alone(tiny_model, images):
+@pytest.mark.parametrize("kind", ["resnet", "regnet"])
+def test_mixed_batch_matches_each_image_alone(make_model, images, kind):
+    tiny_model = make_model(*REGNET) if kind == "regnet" else make_model()
     with torch.no_grad():
         mixed_probe = tiny_model.detect(images, route="easy")
         phi = torch.stack([r["difficulty"] for r in mixed_probe])  # B

@@ -1,14 +1,16 @@
-"""ResNet backbones that expose every stage's output and accept composite inputs.
+"""Backbones that expose every stage's output and accept composite inputs.
 
-Feature maps travel as `dict[int, Tensor]` keyed by ResNet stage number 1..4
-(stage l has stride 2**(l+1): 4, 8, 16, 32), each `B, C_l, H_l, W_l`.
+Two torchvision families, one interface (`StageBackbone`): ResNet, and RegNet built from
+torchvision's `BlockParams` (narrow, fast, what real-time users deploy). Feature maps travel
+as `dict[int, Tensor]` keyed by stage number 1..4 (stage l has stride 2**(l+1): 4, 8, 16,
+32), each `B, C_l, H_l, W_l`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision.models import regnet, resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from dynamicdet_cli.errors import DynamicDetError
@@ -29,8 +31,29 @@ def build_resnet(depth: int, norm: str) -> resnet.ResNet:
     return resnet.ResNet(block, layers, norm_layer=norm_layer)
 
 
-class ResNetBackbone(nn.Module):
-    """Stem and stages `first_stage..4` of a torchvision ResNet.
+def build_regnet(depths: list[int], widths: list[int], group_width: int, bottleneck: float,
+                 se_ratio: float, stem_width: int, norm: str) -> regnet.RegNet:
+    """A torchvision RegNet of four stages from explicit BlockParams, fresh weights.
+
+    depths / widths: blocks and output channels per stage; group_width: channels per group of
+    the 3x3 convolutions; bottleneck: inner width / output width; se_ratio 0 = no
+    squeeze-and-excitation. Every stage halves the resolution (strides 4, 8, 16, 32 after
+    the stride-2 stem), as ResNet's do.
+    """
+    for w in widths:
+        inner = int(round(w * bottleneck))
+        if inner % group_width:
+            raise DynamicDetError(f"recipe key model.backbone.group_width: {group_width} does not divide the "
+                                  f"inner width {inner} of a stage of width {w} (bottleneck {bottleneck})")
+    params = regnet.BlockParams(depths=list(depths), widths=list(widths), group_widths=[group_width] * 4,
+                                bottleneck_multipliers=[bottleneck] * 4, strides=[2] * 4,
+                                se_ratio=se_ratio or None)
+    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    return regnet.RegNet(params, stem_width=stem_width, norm_layer=norm_layer)
+
+
+class StageBackbone(nn.Module):
+    """A stem and stages `first_stage..4`, each stage's input open to a composite input.
 
     forward(x, stage_inputs=None) -> {l: B,C_l,H_l,W_l for l in first_stage..4}
       x: the image batch `B,3,H,W` when the backbone has its own stem (first_stage == 1);
@@ -38,26 +61,26 @@ class ResNetBackbone(nn.Module):
          before: the CBNetV2 shared-stem variant).
       stage_inputs: optional {l: tensor shaped like stage l's input}, added to that input.
          This is where the composite connection of backbone 2 enters.
+
+    Args: stem (None when first_stage == 2), stages {l: module} for l in first_stage..4,
+    stem_channels (the stem's output = stage 1's input), out_channels {l: C_l} for l in 1..4.
     """
 
-    def __init__(self, net: resnet.ResNet, first_stage: int = 1):
+    def __init__(self, stem: nn.Module | None, stages: dict[int, nn.Module], stem_channels: int,
+                 out_channels: dict[int, int], first_stage: int = 1):
         super().__init__()
         assert first_stage in (1, 2), "a backbone starts at stage 1 (own stem) or 2 (shared stem)"
         self.first_stage = first_stage
-        if first_stage == 1:
-            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        else:
-            self.stem = None
-        self.stages = nn.ModuleDict({str(l): getattr(net, f"layer{l}") for l in range(first_stage, 5)})
-        expansion = 4 if isinstance(net.layer1[0], resnet.Bottleneck) else 1
-        self.out_channels = {l: 64 * 2 ** (l - 1) * expansion for l in range(1, 5)}
-        # The input of stage 1 is the stem's output (64 channels), of stage l the output of l-1.
-        self.in_channels = {1: 64, **{l: self.out_channels[l - 1] for l in range(2, 5)}}
+        self.stem = stem if first_stage == 1 else None
+        self.stages = nn.ModuleDict({str(l): stages[l] for l in range(first_stage, 5)})
+        self.out_channels = dict(out_channels)
+        # The input of stage 1 is the stem's output, of stage l the output of stage l-1.
+        self.in_channels = {1: stem_channels, **{l: self.out_channels[l - 1] for l in range(2, 5)}}
 
     def forward(self, x: Tensor, stage_inputs: dict[int, Tensor] | None = None) -> dict[int, Tensor]:
         stage_inputs = stage_inputs or {}
         if self.stem is not None:
-            x = self.stem(x)  # B,64,H/4,W/4
+            x = self.stem(x)  # B,C_stem,H/4,W/4 (ResNet) or H/2,W/2 (RegNet)
         out = {}
         for name, stage in self.stages.items():
             l = int(name)
@@ -66,6 +89,28 @@ class ResNetBackbone(nn.Module):
             x = stage(x)
             out[l] = x
         return out
+
+
+class ResNetBackbone(StageBackbone):
+    """Stem and stages `first_stage..4` of a torchvision ResNet (see StageBackbone)."""
+
+    def __init__(self, net: resnet.ResNet, first_stage: int = 1):
+        expansion = 4 if isinstance(net.layer1[0], resnet.Bottleneck) else 1
+        super().__init__(
+            stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+            stages={l: getattr(net, f"layer{l}") for l in range(1, 5)}, stem_channels=64,
+            out_channels={l: 64 * 2 ** (l - 1) * expansion for l in range(1, 5)}, first_stage=first_stage)
+
+
+class RegNetBackbone(StageBackbone):
+    """Stem and stages `first_stage..4` of a torchvision RegNet (see StageBackbone)."""
+
+    def __init__(self, net: regnet.RegNet, first_stage: int = 1):
+        blocks = {l: getattr(net.trunk_output, f"block{l}") for l in range(1, 5)}
+        super().__init__(
+            stem=net.stem, stages=blocks, stem_channels=net.stem[0].out_channels,
+            out_channels={l: b[-1].f.c[0].out_channels for l, b in blocks.items()},  # last block's last conv
+            first_stage=first_stage)
 
 
 def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from dynamicdet_cli.model.backbone import ResNetBackbone, build_resnet, load_backbone_weights
+from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.backbone import (RegNetBackbone, ResNetBackbone, StageBackbone, build_regnet,
+                                          build_resnet, load_backbone_weights)
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.model.heads import build_faster_rcnn_head
@@ -22,6 +24,14 @@ def build_transform(cfg) -> GeneralizedRCNNTransform:
                                     image_mean=list(t.image_mean), image_std=list(t.image_std))
 
 
+def build_backbone(b, first_stage: int) -> StageBackbone:
+    """One backbone from the recipe's BackboneConfig `b`, fresh weights."""
+    if b.kind == "regnet":
+        net = build_regnet(b.depths, b.widths, b.group_width, b.bottleneck, b.se_ratio, b.stem_width, b.norm)
+        return RegNetBackbone(net, first_stage)
+    return ResNetBackbone(build_resnet(b.depth, b.norm), first_stage)
+
+
 def build_model(cfg, num_classes: int | None = None, backbone_weights: str | None = None) -> DynamicDetector:
     """Build a DynamicDetector from a recipe's ModelConfig.
 
@@ -30,14 +40,18 @@ def build_model(cfg, num_classes: int | None = None, backbone_weights: str | Non
     """
     b = cfg.backbone
     num_classes = num_classes or cfg.num_classes
-    backbone1 = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=1)
-    backbone2 = ResNetBackbone(build_resnet(b.depth, b.norm), first_stage=2 if b.share_stem else 1)
+    backbone1 = build_backbone(b, first_stage=1)
+    backbone2 = build_backbone(b, first_stage=2 if b.share_stem else 1)
     if backbone_weights:
+        if b.kind != "resnet":
+            raise DynamicDetError("--backbone-weights takes a torchvision ResNet state dict; "
+                                  f"this recipe's backbone is {b.kind}")
         load_backbone_weights(backbone1, backbone_weights)
         load_backbone_weights(backbone2, backbone_weights)
     composite = DenseHigherLevelComposition(
         src_channels=backbone1.out_channels, dst_channels=backbone2.in_channels,
-        dst_stages=list(range(backbone2.first_stage, 5)), zero_init=cfg.composite.zero_init)
+        dst_stages=list(range(backbone2.first_stage, 5)), zero_init=cfg.composite.zero_init,
+        stage1_upscale=2 if b.kind == "regnet" else 1)
     stages = list(b.stages)
     in_channels = [backbone1.out_channels[s] for s in stages]
     build_head = HEAD_BUILDERS[cfg.family]

@@ -22,12 +22,15 @@ class DenseHigherLevelComposition(nn.Module):
         dst_channels: backbone 2's input channels per stage {l: C_in(l)}.
         dst_stages: the stages of backbone 2 that receive a composite input.
         zero_init: start with H == 0.
+        stage1_upscale: stage 1's input resolution over its output's: 1 for ResNet (the stem
+            ends with a stride-2 max-pool), 2 for RegNet (stage 1 itself has stride 2).
     """
 
     def __init__(self, src_channels: dict[int, int], dst_channels: dict[int, int],
-                 dst_stages: list[int], zero_init: bool = True):
+                 dst_stages: list[int], zero_init: bool = True, stage1_upscale: int = 1):
         super().__init__()
         self.dst_stages = list(dst_stages)
+        self.stage1_upscale = stage1_upscale
         self.src_stages = sorted(src_channels)
         self.proj = nn.ModuleDict()
         for l in self.dst_stages:
@@ -40,10 +43,13 @@ class DenseHigherLevelComposition(nn.Module):
                 conv = nn.Conv2d(src_channels[j], dst_channels[l], kernel_size=1, bias=False)
                 self.proj[f"{j}to{l}"] = nn.Sequential(conv, bn)
 
-    @staticmethod
-    def target_size(feats1: dict[int, Tensor], l: int) -> tuple[int, int]:
-        """Spatial size of stage l's input: the stem's (= stage 1's) for l = 1, else stage l-1's output."""
-        return tuple(feats1[max(l - 1, 1)].shape[-2:])
+    def target_size(self, feats1: dict[int, Tensor], l: int) -> tuple[int, int]:
+        """Spatial size of stage l's input: the stem's output for l = 1, else stage l-1's output.
+        (Batches are padded to multiples of 32, so stage 1's size scales back exactly.)"""
+        if l == 1:
+            h, w = feats1[1].shape[-2:]
+            return (h * self.stage1_upscale, w * self.stage1_upscale)
+        return tuple(feats1[l - 1].shape[-2:])
 
     def forward(self, feats1: dict[int, Tensor]) -> dict[int, Tensor]:
         out = {}

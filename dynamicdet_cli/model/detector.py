@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from dynamicdet_cli.model.backbone import ResNetBackbone
+from dynamicdet_cli.model.backbone import StageBackbone
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.router import Router, pool_features
 
@@ -40,7 +40,7 @@ class DynamicDetector(nn.Module):
 
     Args (all built elsewhere):
         transform: torchvision's GeneralizedRCNNTransform (resize, normalise, batch).
-        backbone1, backbone2: ResNetBackbone; backbone2 may start at stage 2 (shared stem).
+        backbone1, backbone2: StageBackbone (ResNet or RegNet); backbone2 may start at stage 2 (shared stem).
         composite: the connection G from backbone 1's stages to backbone 2's stage inputs.
         router: Router over `pool_features(F1, router_stages)`.
         head1, head2: detector heads (see model/heads.py).
@@ -61,8 +61,8 @@ class DynamicDetector(nn.Module):
         and backbone 2 / detector 2 run only on the hard images.
     """
 
-    def __init__(self, transform: GeneralizedRCNNTransform, backbone1: ResNetBackbone,
-                 backbone2: ResNetBackbone, composite: DenseHigherLevelComposition, router: Router,
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone1: StageBackbone,
+                 backbone2: StageBackbone, composite: DenseHigherLevelComposition, router: Router,
                  head1: nn.Module, head2: nn.Module, router_stages: list[int],
                  loss_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
