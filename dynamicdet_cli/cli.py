@@ -92,18 +92,20 @@ def info(
 def make_shapes(
     out: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
     train: Annotated[int, typer.Option(min=1, help="training images")] = 2048,
-    val: Annotated[int, typer.Option(min=1, help="validation images")] = 128,
+    val: Annotated[int, typer.Option(min=1, help="validation images")] = 512,
+    router: Annotated[int, typer.Option(min=0, help="images of a router split (router_ann/router_images) the detectors never train on; 0 = none")] = 0,
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same dataset)")] = 0,
 ):
     """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""
     from dynamicdet_cli.data.shapes import make_shapes as _make
-    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed)
-    console.print(f"wrote {train} train and {val} val images; data file: [bold]{data_yaml}[/]")
+    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router)
+    extra = f", {router} router" if router else ""
+    console.print(f"wrote {train} train{extra} and {val} val images; data file: [bold]{data_yaml}[/]")
 
 
 # ----------------------------------------------------------------------------- data options
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images)")]
 TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
 TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
 ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
@@ -157,6 +159,7 @@ def train_detectors(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="override train.batch_size")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override train.lr")] = None,
     image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
+    router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
@@ -173,7 +176,7 @@ def train_detectors(
 
     if resume:
         cfg = recipe_from_dict(load_run_state(out)["recipe"])
-        if recipe or overrides or epochs or batch_size or lr is not None or image_size:
+        if recipe or overrides or epochs or batch_size or lr is not None or image_size or router_holdout is not None:
             err_console.print("[yellow]warning:[/] --resume continues with the run's own recipe; "
                               "the recipe and override options given are ignored", highlight=False)
     elif recipe is None:
@@ -183,6 +186,7 @@ def train_detectors(
         sets += [f"train.epochs={epochs}"] if epochs else []
         sets += [f"train.batch_size={batch_size}"] if batch_size else []
         sets += [f"train.lr={lr}"] if lr is not None else []
+        sets += [f"train.router_holdout={router_holdout}"] if router_holdout is not None else []
         sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
         cfg = load_recipe(recipe, sets)
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
@@ -213,7 +217,8 @@ def train_router(
     _set_threads(threads)
     from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
     from dynamicdet_cli.recipe import recipe_from_dict, recipe_to_dict, with_overrides
-    from dynamicdet_cli.router_training import summary_table, train_router_checkpoint
+    from dynamicdet_cli.router_summary import summary_table
+    from dynamicdet_cli.router_training import train_router_checkpoint
     from dynamicdet_cli.train import resolve_device
 
     ckpt = load_checkpoint(checkpoint)
@@ -227,8 +232,9 @@ def train_router(
         raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
     train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images)
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images)
+    router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images) if dc.has_router else None
     new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
-                                           show_progress=progress)
+                                           show_progress=progress, router_set=router_set)
     path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
     console.print(f"router trained; wrote [bold]{path}[/]")

@@ -125,6 +125,29 @@ def mixed_stats(
     return _headline_stats(mixed) if headline_only else accumulate_stats(mixed)
 
 
+def resampled_ap(easy: COCOeval, hard: COCOeval, from_hard: list[bool], sample: list[int]) -> float:
+    """AP (area "all", most detections) of a routing over a resample of the images.
+
+    from_hard[i]: image i (in params.imgIds order) takes `hard`'s detections; sample: image
+    positions drawn with replacement (a bootstrap replicate; a repeated image counts
+    again). Built from the per-image records like `mixed_stats`, so nothing is re-matched.
+    """
+    p_easy = easy._paramsEval
+    n_img, n_area = len(p_easy.imgIds), len(p_easy.areaRng)
+    assert p_easy.areaRngLbl[0] == "all"
+    source = (easy.evalImgs, hard.evalImgs)
+    records = [
+        source[from_hard[i]][k * n_area * n_img + i]  # [category][area "all"][image]
+        for k in range(len(p_easy.catIds)) for i in sample
+    ]
+    params = copy.copy(p_easy)
+    params.imgIds = list(range(len(sample)))  # distinct stand-ins: repeats stay separate images
+    params.areaRng, params.areaRngLbl = params.areaRng[:1], params.areaRngLbl[:1]
+    resampled = copy.copy(easy)
+    resampled.evalImgs, resampled._paramsEval, resampled.params = records, params, params
+    return _headline_stats(resampled)["AP"]
+
+
 def _headline_stats(evaluator: COCOeval) -> dict[str, float]:
     """AP, AP50, AP75 (area "all", most detections) as COCOeval.summarize computes them."""
     params = copy.copy(evaluator.params)

@@ -38,7 +38,14 @@ def _f(default, help: str, lo=None, hi=None, choices=None):
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    depth: int = _f(50, "ResNet depth of both backbones", choices=(10, 18, 34, 50, 101))
+    kind: str = _f("resnet", "backbone family of both backbones", choices=("resnet", "regnet"))
+    depth: int = _f(50, "ResNet depth of both backbones (resnet only)", choices=(10, 18, 34, 50, 101))
+    depths: tuple[int, ...] = _f((1, 1, 2, 2), "RegNet blocks per stage, 4 values (regnet only)", lo=1, hi=64)
+    widths: tuple[int, ...] = _f((24, 48, 96, 192), "RegNet output channels per stage, 4 values (regnet only)", lo=8, hi=4096)
+    group_width: int = _f(8, "RegNet channels per group of the 3x3 convolutions (regnet only)", lo=1)
+    bottleneck: float = _f(1.0, "RegNet inner width / output width of a block (regnet only)", lo=0.125, hi=4.0)
+    se_ratio: float = _f(0.25, "RegNet squeeze-and-excitation ratio, 0 = none (regnet only)", lo=0.0, hi=1.0)
+    stem_width: int = _f(24, "RegNet stem channels (regnet only)", lo=8, hi=256)
     norm: str = _f("frozen_bn", "backbone normalisation", choices=("bn", "frozen_bn"))
     stages: tuple[int, ...] = _f((1, 2, 3, 4), "ResNet stages (1-4) that feed the neck and the router")
     share_stem: bool = _f(False, "backbone 2 reuses backbone 1's stem and stage 1 (CBNetV2 style)")
@@ -131,6 +138,7 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate on the validation set every N epochs", lo=1)
     workers: int = _f(2, "data-loader worker processes", lo=0, hi=64)
     seed: int = _f(0, "random seed", lo=0)
+    router_holdout: float = _f(0.0, "share of the training images kept out of step 1 (seeded by train.seed); train-router takes its targets from them", lo=0.0, hi=0.9)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -140,7 +148,8 @@ class RouterTrainConfig:
     lr: float = _f(1e-3, "AdamW learning rate of the router", lo=0.0, hi=10.0)
     weight_decay: float = _f(1e-4, "AdamW weight decay of the router", lo=0.0, hi=1.0)
     batch_size: int = _f(64, "router batch size on cached features", lo=1)
-    views: int = _f(1, "augmented views cached per training image (1 = the image as is)", lo=1, hi=16)
+    views: int = _f(1, "augmented views cached per target image, averaged into one entry (1 = the image as is)", lo=1, hi=16)
+    holdout: float = _f(0.2, "share of the target images held out of the fit; the epoch of the lowest held-out router loss is kept (0 = last epoch)", lo=0.0, hi=0.9)
     loss_draws: int = _f(2, "seeded draws of the sampled losses averaged per image, to make L1 - L2 stable", lo=1, hi=16)
     seed: int = _f(0, "random seed", lo=0)
 
@@ -224,6 +233,8 @@ def _check_consistency(recipe: Recipe) -> None:
     """Rules that involve more than one key."""
     m = recipe.model
     stages = m.backbone.stages
+    if m.backbone.kind == "regnet" and (len(m.backbone.depths) != 4 or len(m.backbone.widths) != 4):
+        raise DynamicDetError("recipe keys model.backbone.depths/widths: need 4 values each, one per stage")
     if sorted(set(stages)) != list(stages) or not all(1 <= s <= 4 for s in stages):
         raise DynamicDetError(f"recipe key model.backbone.stages: {list(stages)} must be increasing stage numbers from 1 to 4")
     if len(m.rpn.anchor_sizes) != len(stages) + 1:

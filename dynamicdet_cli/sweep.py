@@ -5,6 +5,11 @@ whose detections count. So the AP of any split is a composition of the two store
 and the whole curve costs two per-image evaluations plus one accumulate per point
 (see coco_eval.mixed_stats). Random routing of the same number of images is the baseline
 the router must beat (METHOD.md: random recovers about half the gain at 50% hard).
+
+Whether the router beats random routing is a claim about images not yet seen, so each row
+carries a paired bootstrap 95% interval of router AP minus random AP: each replicate draws
+the validation images with replacement and one random routing of as many hard images, and
+scores both routings on the same drawn images.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from pycocotools.coco import COCO
 
 from dynamicdet_cli.atomic import atomic_path, write_json, write_text
 from dynamicdet_cli.calibrate import expected_latency, threshold_for_hard_ratio
-from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats
+from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats, resampled_ap
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.stats import percentile_interval
 
-SWEEP_COLUMNS = ("k", "tau", "hard_share", "AP", "AP50", "latency_ms", "random_AP", "random_AP_std")
+SWEEP_COLUMNS = ("k", "tau", "hard_share", "AP", "AP50", "latency_ms", "random_AP", "random_AP_std",
+                 "gain_vs_random", "gain_lo", "gain_hi")
+BOOTSTRAP_REPLICATES = 200  # enough for a 95% percentile interval; each costs two accumulates
 
 
 def compose_sweep(
@@ -35,6 +43,7 @@ def compose_sweep(
     lat2_ms: float | None,
     random_draws: int = 5,
     seed: int = 0,
+    bootstrap: int = BOOTSTRAP_REPLICATES,
 ) -> list[dict]:
     """One row per hard ratio k: router routing versus random routing of as many images.
 
@@ -46,8 +55,11 @@ def compose_sweep(
     the share actually routed hard (below k when scores tie at the cut), latency_ms the
     expected latency at that share (None without both latencies), random_AP the mean AP
     over `random_draws` random routings (seeded) with the same number of hard images
-    (None when random_draws is 0), random_AP_std their population std. APs use
-    coco_eval's convention (-1 when the images have no ground-truth objects).
+    (None when random_draws is 0), random_AP_std their population std. gain_vs_random =
+    AP - random_AP, and [gain_lo, gain_hi] its paired bootstrap 95% interval over images
+    from `bootstrap` replicates (None when 0, without random draws, or at k where every
+    routing is the same: no image or every image hard). APs use coco_eval's convention
+    (-1 when the images have no ground-truth objects).
     """
     scores = torch.as_tensor(scores).detach().cpu().flatten()
     if scores.numel() != len(image_ids):
@@ -59,8 +71,8 @@ def compose_sweep(
         raise DynamicDetError("duplicate image ids in the validation set")
     if (lat1_ms is None) != (lat2_ms is None):
         raise DynamicDetError("give both route latencies or neither")
-    if random_draws < 0:
-        raise DynamicDetError(f"random draws must be >= 0, got {random_draws}")
+    if random_draws < 0 or bootstrap < 0:
+        raise DynamicDetError(f"random draws and bootstrap replicates must be >= 0, got {random_draws}, {bootstrap}")
 
     easy = evaluate_images(coco_gt, _flatten(results_easy, image_ids), image_ids)
     hard = evaluate_images(coco_gt, _flatten(results_hard, image_ids), image_ids)
@@ -78,6 +90,10 @@ def compose_sweep(
             easy, hard, image_ids, n_hard, random_draws, generator, stats["AP"]
         )
         latency = None if lat1_ms is None else expected_latency(hard_share, lat1_ms, lat2_ms)
+        gain = None if random_ap is None else stats["AP"] - random_ap
+        lo = hi = None
+        if gain is not None and bootstrap and 0 < n_hard < n_images:
+            lo, hi = _bootstrap_gain(easy, hard, {image_ids[i] for i in routed}, bootstrap, generator)
         rows.append(
             {
                 "k": float(k),
@@ -88,6 +104,9 @@ def compose_sweep(
                 "latency_ms": latency,
                 "random_AP": random_ap,
                 "random_AP_std": random_std,
+                "gain_vs_random": gain,
+                "gain_lo": lo,
+                "gain_hi": hi,
             }
         )
     return rows
@@ -136,6 +155,20 @@ def _random_baseline(easy, hard, image_ids, n_hard, draws, generator, router_ap)
         hard_ids = (image_ids[i] for i in pick)
         aps.append(mixed_stats(easy, hard, hard_ids, headline_only=True)["AP"])
     return float(torch.tensor(aps).mean()), float(torch.tensor(aps).std(unbiased=False))
+
+
+def _bootstrap_gain(easy, hard, hard_ids: set[int], replicates: int, generator):
+    """Paired bootstrap 95% interval of (router AP - random AP) over resampled images."""
+    by_router = [int(i) in hard_ids for i in easy._paramsEval.imgIds]  # the evaluators' image order
+    n_images = len(by_router)
+    gains = []
+    for _ in range(replicates):
+        sample = torch.randint(n_images, (n_images,), generator=generator).tolist()
+        by_chance = [False] * n_images
+        for i in torch.randperm(n_images, generator=generator)[:len(hard_ids)].tolist():
+            by_chance[i] = True
+        gains.append(resampled_ap(easy, hard, by_router, sample) - resampled_ap(easy, hard, by_chance, sample))
+    return percentile_interval(gains)
 
 
 def _plot(rows: list[dict], path: Path) -> Path | None:

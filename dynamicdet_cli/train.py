@@ -6,6 +6,10 @@ A run folder holds everything about one run:
     state.pt         resume state: model, optimizer, scheduler, grad scaler, epoch, step
     last.pt, best.pt model checkpoints in the one dynamicdet format (best = mean AP of d1, d2)
 
+With `train.router_holdout` > 0, a seeded share of the training images is kept out of
+step 1 entirely; the checkpoints list them (`training.router_image_ids`) and train-router
+takes its targets from them: images the detectors never fitted.
+
 Resume is epoch-exact: state.pt is written (atomically) after each epoch, and the random
 state is re-seeded from (seed, epoch) at the start of every epoch, so a resumed epoch replays
 exactly what the killed one would have done. A run killed mid-epoch loses at most that epoch.
@@ -265,6 +269,13 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
     cfg = recipe.train
     recipe_data = recipe_to_dict(recipe)
+    router_ids: list[int] = []
+    if cfg.router_holdout > 0:
+        kept, router_ids = train_set.split_ids(cfg.router_holdout, cfg.seed)
+        if not kept or not router_ids:
+            raise DynamicDetError(f"train.router_holdout={cfg.router_holdout} of {len(train_set)} training images "
+                                  "leaves no images on one side; use more images or another share")
+        train_set = train_set.restricted_to(kept)
 
     seed_everything(cfg.seed)
     model = build_model(recipe.model, num_classes=train_set.num_classes)
@@ -316,7 +327,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 metric = (last_val["d1"]["AP"] + last_val["d2"]["AP"]) / 2 if "val" in record else None
                 ckpt = new_checkpoint(recipe_data, train_set.classes, train_set.cat_ids, model)
                 ckpt["training"] = {"epochs": epoch + 1, "steps": step, "run": str(run),
-                                    "val": _flat_val(record.get("val"))}
+                                    "val": _flat_val(record.get("val")), "router_image_ids": router_ids}
                 save_checkpoint(ckpt, run / "last.pt")
                 if metric is None or metric >= best:
                     best = metric if metric is not None else best

@@ -167,3 +167,40 @@ def test_write_sweep_without_latency_leaves_empty_cells(tmp_path):
     paths = write_sweep(rows, tmp_path)
     row = next(csv.DictReader(paths["csv"].open()))
     assert row["latency_ms"] == "" and row["random_AP"] == ""
+
+
+def test_resampled_ap_of_every_image_once_is_the_mixed_ap(setup):
+    from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats, resampled_ap
+    gt, easy, hard, _ = setup
+    e, h = evaluate_images(gt, flat(easy), IMAGE_IDS), evaluate_images(gt, flat(hard), IMAGE_IDS)
+    routed = set(IMAGE_IDS[::3])
+    from_hard = [img in routed for img in e._paramsEval.imgIds]
+    everyone = list(range(N_IMAGES))
+    assert resampled_ap(e, h, from_hard, everyone) == pytest.approx(mixed_stats(e, h, routed, headline_only=True)["AP"])
+    # a resample that repeats images is the AP of the results list with those images repeated
+    twice = everyone + everyone
+    assert resampled_ap(e, h, from_hard, twice) == pytest.approx(resampled_ap(e, h, from_hard, everyone))
+    only_easy_images = [i for i, img in enumerate(e._paramsEval.imgIds) if img not in DIFFICULT]
+    assert resampled_ap(e, h, [False] * N_IMAGES, only_easy_images) == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_of_the_gain_over_random(setup):
+    _, _, _, rows = setup
+    for row in rows:
+        if row["k"] in (0.0, 1.0):  # every routing of no image or of all is the same: no interval
+            assert row["gain_lo"] is None and row["gain_hi"] is None
+            continue
+        assert row["gain_vs_random"] == pytest.approx(row["AP"] - row["random_AP"])
+        assert row["gain_lo"] <= row["gain_hi"]
+    half = next(row for row in rows if row["k"] == 0.5)
+    # the informative router sends exactly the 5 difficult images hard: no resample has chance
+    # routing beat it (on 10 images, chance covers every difficult image of a resample often)
+    assert half["gain_lo"] >= 0 and half["gain_hi"] > 0
+
+
+def test_bootstrap_interval_of_an_uninformative_router_covers_zero(setup):
+    gt, easy, hard, _ = setup
+    scores = torch.tensor([0.4 - 0.01 * i if img in DIFFICULT else 0.9 - 0.01 * i
+                           for i, img in enumerate(IMAGE_IDS)])  # routes the wrong images first
+    row = compose_sweep(gt, IMAGE_IDS, easy, hard, scores, [0.5], None, None, random_draws=4, seed=0)[0]
+    assert row["gain_vs_random"] < 0 and row["gain_lo"] < 0 and row["gain_hi"] <= 0

@@ -279,3 +279,35 @@ def test_two_ddp_processes_agree_on_the_parameters(data, tmp_path):
     for key, value in rank0["params"].items():
         if not key.startswith("router."):
             assert torch.equal(saved[key], value), key
+
+
+# ----------------------------------------------------------------------------- router holdout
+
+class _Recording(CocoDataset):
+    """A CocoDataset that notes every image id it hands out."""
+
+    def __getitem__(self, index):
+        self.seen.append(self.image_ids[index])
+        return super().__getitem__(index)
+
+
+def test_images_held_out_for_the_router_never_reach_step_1(tmp_path):
+    folder = tmp_path / "data"
+    make_shapes(folder, n_train=8, n_val=0, size=64, seed=0)
+    ds = _Recording(folder / "train.json", folder / "train", transforms=build_transforms(True))
+    ds.seen = []
+    result = train_detectors(recipe("train.epochs=2", "train.router_holdout=0.25"), ds, None, tmp_path / "run",
+                             show_progress=False)
+    assert result.complete
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    held = ckpt["training"]["router_image_ids"]
+    assert len(held) == 2 and set(held) < set(ds.image_ids)
+    assert held == ds.split_ids(0.25, 0)[1]  # seeded by train.seed: the same split every time
+    assert set(ds.seen) == set(ds.image_ids) - set(held) and len(ds.seen) == 2 * 6  # two epochs of the other 6
+
+
+def test_router_holdout_option_reaches_the_recipe(data, tmp_path):
+    result = cli(*train_cli(data, tmp_path / "run", "--epochs", 1, "--router-holdout", 0.5))
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["recipe"]["train"]["router_holdout"] == 0.5 and len(ckpt["training"]["router_image_ids"]) == 2

@@ -12,6 +12,7 @@ labels 1..K; `label_to_cat_id` maps back when writing COCO results.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import io
 import json
@@ -179,6 +180,21 @@ class CocoDataset(torch.utils.data.Dataset):
             image, target = self.transforms(image, target)
         return image, target
 
+    def split_ids(self, share: float, seed: int) -> tuple[list[int], list[int]]:
+        """(kept, held out): a seeded `share` of this dataset's image ids held out, the
+        rest kept, both in dataset order. The same (ids, share, seed) give the same split."""
+        order = torch.randperm(len(self.image_ids), generator=torch.Generator().manual_seed(seed)).tolist()
+        held = {self.image_ids[i] for i in order[:round(share * len(self.image_ids))]}
+        return [i for i in self.image_ids if i not in held], [i for i in self.image_ids if i in held]
+
+    def restricted_to(self, image_ids) -> "CocoDataset":
+        """The same dataset over only `image_ids` (dataset order; ids it lacks are ignored).
+        Shares the annotations and transforms; the ground truth (`coco`) is left whole."""
+        keep = {int(i) for i in image_ids}
+        subset = copy.copy(self)
+        subset.image_ids = [i for i in self.image_ids if i in keep]
+        return subset
+
     def image_path_of(self, image_id: int) -> Path:
         """Path of the file of a COCO image id."""
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
@@ -318,24 +334,32 @@ def _is_finite(v: Any) -> bool:
 @dataclass(frozen=True)
 class DataConfig:
     """Where a dataset lives. Paths are absolute or relative to the data YAML's folder
-    (resolved at load). `val_ann`/`val_images` are both set or both None."""
+    (resolved at load). `val_ann`/`val_images` are both set or both None, and so are
+    `router_ann`/`router_images`: an optional split of images the detectors never train on,
+    whose losses are the router's targets (train-router)."""
 
     train_ann: Path
     train_images: Path
     val_ann: Path | None = None
     val_images: Path | None = None
+    router_ann: Path | None = None
+    router_images: Path | None = None
 
     @property
     def has_val(self) -> bool:
         return self.val_ann is not None
 
+    @property
+    def has_router(self) -> bool:
+        return self.router_ann is not None
 
-_DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+
+_DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images", "router_ann", "router_images")
 
 
 def load_data_config(path: str | Path) -> DataConfig:
-    """Read a data YAML (keys train_ann, train_images, optional val_ann, val_images) and
-    check that every path it names exists."""
+    """Read a data YAML (keys train_ann, train_images, optional val_ann, val_images and
+    router_ann, router_images) and check that every path it names exists."""
     path = Path(path)
     if not path.is_file():
         raise DynamicDetError(f"data file {path} does not exist")
@@ -353,8 +377,9 @@ def load_data_config(path: str | Path) -> DataConfig:
     for key in ("train_ann", "train_images"):
         if raw.get(key) is None:
             raise DynamicDetError(f"{path.name}: missing key '{key}'")
-    if (raw.get("val_ann") is None) != (raw.get("val_images") is None):
-        raise DynamicDetError(f"{path.name}: give both val_ann and val_images, or neither")
+    for split in ("val", "router"):
+        if (raw.get(f"{split}_ann") is None) != (raw.get(f"{split}_images") is None):
+            raise DynamicDetError(f"{path.name}: give both {split}_ann and {split}_images, or neither")
     resolved = {}
     for key in _DATA_KEYS:
         if raw.get(key) is None:

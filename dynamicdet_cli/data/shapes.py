@@ -30,27 +30,31 @@ CLASSES = ("circle", "square", "triangle", "cross", "ring")
 MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
 
 
-def make_shapes(out: Path, n_train: int = 2048, n_val: int = 128, size: int = 128, seed: int = 0) -> Path:
+def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 128, seed: int = 0,
+                n_router: int = 0) -> Path:
     """Write the shapes dataset under `out` and return the path of its data YAML.
 
     Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
     images carry id, file_name, width, height, difficulty; categories ids start at 1) and
-    out/data.yaml (train_ann, train_images, val_ann, val_images, relative to `out`).
-    The same arguments give byte-identical files.
+    out/data.yaml (train_ann, train_images, val_ann, val_images, relative to `out`). With
+    n_router > 0 also out/router/ and out/router.json, a split for the router's targets
+    (router_ann, router_images). The same arguments give byte-identical files, and the
+    train and val splits do not depend on n_router.
     """
-    if n_train < 1 or n_val < 0:
-        raise DynamicDetError(f"need n_train >= 1 and n_val >= 0, got {n_train} and {n_val}")
+    if n_train < 1 or n_val < 0 or n_router < 0:
+        raise DynamicDetError(f"need n_train >= 1, n_val >= 0 and n_router >= 0, got {n_train}, {n_val}, {n_router}")
     if size < 32:
         raise DynamicDetError(f"image size {size} is too small; use at least 32")
     out = Path(out)
-    splits = {"train": n_train, "val": n_val} if n_val else {"train": n_train}
-    for split_index, (split, n) in enumerate(splits.items()):
+    splits = {"train": (n_train, 0), "val": (n_val, 1), "router": (n_router, 2)}  # split -> (images, stream)
+    config = {}
+    for split, (n, stream) in splits.items():
+        if n == 0:
+            continue
         (out / split).mkdir(parents=True, exist_ok=True)
-        coco = _make_split(out / split, n, size, seed, split_index)
+        coco = _make_split(out / split, n, size, seed, stream)
         (out / f"{split}.json").write_text(json.dumps(coco, indent=1))
-    config = {"train_ann": "train.json", "train_images": "train"}
-    if n_val:
-        config.update(val_ann="val.json", val_images="val")
+        config.update({f"{split}_ann": f"{split}.json", f"{split}_images": split})
     path = out / "data.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
