@@ -182,18 +182,29 @@ def _plot(rows: list[dict], path: Path) -> Path | None:
     rows = sorted(rows, key=lambda row: row[x_key])
     x = [row[x_key] for row in rows]
 
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(6, 6), layout="constrained")
+    ax, gain_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     ax.plot(x, [row["AP"] for row in rows], "o-", label="router")
     if all(row["random_AP"] is not None for row in rows):
         ax.errorbar(
             x, [row["random_AP"] for row in rows], yerr=[row["random_AP_std"] for row in rows],
             fmt="s--", capsize=3, label="random routing",
         )
-    ax.set_xlabel("expected latency (ms)" if use_latency else "share of images routed hard")
     ax.set_ylabel("COCO box AP")
     ax.grid(alpha=0.3)
     ax.legend()
+    # router minus random with its bootstrap interval: above zero = the router pays off
+    with_gain = [row for row in rows if row.get("gain_lo") is not None]
+    if with_gain:
+        gx = [row[x_key] for row in with_gain]
+        gain_ax.fill_between(gx, [row["gain_lo"] for row in with_gain], [row["gain_hi"] for row in with_gain],
+                             alpha=0.3, label="95% bootstrap interval")
+        gain_ax.plot(gx, [row["gain_vs_random"] for row in with_gain], "o-", label="router - random")
+        gain_ax.legend(fontsize="small")
+    gain_ax.axhline(0.0, color="black", linewidth=0.8)
+    gain_ax.set_ylabel("AP gain over random")
+    gain_ax.grid(alpha=0.3)
+    gain_ax.set_xlabel("expected latency (ms)" if use_latency else "share of images routed hard")
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

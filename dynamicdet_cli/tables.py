@@ -110,10 +110,14 @@ def evaluate_table(evaluation, route_text: str) -> Table:
 
 def sweep_table(rows: list[dict]) -> Table:
     table = Table(title="accuracy-latency sweep (router vs the same share routed at random)")
-    for col in ("k", "tau", "AP", "AP50", "latency ms", "random AP"):
+    for col in ("k", "tau", "AP", "AP50", "latency ms", "random AP", "router - random [95% CI]"):
         table.add_column(col, justify="right")
     for r in rows:
         rand = "-" if r["random_AP"] is None else f"{r['random_AP']:.3f} ± {r['random_AP_std']:.3f}"
+        gain = "-" if r.get("gain_vs_random") is None else f"{r['gain_vs_random']:+.4f}"
+        if r.get("gain_lo") is not None:
+            gain += f" [{r['gain_lo']:+.4f}, {r['gain_hi']:+.4f}]"
         table.add_row(f"{r['hard_share']:.2f}", f"{r['tau']:.4f}", f"{r['AP']:.3f}", f"{r['AP50']:.3f}",
-                      _fmt(r["latency_ms"], 2), rand)
+                      _fmt(r["latency_ms"], 2), rand, gain)
+    table.caption = "interval: paired bootstrap over the validation images (router vs one random routing per replicate)"
     return table
