@@ -8,7 +8,7 @@ CKPT: a checkpoint with a trained router (train-router); DATA_YAML: its data (va
 split used). Three figures, measured in the same run on this machine:
 
   a. calibration: lat1 / lat2 measured on the real validation images (the whole set, at
-     --batch-size; the CLI's `calibrate` times random images, shown for comparison), a
+     --batch-size; `calibrate --random-images` times random ones, shown for comparison), a
      target midway between them, tau from `operating_point`; then the mean model time per
      image actually achieved running the model under tau over the validation images
      (median over --repeats passes, interleaved with all-easy and all-hard passes).
@@ -44,6 +44,7 @@ from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.errors import DynamicDetError  # noqa: E402
 from dynamicdet_cli.evaluate import evaluate_route, sweep  # noqa: E402
 from dynamicdet_cli.latency import device_name, measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.timing_images import random_images  # noqa: E402
 
 RATIOS = [i / 10 for i in range(11)]
 MIXED_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -107,9 +108,10 @@ def figure_a(model, ckpt, images, device, batch_size: int, repeats: int, side: i
     fixed = {"easy": ["easy"] * len(batches), "hard": ["hard"] * len(batches)}
     real = interleaved(model, batches, fixed, device, repeats)
     lat1, lat2 = real["easy"][0], real["hard"][0]
-    rand = measure_routes(model, device, batch_size, side, repeats=max(repeats, 10))
+    random = random_images(batch_size, side)
+    rand = measure_routes(model, device, random.images, batch_size, repeats=max(repeats, 10), source=random.source)
     print(f"   lat1 / lat2 on the real validation images: {lat1:7.2f} / {lat2:7.2f} ms per image   <- used")
-    print(f"   lat1 / lat2 on random {side} px images (calibrate's default): "
+    print(f"   lat1 / lat2 on one batch of random {side} px images (calibrate --random-images): "
           f"{rand['easy_ms']:7.2f} / {rand['hard_ms']:7.2f} ms per image")
     target = (lat1 + lat2) / 2
     measured = dict(rand, easy_ms=lat1, hard_ms=lat2)

@@ -51,12 +51,14 @@ def hard_ratio_for_latency(
 def threshold_for_hard_ratio(scores: torch.Tensor | Sequence[float], k: float) -> float:
     """Threshold tau such that floor(k * N) of the N `scores` are strictly greater than tau.
 
-    k = 0 gives tau = 1.0 (all easy) and k = 1 gives tau = 0.0 (all hard), since router
-    scores are sigmoids in (0, 1) (saturated scores of exactly 0 or 1 still land on the
-    right side). Otherwise tau is the midpoint between the sorted scores either side of
-    the cut, computed in the scores' dtype so that comparing scores of that dtype to tau
-    reproduces the count exactly. Ties at the cut: tied images all go easy, so fewer than
-    floor(k * N) are hard; k is a latency budget and must not be exceeded.
+    tau always lies in [0, 1], the range `predict` and the model accept: k = 0 gives
+    tau = 1.0 (all easy) and k = 1 gives tau = 0.0 (all hard, as router scores are sigmoids
+    in (0, 1)). A score that saturated to exactly 0.0 cannot exceed any such tau, so it
+    stays easy even at k = 1 (one image fewer on the hard route, never one more); a score of
+    exactly 1.0 stays easy at k = 0. Otherwise tau is the midpoint between the sorted
+    scores either side of the cut, computed in the scores' dtype so that comparing scores
+    of that dtype to tau reproduces the count exactly. Ties at the cut: tied images all go
+    easy, so fewer than floor(k * N) are hard; k is a latency budget and must not be exceeded.
 
     Raises DynamicDetError on empty scores (no validation scores: run train-router) or k
     outside [0, 1].
@@ -68,18 +70,15 @@ def threshold_for_hard_ratio(scores: torch.Tensor | Sequence[float], k: float) -
     n_hard = math.floor(k * s.numel() + 1e-9)
     s = s.sort(descending=True).values
     if n_hard == 0:
-        return max(1.0, s[0].item())
+        return 1.0
     if n_hard == s.numel():
-        low = s[-1]
-        if low > 0.0:
-            return 0.0
-        # In the scores' dtype: a float64 step below 0.0 would round back to 0.0 in float32.
-        return torch.nextafter(low, low.new_tensor(-math.inf)).item()
+        return 0.0
     above, below = s[n_hard - 1], s[n_hard]  # last hard, first easy
     tau = (above + below) / 2
     if tau >= above:  # adjacent floats: the midpoint rounds up onto `above`
         tau = below
-    return tau.item()
+    # Scores outside [0, 1] (not sigmoids) only move the cut to the nearest end.
+    return min(max(tau.item(), 0.0), 1.0)
 
 
 def hard_ratio_for_threshold(scores: torch.Tensor | Sequence[float], tau: float) -> float:

@@ -12,10 +12,14 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
     router            state dict of the router, or None until train-router has run
     router_stats      dict of floats/ints/strings: Delta (median L1 - L2), shares, correlations
     training          None for fresh weights; else dict(epochs, best_metric, run, ...)
-    validation        None, or dict(image_ids list[int], scores Tensor[N], dataset str):
-                      the router's difficulty scores on the validation set
-    latency           list of dict(device, threads, batch_size, image_size, easy_ms, hard_ms, time)
-    operating_points  dict name -> dict(tau, hard_ratio, target_ms, expected_ms, latency_index)
+    validation        None, or dict(image_ids list[int], scores Tensor[N], dataset str, images str):
+                      the router's difficulty scores on the validation set, its annotation file
+                      and image folder (no `images` in files written before it was recorded)
+    latency           list of dict(device, threads, batch_size, image_size, dtype, easy_ms, hard_ms,
+                      images, repeats, time): one per regime (regime.py); dtype, images and
+                      repeats are absent from older files (dtype then float32)
+    operating_points  dict name -> dict(tau, hard_ratio, target_ms, expected_ms, and with a
+                      latency target the regime keys of its measurement)
     provenance        dict(package, torch, torchvision, created, command)
 
 Resume state (optimizer, scheduler, epoch, RNG) lives in the run folder, not here.

@@ -263,41 +263,34 @@ def calibrate(
     name: Annotated[str, typer.Option("--name", help="name of the stored operating point")] = "default",
     clamp: Annotated[bool, typer.Option("--clamp", help="clamp an unreachable latency target to the nearest end")] = False,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
-    batch_size: BatchOpt = 1,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="square input side for timing (default: the recipe's)")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="timed runs per route (median)")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per batch, as predict / evaluate will run (latencies hold per batch size)")] = 8,
+    images: Annotated[Optional[Path], typer.Option("--images", help="time the routes on this folder's images (default: the validation images the router scores were computed on)")] = None,
+    random_images: Annotated[bool, typer.Option("--random-images", help="time random images instead of real ones")] = False,
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="side of the --random-images (default: the recipe's input size)")] = None,
+    max_images: Annotated[int, typer.Option(min=1, help="time at most this many images, spread over the set")] = 128,
+    repeats: Annotated[int, typer.Option(min=1, help="timed passes over the images per route (median)")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
-    reuse_latency: Annotated[bool, typer.Option("--reuse-latency", help="use the latency stored for these conditions instead of timing again")] = False,
+    reuse_latency: Annotated[bool, typer.Option("--reuse-latency", help="use the latency stored for this regime instead of timing again")] = False,
 ):
-    """Measure lat1/lat2 on this device and store a threshold for a target latency (or hard ratio / threshold)."""
-    _set_threads(threads)
-    from dynamicdet_cli.checkpoint import save_checkpoint
-    import torch
+    """Measure lat1/lat2 in this regime and store a threshold for a target latency (or hard ratio / threshold).
 
-    from dynamicdet_cli.latency import (device_name, measure_routes, operating_point, store_latency,
-                                        stored_latency, validation_scores)
+    With none of --latency, --hard-ratio, --threshold: only measure and store the latency."""
+    _set_threads(threads)
+    from dynamicdet_cli.calibrate import parse_latency
+    from dynamicdet_cli.checkpoint import save_checkpoint
+    from dynamicdet_cli.latency import calibrate_checkpoint
     from dynamicdet_cli.tables import calibrate_table
 
     ckpt, model, dev = _load_model(checkpoint, device)
-    validation_scores(ckpt)  # fail before timing anything
-    measured = None
-    if latency is not None:
-        from dynamicdet_cli.calibrate import parse_latency
-        target = parse_latency(latency)
-        side = image_size or ckpt["recipe"]["model"]["transform"]["min_size"][-1]
-        measured = stored_latency(ckpt, device_name(dev), batch_size, side) if reuse_latency else None
-        if reuse_latency and measured is None:
-            raise DynamicDetError(f"--reuse-latency: no latency stored for {device_name(dev)}, batch {batch_size}, "
-                                  f"{side} px, {torch.get_num_threads()} threads; calibrate once without it")
-        measured = measured or measure_routes(model, dev, batch_size, side, repeats=repeats)
-        point = operating_point(ckpt, target_ms=target, latency=measured, clamp=clamp)
-        store_latency(ckpt, measured)
-    else:
-        point = operating_point(ckpt, hard_ratio=hard_ratio, threshold=threshold)
-    ckpt["operating_points"][name] = point
+    result = calibrate_checkpoint(ckpt, model, dev, name, target_ms=parse_latency(latency) if latency else None,
+                                  hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
+                                  repeats=repeats, reuse=reuse_latency, images=images, random_images=random_images,
+                                  image_size=image_size, max_images=max_images)
+    if result.warning:
+        err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
     path = save_checkpoint(ckpt, output or checkpoint)
-    console.print(calibrate_table(measured, point, name))
-    console.print(f"stored operating point '{name}' in [bold]{path}[/]")
+    console.print(calibrate_table(result.measured, result.point, name))
+    console.print((f"stored operating point '{name}'" if result.point else "stored the latency") + f" in [bold]{path}[/]")
 
 
 @app.command()
@@ -317,7 +310,7 @@ def evaluate(
     _set_threads(threads)
     from dynamicdet_cli import evaluate as engine
     from dynamicdet_cli.atomic import write_json
-    from dynamicdet_cli.latency import device_name
+    from dynamicdet_cli.regime import Regime, missing_latency
     from dynamicdet_cli.routing import resolve_route
     from dynamicdet_cli.tables import evaluate_table, sweep_table
 
@@ -341,14 +334,15 @@ def evaluate(
         rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
         console.print(sweep_table(rows))
         if measured is None:
-            console.print("no latency stored: run `dynamicdet calibrate` for the latency column")
+            console.print(f"latency column empty: {missing_latency(ckpt, Regime.of_run(model, dev, batch_size), checkpoint)}",
+                          markup=False, highlight=False, soft_wrap=True)
         plot = written.get("plot")
         console.print(f"sweep: {written['json']}, {written['csv']}, " +
                       (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"),
                       markup=False, highlight=False)
         return
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                                device=device_name(dev))
+                                regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
     result = engine.evaluate_route(model, dataset, route, dev, out, batch_size, progress)
     write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
                                              "hard_share": result.hard_share, "latency_ms": result.latency_ms,
@@ -370,13 +364,13 @@ def predict(
     """Detect objects in images; each image takes the route its difficulty asks for."""
     _set_threads(threads)
     from dynamicdet_cli import predict as engine
-    from dynamicdet_cli.latency import device_name
+    from dynamicdet_cli.regime import Regime
     from dynamicdet_cli.routing import resolve_route
 
     ckpt, model, dev = _load_model(checkpoint, device)
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                                device=device_name(dev))
-    console.print(f"route: {text}")
+                                regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
+    console.print(f"route: {text}", markup=False, highlight=False, soft_wrap=True)
     paths = engine.list_images(inputs)
     summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
                              conf=conf, render=render, device=dev, progress=progress)

@@ -20,8 +20,8 @@ from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.coco_eval import coco_evaluate, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.inference import loader_for, run_both_routes
-from dynamicdet_cli.latency import device_name, latest_latency
 from dynamicdet_cli.progress import progress_bar
+from dynamicdet_cli.regime import Regime, find_latency
 from dynamicdet_cli.sweep import compose_sweep, write_sweep
 
 
@@ -65,10 +65,13 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
 def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir: Path,
           ratios: list[float], random_draws: int = 5, batch_size: int = 8,
           show_progress: bool = True) -> tuple[list[dict], dict, dict | None]:
-    """The accuracy-latency curve. Returns (rows, written paths, latency measurement used)."""
+    """The accuracy-latency curve. Returns (rows, written paths, latency measurement used).
+
+    The latency column comes from the measurement of this run's regime (device, batch size,
+    threads, ...) only; without one it is left empty (measurement None)."""
     routes = run_both_routes(model, dataset, device, batch_size, show_progress=show_progress,
                              label="running both detectors")
-    measured = latest_latency(ckpt, device_name(device)) or latest_latency(ckpt)
+    measured = find_latency(ckpt, Regime.of_run(model, device, batch_size))
     lat1, lat2 = (measured["easy_ms"], measured["hard_ms"]) if measured else (None, None)
     rows = compose_sweep(dataset.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
                          ratios, lat1, lat2, random_draws=random_draws)

@@ -1,69 +1,128 @@
 """Measuring each route's latency on this device, and storing calibrated operating points.
 
 lat1 is the easy route (backbone 1 + router + detector 1), lat2 the hard route (backbone 1
-+ router + composite + backbone 2 + detector 2), both per image at a given batch size and
-input size: warm-up, then the median of repeated timed runs (synchronised on CUDA).
++ router + composite + backbone 2 + detector 2), both the mean time per image over a set of
+images (timing_images.py) run in batches of a given size: warm-up, then repeated passes over
+the set with the two routes taking turns on every batch, the median pass kept (synchronised
+on CUDA). A measurement holds for the regime it was taken in (regime.py).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from dynamicdet_cli.calibrate import (expected_latency, hard_ratio_for_latency, hard_ratio_for_threshold,
-                                      threshold_for_hard_ratio)
+                                      measure_latency, threshold_for_hard_ratio)
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.regime import Regime, device_name, find_latency  # noqa: F401 (device_name: re-export)
+from dynamicdet_cli.timing_images import timing_images
 
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return "cpu"
+ROUTES = ("easy", "hard")
 
 
 @torch.inference_mode()
-def measure_routes(model, device: torch.device, batch_size: int, image_size: int,
-                   warmup: int = 3, repeats: int = 10, images: list[torch.Tensor] | None = None) -> dict:
-    """Per-image latency of each route, in ms, with the conditions it was measured under.
+def measure_routes(model, device: torch.device, images: list[torch.Tensor], batch_size: int,
+                   warmup: int = 2, repeats: int = 5, source: str = "") -> dict:
+    """Mean per-image latency of each route over `images`, in ms, with its regime.
 
-    `images` (default: random images of `image_size`) are the batch that is timed; random
-    content is fine for a fixed-size detector, real images can be given.
+    `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
+    is timed too. Each of `repeats` passes times every batch under both routes, the order
+    alternating from batch to batch, so drift (heat, other load) hits both routes alike; a
+    route's latency is its median pass time divided by the number of images. `source`
+    says what the images are; it is stored with the measurement.
     """
-    from dynamicdet_cli.calibrate import measure_latency
-
+    if not images:
+        raise DynamicDetError("no images to time the routes on")
+    if repeats < 1 or batch_size < 1:
+        raise DynamicDetError(f"need repeats >= 1 and batch size >= 1, got {repeats}, {batch_size}")
     model.eval()
-    if images is None:
-        gen = torch.Generator().manual_seed(0)
-        images = [torch.rand(3, image_size, image_size, generator=gen) for _ in range(batch_size)]
     images = [im.to(device) for im in images]
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    run = {route: (lambda route=route: model(images, route=route)) for route in ("easy", "hard")}
-    for route in run:
-        measure_latency(run[route], warmup=warmup, repeats=1, sync=sync)
-    # Interleave the routes' timed runs so slow drift (heat, other load) hits both alike.
-    samples = {"easy": [], "hard": []}
-    for _ in range(repeats):
-        for route in run:
-            samples[route].append(measure_latency(run[route], warmup=0, repeats=1, sync=sync))
-    samples = {r: sorted(v)[len(v) // 2] for r, v in samples.items()}
+
+    def time_batch(batch, route) -> float:
+        return measure_latency(lambda: model(batch, route=route), warmup=0, repeats=1, sync=sync)
+
+    for route in ROUTES:
+        for batch in batches[:max(warmup, 1)]:
+            time_batch(batch, route)
+    passes = {route: [] for route in ROUTES}
+    for rep in range(repeats):
+        spent = dict.fromkeys(ROUTES, 0.0)
+        for i, batch in enumerate(batches):
+            for route in (ROUTES if (i + rep) % 2 == 0 else ROUTES[::-1]):
+                spent[route] += time_batch(batch, route)
+        for route in ROUTES:
+            passes[route].append(spent[route])
+    regime = Regime.of_run(model, device, batch_size)
     return {
-        "device": device_name(device),
-        "threads": torch.get_num_threads(),
-        "batch_size": len(images),
-        "image_size": image_size,
-        "easy_ms": samples["easy"] / len(images),
-        "hard_ms": samples["hard"] / len(images),
+        **regime.record(),
+        "easy_ms": statistics.median(passes["easy"]) / len(images),
+        "hard_ms": statistics.median(passes["hard"]) / len(images),
+        "images": source or f"{len(images)} images",
+        "repeats": repeats,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def store_latency(ckpt: dict, measured: dict) -> int:
-    """Add a measurement to the checkpoint, replacing one taken under the same conditions."""
-    keys = ("device", "threads", "batch_size", "image_size")
-    ckpt["latency"] = [m for m in ckpt["latency"] if any(m[k] != measured[k] for k in keys)]
+    """Add a measurement to the checkpoint, replacing one taken in the same regime."""
+    regime = Regime.of_record(measured)
+    ckpt["latency"] = [m for m in ckpt["latency"] if not regime.matches(m)]
     ckpt["latency"].append(measured)
     return len(ckpt["latency"]) - 1
+
+
+@dataclass
+class Calibration:
+    """What `calibrate` did: the stored point (None when it only measured), the measurement
+    used (None without a latency), whether it was timed now, and a warning for the user."""
+
+    point: dict | None
+    measured: dict | None
+    timed: bool = False
+    warning: str | None = None
+
+
+def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "default", *,
+                         target_ms: float | None = None, hard_ratio: float | None = None,
+                         threshold: float | None = None, clamp: bool = False, batch_size: int = 8,
+                         repeats: int = 5, reuse: bool = False, images: Path | None = None,
+                         random_images: bool = False, image_size: int | None = None,
+                         max_images: int = 128) -> Calibration:
+    """The whole of `calibrate`, on `ckpt` in place (the caller saves it).
+
+    With a latency target, or with no option at all (measure only), both routes are timed
+    in this run's regime (or the stored measurement of that regime is reused with `reuse`)
+    and the measurement is stored; with a target, hard ratio or threshold the operating
+    point is stored as `name`. Image options: see timing_images.timing_images.
+    """
+    validation_scores(ckpt)  # fail before timing anything
+    result = Calibration(None, None)
+    if target_ms is not None or (hard_ratio is None and threshold is None):
+        regime = Regime.of_run(model, device, batch_size)
+        result.measured = find_latency(ckpt, regime) if reuse else None
+        if reuse and result.measured is None:
+            raise DynamicDetError(f"--reuse-latency: no latency stored for {regime.describe()}; "
+                                  "calibrate once without it")
+        if result.measured is None:
+            chosen = timing_images(ckpt, batch_size, max_images, images, random_images, image_size)
+            result.warning = chosen.warning
+            result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
+                                             source=chosen.source)
+            result.timed = True
+    if target_ms is not None or hard_ratio is not None or threshold is not None:
+        result.point = operating_point(ckpt, target_ms=target_ms, hard_ratio=hard_ratio, threshold=threshold,
+                                       latency=result.measured, clamp=clamp)
+        ckpt["operating_points"][name] = result.point
+    if result.measured is not None:
+        store_latency(ckpt, result.measured)
+    return result
 
 
 def validation_scores(ckpt: dict) -> torch.Tensor:
@@ -97,22 +156,5 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
     point = {"tau": float(tau), "hard_ratio": float(share), "target_ms": target_ms, "expected_ms": None}
     if latency is not None:
         point["expected_ms"] = expected_latency(share, latency["easy_ms"], latency["hard_ms"])
-        point.update({k: latency[k] for k in ("device", "batch_size", "image_size")})
+        point.update(Regime.of_record(latency).record())  # the regime its latency holds in
     return point
-
-
-def stored_latency(ckpt: dict, device: str, batch_size: int, image_size: int) -> dict | None:
-    """The measurement stored for exactly these conditions (and this thread count), or None."""
-    for m in ckpt["latency"]:
-        if (m["device"], m["batch_size"], m["image_size"], m["threads"]) == (
-                device, batch_size, image_size, torch.get_num_threads()):
-            return m
-    return None
-
-
-def latest_latency(ckpt: dict, device: str | None = None) -> dict | None:
-    """The most recent latency measurement (on `device` if given), or None."""
-    for m in reversed(ckpt["latency"]):
-        if device is None or m["device"] == device:
-            return m
-    return None

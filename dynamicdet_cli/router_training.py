@@ -108,7 +108,8 @@ def train_router_checkpoint(ckpt: dict, train_set, val_set, cfg, device, show_pr
     new = copy.copy(ckpt)  # shallow: "detector" stays the very dict of tensors that was read
     store_router(new, model)
     new["router_stats"] = {k: v for k, v in summary.items() if v is None or isinstance(v, (int, float, str))}
-    new["validation"] = {"image_ids": routes.image_ids, "scores": routes.scores, "dataset": str(Path(val_set.ann_file))}
+    new["validation"] = {"image_ids": routes.image_ids, "scores": routes.scores,
+                         "dataset": str(Path(val_set.ann_file).resolve()), "images": str(Path(val_set.image_dir).resolve())}
     # Scores of another router are void, and so are thresholds picked from them.
     new["operating_points"] = {}
     return new, summary

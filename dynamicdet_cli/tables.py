@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
+
+from dynamicdet_cli.regime import Regime
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -13,8 +16,9 @@ def _fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = None) -> Table:
-    """What a checkpoint holds, and the cost of each route."""
+def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = None) -> Group:
+    """What a checkpoint holds and the cost of each route; then the stored latencies and
+    operating points, each with its regime, as tables of their own."""
     from dynamicdet_cli.checkpoint import model_from_checkpoint
     from dynamicdet_cli.summary import route_flops, route_params
 
@@ -50,19 +54,44 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     table.add_row("router", "not trained" if ckpt["router"] is None else
                   "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats))
     val = ckpt["validation"]
-    table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({val.get('dataset', '')})")
-    for i, lat in enumerate(ckpt["latency"]):
-        table.add_row(f"latency #{i}", f"easy {lat['easy_ms']:.2f} ms, hard {lat['hard_ms']:.2f} ms on {lat['device']} "
-                                       f"(batch {lat['batch_size']}, {lat['image_size']} px, {lat['threads']} threads)")
+    table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({val.get('dataset', '')}"
+                  + (f", images in {val['images']})" if val.get("images") else ")"))
     if not ckpt["latency"]:
         table.add_row("latency", "not measured (run calibrate)")
-    for name, p in ckpt["operating_points"].items():
-        target = f", target {p['target_ms']:.2f} ms" if p.get("target_ms") is not None else ""
-        table.add_row(f"point '{name}'", f"tau {p['tau']:.4f}, {100 * p['hard_ratio']:.0f}% hard{target}")
     if not ckpt["operating_points"]:
         table.add_row("operating points", "none (run calibrate)")
     prov = ckpt["provenance"]
     table.add_row("written by", f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, {prov.get('saved', prov.get('created'))}")
+    tables = [table]
+    if ckpt["latency"]:
+        tables.append(latency_table(ckpt["latency"]))
+    if ckpt["operating_points"]:
+        tables.append(points_table(ckpt["operating_points"]))
+    return Group(*tables)
+
+
+def latency_table(measurements: list[dict]) -> Table:
+    """The stored route latencies, one row per regime they were measured in."""
+    table = Table(title="latency per image, by regime (predict / evaluate --latency use their own regime's)")
+    for col in ("device", "batch", "px", "threads", "dtype", "lat1 ms", "lat2 ms"):
+        table.add_column(col, justify="left" if col in ("device", "dtype") else "right", no_wrap=True)
+    table.add_column("timed on", overflow="fold")
+    for m in measurements:
+        table.add_row(m["device"], str(m["batch_size"]), str(m["image_size"]), _fmt(m.get("threads")),
+                      m.get("dtype") or "float32", f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
+                      f"{m.get('images') or 'random images'}, {m.get('time', '?')}")
+    return table
+
+
+def points_table(points: dict[str, dict]) -> Table:
+    """The stored operating points, with the regime a latency-bound point was calibrated in."""
+    table = Table(title="operating points")
+    for col in ("name", "tau", "hard on val", "target ms", "expected ms", "calibrated for"):
+        table.add_column(col, justify="left" if col in ("name", "calibrated for") else "right")
+    for name, p in points.items():
+        regime = Regime.of_record(p).describe() if "device" in p else "-"
+        table.add_row(name, f"{p['tau']:.4f}", f"{100 * p['hard_ratio']:.0f}%", _fmt(p.get("target_ms"), 2),
+                      _fmt(p.get("expected_ms"), 2), regime)
     return table
 
 
@@ -80,16 +109,19 @@ def epoch_table(record: dict) -> Table:
     return table
 
 
-def calibrate_table(latency: dict | None, point: dict, name: str) -> Table:
-    """lat1, lat2, target, k, tau, expected latency of a stored operating point."""
-    table = Table(title=f"operating point '{name}'", show_header=False)
+def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Table:
+    """lat1, lat2 and the regime and images they were measured in; target, k, tau and
+    expected latency of the stored operating point (None: the latency was only measured)."""
+    table = Table(title=f"operating point '{name}'" if point else "route latencies", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     if latency is not None:
-        table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms")
-        table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms")
-        table.add_row("measured on", f"{latency['device']}, batch {latency['batch_size']}, "
-                                     f"{latency['image_size']} px, {latency['threads']} threads")
+        table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms per image")
+        table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms per image")
+        table.add_row("regime", Regime.of_record(latency).describe())
+        table.add_row("timed on", latency.get("images") or "random images")
+    if point is None:
+        return table
     table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")
     table.add_row("k (share routed hard on val)", f"{point['hard_ratio']:.3f}")
     table.add_row("tau", f"{point['tau']:.4f}")

@@ -46,10 +46,28 @@ def test_threshold_ends():
     assert hard_ratio_for_threshold(scores, 0.0) == 1.0
 
 
-def test_saturated_scores_still_land_on_the_right_side():
+@pytest.mark.parametrize("scores", [
+    [0.0, 0.5, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0], [1.0],
+    [0.0, 1e-45, 0.3], [1.0, 1.0 - 2 ** -24, 0.7],  # float32 neighbours of the ends
+    [-0.5, 0.2, 1.5],  # not sigmoids: the threshold still stays where predict accepts it
+])
+@pytest.mark.parametrize("k", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_tau_stays_within_0_and_1_for_any_scores(scores, k):
+    """predict refuses a threshold outside [0, 1]: once tau was -1.4e-45 for a score of 0.0 at k = 1."""
+    s = torch.tensor(scores)
+    tau = threshold_for_hard_ratio(s, k)
+    assert 0.0 <= tau <= 1.0
+    if s.min() >= 0 and s.max() <= 1:  # sigmoid scores: the budget is never exceeded either
+        assert (s > tau).sum().item() <= math.floor(k * len(scores) + 1e-9)
+
+
+def test_saturated_scores_at_the_ends():
     scores = torch.tensor([0.0, 0.5, 1.0])
-    assert (scores > threshold_for_hard_ratio(scores, 0.0)).sum() == 0
-    assert (scores > threshold_for_hard_ratio(scores, 1.0)).sum() == 3
+    assert threshold_for_hard_ratio(scores, 0.0) == 1.0
+    assert (scores > threshold_for_hard_ratio(scores, 0.0)).sum() == 0  # 1.0 is not above 1.0: easy
+    assert threshold_for_hard_ratio(scores, 1.0) == 0.0
+    # A score of exactly 0.0 exceeds no threshold in [0, 1]: it stays easy even at k = 1.
+    assert (scores > threshold_for_hard_ratio(scores, 1.0)).tolist() == [False, True, True]
 
 
 @pytest.mark.parametrize("k", [0.0, 0.01, 0.1, 0.25, 1 / 3, 0.5, 0.77, 0.9, 0.99, 1.0])

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from dynamicdet_cli import latency
 from dynamicdet_cli.cli import typer_app
-from dynamicdet_cli.latency import device_name
+from dynamicdet_cli.regime import Regime
 from helpers import one_error_line
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
@@ -120,11 +120,11 @@ def fixed_latency(monkeypatch):
     the conditions asked for."""
     calls = []
 
-    def measure(model, device, batch_size, image_size, warmup=3, repeats=10, images=None):
+    def measure(model, device, images, batch_size, warmup=2, repeats=5, source=""):
         easy, hard = LATENCIES[min(len(calls), len(LATENCIES) - 1)]
-        calls.append((batch_size, image_size, repeats))
-        return {"device": device_name(device), "threads": torch.get_num_threads(), "batch_size": batch_size,
-                "image_size": image_size, "easy_ms": easy, "hard_ms": hard, "time": "2026-01-01T00:00:00+00:00"}
+        calls.append((batch_size, len(images), repeats))
+        return {**Regime.of_run(model, device, batch_size).record(), "easy_ms": easy, "hard_ms": hard,
+                "images": source, "time": "2026-01-01T00:00:00+00:00"}
 
     monkeypatch.setattr(latency, "measure_routes", measure)
     return calls
@@ -151,10 +151,11 @@ def test_calibrate_unreachable_latency_is_refused_and_clamped(calibrated, tmp_pa
     ckpt = load(model)
     fastest = ckpt["operating_points"]["fastest"]
     assert fastest["hard_ratio"] == 0.0 and fastest["expected_ms"] == 10.5  # clamped to all easy
-    assert fastest["batch_size"] == 2 and fastest["image_size"] == 64  # the recipe's size by default
+    assert fastest["batch_size"] == 2 and fastest["image_size"] == 64  # the recipe's input size
     assert [(m["easy_ms"], m["batch_size"]) for m in ckpt["latency"]] == [(10.5, 2)]
     assert set(ckpt["operating_points"]) == {"half", "fastest"}
-    assert fixed_latency == [(1, 64, 20), (2, 64, 20)]
+    # batch 8 by default, as predict and evaluate run; the 6 validation images cycled to fill it
+    assert fixed_latency == [(8, 8, 5), (2, 6, 5)]
 
 
 def test_calibrate_latency_midway_routes_about_k(calibrated, tmp_path, fixed_latency):
@@ -197,7 +198,49 @@ def test_calibrate_times_the_routes_for_real(calibrated, tmp_path):
     ok(result)
     (lat,) = load(model)["latency"]
     assert 0 < lat["easy_ms"] < lat["hard_ms"]
-    assert (lat["device"], lat["batch_size"], lat["image_size"]) == ("cpu", 1, 64)
+    assert (lat["device"], lat["batch_size"], lat["image_size"]) == ("cpu", 8, 64)
+    assert lat["images"].startswith("8 validation images")
+
+
+def test_calibrate_says_which_images_it_timed(calibrated, data, tmp_path, fixed_latency):
+    model = copy_of(calibrated, tmp_path)
+    out = ok(cli("calibrate", model, "--batch-size", 2))  # no target: measure and store only
+    assert f"timed on {N_VAL} validation images ({(data / 'val').resolve()})" in out
+    assert "stored the latency in" in out
+    ckpt = load(model)
+    assert ckpt["latency"][0]["images"] == f"{N_VAL} validation images ({(data / 'val').resolve()})"
+    assert set(ckpt["operating_points"]) == {"half"}  # no point stored or replaced
+    out = ok(cli("calibrate", model, "--batch-size", 2, "--random-images", "--max-images", 4))
+    assert "timed on 4 random 64 px images" in out
+    assert fixed_latency == [(2, 6, 5), (2, 4, 5)]
+
+
+def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data, tmp_path, fixed_latency):
+    model = copy_of(calibrated, tmp_path)
+    ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
+    line = one_error_line(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
+                              "--out", tmp_path / "pred", "--no-progress"),
+                          "no latency measured for this run (cpu, batch 8, 64 px, 1 thread, float32)",
+                          "stored: cpu, batch 1, 64 px, 1 thread, float32",
+                          f"dynamicdet calibrate {model} --device cpu --batch-size 8 --threads 1")
+    assert not (tmp_path / "pred" / "predictions.jsonl").exists()
+    ok(cli("calibrate", *line.split("`")[1].split()[2:]))  # the very command the message gives
+    out = ok(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
+                 "--out", tmp_path / "pred", "--no-progress", "--no-render"))
+    assert "route: target 15.0 ms" in out and "batch 8" in out
+    out = ok(cli("info", model, "--no-flops"))
+    assert "latency per image, by regime" in out and "operating points" in out
+    assert re.search(r"cpu 1 64 1 float32 10\.00 20\.00 6 validation", out), out
+    assert re.search(r"cpu 8 64 1 float32 10\.50 20\.50 8 validation", out), out
+
+
+def test_sweep_without_its_regimes_latency_says_how_to_measure_it(calibrated, data, tmp_path, fixed_latency):
+    model = copy_of(calibrated, tmp_path)
+    ok(cli("calibrate", model, "--batch-size", 1))
+    out = ok(cli("evaluate", model, "--data", data / "data.yaml", "--sweep", "--ratios", "0,1", "--draws", 0,
+                 "--out", tmp_path, "--no-progress"))
+    assert "latency column empty: no latency measured for this run (cpu, batch 8" in out
+    assert json.loads((tmp_path / "sweep.json").read_text())[0]["latency_ms"] is None  # not batch 1's
 
 
 def test_evaluate_at_a_stored_point(calibrated, data, tmp_path):

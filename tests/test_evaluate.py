@@ -25,7 +25,9 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.evaluate import evaluate_route, sweep
 from dynamicdet_cli.latency import measure_routes, operating_point, store_latency
+from dynamicdet_cli.predict import _check_route
 from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.regime import Regime, find_latency
 from dynamicdet_cli.routing import resolve_route
 from dynamicdet_cli.train import train_detectors
 
@@ -173,14 +175,58 @@ def test_more_than_one_option_is_refused(options):
         resolve_route(make_ckpt({"x": point(0.5, 0.5)}, [LATENCY]), **options)
 
 
-def test_latency_needs_a_measurement_on_this_device():
-    with pytest.raises(DynamicDetError, match="no latency measured.*calibrate"):
-        resolve_route(make_ckpt(), latency="15ms", device="cpu")
-    gpu = dict(LATENCY, device="cuda:NVIDIA H100")
-    with pytest.raises(DynamicDetError, match="no latency measured on cpu"):
-        resolve_route(make_ckpt(latency=[gpu]), latency="15ms", device="cpu")
-    tau, _ = resolve_route(make_ckpt(latency=[gpu, LATENCY]), latency="15ms", device="cpu")
-    assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # k = (15 - 10) / (20 - 10)
+# The regime LATENCY was measured in (a record of before dtypes were stored: float32).
+RUN = Regime("cpu", batch_size=1, image_size=64, threads=2)
+
+
+def test_latency_uses_the_measurement_of_this_runs_regime():
+    gpu = dict(LATENCY, device="cuda:NVIDIA H100", easy_ms=1.0, hard_ms=2.0)
+    batch8 = dict(LATENCY, batch_size=8, easy_ms=5.0, hard_ms=6.0)
+    tau, text = resolve_route(make_ckpt(latency=[LATENCY, gpu, batch8]), latency="15ms", regime=RUN)
+    assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # k = (15 - 10) / (20 - 10): batch 1, not 8
+    assert "batch 1" in text
+    tau, _ = resolve_route(make_ckpt(latency=[LATENCY, gpu, batch8]), latency="5.5ms",
+                           regime=Regime("cpu", 8, 64, 2))
+    assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # (5.5 - 5) / (6 - 5)
+
+
+@pytest.mark.parametrize("other", [
+    {"batch_size": 8}, {"threads": 1}, {"image_size": 128}, {"device": "cuda:NVIDIA H100"}, {"dtype": "float16"},
+])
+def test_latency_of_another_regime_is_never_used(other):
+    ckpt = make_ckpt(latency=[dict(LATENCY, **other)])
+    with pytest.raises(DynamicDetError, match="no latency measured for this run"):
+        resolve_route(ckpt, latency="15ms", regime=RUN)
+    assert find_latency(ckpt, RUN) is None
+
+
+def test_threads_do_not_split_gpu_regimes():
+    gpu = dict(LATENCY, device="cuda:NVIDIA H100", threads=8)
+    assert find_latency(make_ckpt(latency=[gpu]), Regime("cuda:NVIDIA H100", 1, 64, 2, device_arg="cuda")) is gpu
+
+
+def test_the_missing_regime_message_names_the_stored_ones_and_the_command():
+    ckpt = make_ckpt(latency=[LATENCY, dict(LATENCY, device="cuda:NVIDIA H100")])
+    run = Regime("cpu", batch_size=8, image_size=64, threads=2)
+    with pytest.raises(DynamicDetError) as err:
+        resolve_route(ckpt, latency="15ms", regime=run, checkpoint="runs/model.pt")
+    line = str(err.value)
+    assert "\n" not in line
+    assert "this run (cpu, batch 8, 64 px, 2 threads, float32)" in line
+    assert "stored: cpu, batch 1, 64 px, 2 threads, float32; cuda:NVIDIA H100, batch 1" in line
+    assert "`dynamicdet calibrate runs/model.pt --device cpu --batch-size 8 --threads 2`" in line
+    with pytest.raises(DynamicDetError, match="stored: none"):
+        resolve_route(make_ckpt(), latency="15ms", regime=run)
+
+
+def test_a_point_calibrated_for_another_regime_says_so():
+    bound = dict(point(0.5, 0.5), target_ms=15.0, **LATENCY)
+    _, text = resolve_route(make_ckpt({"default": bound}), regime=RUN)
+    assert "calibrated for" not in text
+    _, text = resolve_route(make_ckpt({"default": bound}), regime=Regime("cpu", 8, 64, 2))
+    assert "15.0 ms target was calibrated for cpu, batch 1" in text and "not promised" in text
+    _, text = resolve_route(make_ckpt({"default": point(0.5, 0.5)}), regime=Regime("cpu", 8, 64, 2))
+    assert "calibrated for" not in text  # a hard-ratio point promises no latency
 
 
 def test_threshold_outside_the_scores_range_routes_all_one_way():
@@ -198,7 +244,16 @@ def test_operating_point_from_a_latency(target, k):
     assert p["tau"] == threshold_for_hard_ratio(SCORES, k)
     assert p["target_ms"] == target
     assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
-    assert (p["device"], p["batch_size"], p["image_size"]) == ("cpu", 1, 64)
+    assert {k: p[k] for k in ("device", "batch_size", "image_size", "threads", "dtype")} == RUN.record()
+
+
+def test_an_all_hard_point_with_a_score_of_zero_is_accepted_by_predict():
+    ckpt = make_ckpt()
+    ckpt["validation"]["scores"][0] = 0.0  # a saturated sigmoid
+    p = operating_point(ckpt, target_ms=20.0, latency=LATENCY)
+    assert p["tau"] == 0.0
+    _check_route(p["tau"])  # no "threshold must lie in [0, 1]"
+    assert p["hard_ratio"] == pytest.approx(0.9) and p["expected_ms"] == pytest.approx(19.0)
 
 
 def test_operating_point_ends_route_everything_one_way():
@@ -230,15 +285,49 @@ def test_operating_point_refusals():
 
 # ----------------------------------------------------------------------------- store_latency
 
-def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained):
+def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained, images):
     _, model, _ = trained
     ckpt = make_ckpt(latency=[dict(LATENCY, device="cuda:NVIDIA H100")])
-    first = measure_routes(model, CPU, batch_size=2, image_size=64, warmup=1, repeats=1)
+    first = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1, source="4 test images")
     assert first["easy_ms"] > 0 and first["hard_ms"] > 0 and first["batch_size"] == 2
+    assert first["images"] == "4 test images" and first["dtype"] == "float32" and first["image_size"] == 64
     assert store_latency(ckpt, first) == 1
-    second = measure_routes(model, CPU, batch_size=2, image_size=64, warmup=1, repeats=1)
+    second = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1)
     assert store_latency(ckpt, second) == 1  # same device, threads, batch and size: replaced
     assert len(ckpt["latency"]) == 2 and ckpt["latency"][1] is second
     other = dict(second, batch_size=8)
     assert store_latency(ckpt, other) == 2  # another batch size is another measurement
     assert [m["device"] for m in ckpt["latency"]] == ["cuda:NVIDIA H100", "cpu", "cpu"]
+
+
+def test_measure_routes_times_every_image_under_both_routes_interleaved(images):
+    calls = []
+
+    class Model(torch.nn.Module):
+        transform = type("T", (), {"min_size": (64,)})()
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch, route):
+            calls.append((route, len(batch)))
+            return []
+
+    measured = measure_routes(Model(), CPU, images[:3], batch_size=2, warmup=1, repeats=2)
+    timed = calls[2:]  # one warm-up batch per route first
+    assert timed == [("easy", 2), ("hard", 2), ("hard", 1), ("easy", 1),  # pass 1
+                     ("hard", 2), ("easy", 2), ("easy", 1), ("hard", 1)]  # pass 2: the other order
+    assert measured["batch_size"] == 2 and measured["images"] == "3 images"
+
+
+def test_the_sweep_takes_the_latency_of_its_own_regime_only(trained, tmp_path):
+    ckpt, model, val_set = trained
+    here = Regime.of_run(model, CPU, BATCH).record()
+    other = dict(here, batch_size=1, easy_ms=1.0, hard_ms=2.0)
+    ckpt = dict(ckpt, latency=[other], validation={"image_ids": val_set.image_ids, "scores": torch.rand(6)})
+    rows, _, measured = sweep(model, ckpt, val_set, CPU, tmp_path, [0.0, 1.0], 0, BATCH, show_progress=False)
+    assert measured is None and rows[0]["latency_ms"] is None  # batch 1's latency is not batch 4's
+    ckpt["latency"].append(dict(here, easy_ms=10.0, hard_ms=20.0))
+    rows, _, measured = sweep(model, ckpt, val_set, CPU, tmp_path, [0.0, 1.0], 0, BATCH, show_progress=False)
+    assert measured["batch_size"] == BATCH and [r["latency_ms"] for r in rows] == [10.0, 20.0]

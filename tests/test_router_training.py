@@ -55,7 +55,8 @@ def test_train_router_checkpoint_keeps_detector_bit_for_bit(shapes, trained_ckpt
     assert trained_ckpt["router"] is None and new["router"] is not None
 
     val = new["validation"]
-    assert val["image_ids"] == val_set.image_ids and val["dataset"] == str(val_set.ann_file)
+    assert val["image_ids"] == val_set.image_ids and val["dataset"] == str(val_set.ann_file.resolve())
+    assert val["images"] == str(val_set.image_dir.resolve())  # calibrate times these very images
     assert val["scores"].shape == (len(val_set),) and ((val["scores"] > 0) & (val["scores"] < 1)).all()
     stats = new["router_stats"]
     assert all(v is None or type(v) in (int, float, str) for v in stats.values())

@@ -1,0 +1,185 @@
+"""Bench: does a calibrated latency target hold on the validation images, at batch 1 and 8?
+
+    python bench/bench_calibration.py CKPT [--batch-sizes 1,8] [--repeats 5] [--threads 2]
+                                      [--device cpu] [--mixed-batch 8]
+
+CKPT: a checkpoint with a trained router whose validation images are recorded (train-router
+records them). For each batch size:
+
+  1. lat1 / lat2 measured exactly as `calibrate` measures them (timing_images' validation
+     images, latency.measure_routes, --repeats passes);
+  2. targets 25%, 50% and 75% of the way from lat1 to lat2, each turned into tau by
+     `operating_point` on the stored validation scores;
+  3. the model run under each tau over all the validation images: the mean model time per
+     image (median of --repeats passes; the three taus and the all-easy / all-hard routes
+     take turns on every batch), against the target. Goal: within 5% on CPU.
+     Shown alongside: lat1 / lat2 re-measured in the same passes (the drift since step 1)
+     and the linear model lat1 + share (lat2 - lat1) at the share actually routed hard,
+     which separates the calibration's error from the load's.
+
+Then the mixed-batch linearity: batches of --mixed-batch images in which each batch's own
+phi sends round(k B) images hard, k = 0, .25, .5, .75, 1, against lat1 + k (lat2 - lat1),
+lat1 / lat2 being the k = 0 / k = 1 batches of the same passes. Goal: within 5%.
+
+Every figure is a ratio against a baseline measured in the same run. Model time only:
+images are decoded once up front and the clock spans the model call. The load average is
+printed before each figure: on a shared CPU, timings move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.latency import measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.regime import Regime  # noqa: E402
+from dynamicdet_cli.timing_images import timing_images  # noqa: E402
+
+SHARES = (0.25, 0.5, 0.75)  # targets: this far from lat1 to lat2
+MIXED_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+@torch.inference_mode()
+def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: torch.device,
+                repeats: int) -> dict:
+    """plan name -> (median ms per image over `repeats` passes, images routed hard per pass).
+
+    A plan is a route per batch. On every batch all plans run, in an order that rotates from
+    batch to batch and pass to pass, so drift and other load hit them alike. One untimed
+    warm-up batch per plan first."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    names = list(plans)
+    for name in names:
+        model(batches[0], route=plans[name][0])
+    passes = {name: [] for name in names}
+    hard = dict.fromkeys(names, 0)
+    n_images = sum(len(b) for b in batches)
+    for rep in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        hard = dict.fromkeys(names, 0)
+        for i, batch in enumerate(batches):
+            shift = (i + rep) % len(names)
+            for name in names[shift:] + names[:shift]:
+                sync()
+                start = time.perf_counter()
+                out = model(batch, route=plans[name][i])
+                sync()
+                spent[name] += time.perf_counter() - start
+                hard[name] += sum(o["route"] == "hard" for o in out)
+        for name in names:
+            passes[name].append(1e3 * spent[name] / n_images)
+    return {name: (statistics.median(passes[name]), hard[name]) for name in names}
+
+
+def _batches(images: list, size: int) -> list[list]:
+    return [images[i:i + size] for i in range(0, len(images), size)]
+
+
+def calibration_figure(model, ckpt, images, device, batch_size: int, repeats: int) -> list[float]:
+    """Targets at 25/50/75% vs the mean latency achieved; returns the errors in %."""
+    print(f"\n{batch_size=}: calibration on {len(images)} validation images ({_load()})")
+    measured = measure_routes(model, device, images, batch_size, repeats=repeats, source="validation images")
+    lat1, lat2 = measured["easy_ms"], measured["hard_ms"]
+    print(f"   calibrate's measurement: lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image "
+          f"({Regime.of_record(measured).describe()})")
+    points = {}
+    for share in SHARES:
+        target = lat1 + share * (lat2 - lat1)
+        points[share] = (target, operating_point(ckpt, target_ms=target, latency=measured))
+    batches = _batches(images, batch_size)
+    plans = {"easy": ["easy"] * len(batches), "hard": ["hard"] * len(batches)}
+    plans.update({share: [p["tau"]] * len(batches) for share, (_, p) in points.items()})
+    result = interleaved(model, batches, plans, device, repeats)
+    lat1b, lat2b = result["easy"][0], result["hard"][0]
+    print(f"   re-measured in the same passes: lat1 {lat1b:.2f} ({100 * (lat1b - lat1) / lat1:+.1f}%), "
+          f"lat2 {lat2b:.2f} ({100 * (lat2b - lat2) / lat2:+.1f}%) ms per image")
+    print("   target at   target ms   k val   tau      hard here   achieved ms   error    linear model at share")
+    errors = []
+    for share, (target, p) in points.items():
+        ms, n_hard = result[share]
+        here = n_hard / len(images)
+        linear = lat1b + here * (lat2b - lat1b)
+        errors.append(100 * (ms - target) / target)
+        print(f"   {100 * share:8.0f}%   {target:9.2f}   {p['hard_ratio']:5.3f}   {p['tau']:.4f}   "
+              f"{100 * here:8.1f}%   {ms:11.2f}   {errors[-1]:+5.1f}%   {linear:.2f} ({100 * (ms - linear) / linear:+.1f}%)")
+    return errors
+
+
+@torch.inference_mode()
+def batch_tau(model, images: list[torch.Tensor], k: float) -> float:
+    """A threshold that sends round(k B) of this batch's images hard, from the batch's own phi."""
+    phi = torch.stack([out["difficulty"] for out in model(images, route="easy")])  # B
+    return threshold_for_hard_ratio(phi, k)
+
+
+def linearity_figure(model, images, device, batch_size: int, repeats: int) -> list[float]:
+    """Mixed batches at k against lat1 + k (lat2 - lat1); returns the errors in %."""
+    print(f"\nmixed-route batches of {batch_size} ({_load()})")
+    batches = [b for b in _batches(images, batch_size) if len(b) == batch_size]
+    plans = {k: [batch_tau(model, b, k) for b in batches] for k in MIXED_RATIOS}
+    result = interleaved(model, batches, plans, device, repeats)
+    lat1, lat2 = result[0.0][0], result[1.0][0]
+    print(f"   {len(batches)} batches, {repeats} passes; lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image")
+    print("       k   hard/batch   measured ms   lat1 + k (lat2 - lat1)   error")
+    errors = []
+    for k in MIXED_RATIOS:
+        ms, n_hard = result[k]
+        share = n_hard / (len(batches) * batch_size)
+        linear = lat1 + share * (lat2 - lat1)
+        errors.append(100 * (ms - linear) / linear)
+        print(f"   {k:5.2f}   {n_hard / len(batches):10.2f}   {ms:11.2f}   {linear:22.2f}   {errors[-1]:+5.1f}%")
+    return errors
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--batch-sizes", default="1,8", help="batch sizes of the calibration figure")
+    ap.add_argument("--mixed-batch", type=int, default=8, help="batch size of the linearity figure (0: skip)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes over the validation images (median)")
+    ap.add_argument("--max-images", type=int, default=128, help="validation images used, spread over the set")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt["router"] is None:
+        raise SystemExit(f"{args.checkpoint}: no trained router; run train-router first")
+    model = model_from_checkpoint(ckpt, device).eval()
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"{args.checkpoint}: {torch.get_num_threads()} threads, device {args.device}, {args.repeats} passes; "
+          f"{_load()}")
+    worst = {}
+    for batch_size in sizes:
+        chosen = timing_images(ckpt, batch_size, args.max_images)
+        if chosen.warning:
+            raise SystemExit(f"{args.checkpoint}: {chosen.warning}")
+        worst[f"batch {batch_size}"] = max(map(abs, calibration_figure(model, ckpt, chosen.images, device,
+                                                                       batch_size, args.repeats)))
+    if args.mixed_batch:
+        chosen = timing_images(ckpt, args.mixed_batch, args.max_images)
+        worst["mixed"] = max(map(abs, linearity_figure(model, chosen.images, device, args.mixed_batch,
+                                                       args.repeats)))
+    print("\nworst |error| (goal 5%): " + ", ".join(f"{name} {err:.1f}%" for name, err in worst.items()))
+    print(f"end: {_load()}")
+
+
+if __name__ == "__main__":
+    main()
