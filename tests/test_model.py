@@ -36,12 +36,13 @@ def test_easy_route_is_a_plain_torchvision_faster_rcnn(make_model, tiny_recipe, 
 
 
 REGNET = ("model.backbone.kind=regnet", "model.backbone.widths=[16,32,64,128]", "model.backbone.stem_width=16")
+RESNET = ("model.backbone.kind=resnet", "model.backbone.depth=10")
 
 
 @pytest.mark.parametrize("kind", ["resnet", "regnet"])
 @pytest.mark.parametrize("share_stem", [False, True])
 def test_zero_composite_leaves_backbone2_independent(make_model, tiny_recipe, share_stem, kind):
-    extra = REGNET if kind == "regnet" else ()
+    extra = REGNET if kind == "regnet" else RESNET
     model = make_model(f"model.backbone.share_stem={str(share_stem).lower()}", "model.composite.zero_init=true", *extra)
     b = model_backbone_cfg(tiny_recipe, extra)
     # An independent backbone: B2's own weights; with a shared stem, B1's stem and stage 1.
@@ -88,7 +89,7 @@ def test_regnet_composite_inputs_match_every_stage_input(make_model):
 
 @pytest.mark.parametrize("kind", ["resnet", "regnet"])
 def test_mixed_batch_matches_each_image_alone(make_model, images, kind):
-    tiny_model = make_model(*REGNET) if kind == "regnet" else make_model()
+    tiny_model = make_model(*(REGNET if kind == "regnet" else RESNET))
     with torch.no_grad():
         mixed_probe = tiny_model.detect(images, route="easy")
         phi = torch.stack([r["difficulty"] for r in mixed_probe])  # B

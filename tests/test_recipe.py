@@ -33,7 +33,7 @@ def test_base_recipe_matches_the_defaults():
 
 def test_base_inheritance_merges_section_by_section():
     base, tiny = load_recipe(BASE), load_recipe(TINY)
-    assert tiny.model.num_classes == 5 and tiny.model.backbone.depth == 10
+    assert tiny.model.num_classes == 5 and tiny.model.backbone.kind == "regnet"
     assert tiny.model.rpn.anchor_sizes == (12, 24, 48, 96)
     # keys the child does not name keep the base's values, even inside a section it overrides
     assert tiny.model.rpn.aspect_ratios == base.model.rpn.aspect_ratios

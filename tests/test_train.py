@@ -241,7 +241,7 @@ def test_init_from_a_torchvision_resnet_state_dict(data, tmp_path):
     weights = torchvision.models.resnet18().state_dict()
     torch.save(weights, tmp_path / "r18.pt")
     run = tmp_path / "run"
-    result = cli(*train_cli(data, run, "--epochs", 1, "--lr", 0, "--set", "model.backbone.depth=18",
+    result = cli(*train_cli(data, run, "--epochs", 1, "--lr", 0, "--set", "model.backbone.kind=resnet", "--set", "model.backbone.depth=18",
                             "--init", tmp_path / "r18.pt"))
     assert result.exit_code == 0, result.output
     note = metrics(run)[0]["note"]
