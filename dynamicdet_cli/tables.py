@@ -1,7 +1,12 @@
-"""Rich tables the commands print. Presentation only: every number comes from elsewhere."""
+"""Rich tables the commands print. Presentation only: every number comes from elsewhere.
+
+Rich reads cell text as markup; text that comes from users or files (class names, paths,
+point names) goes through `escape` so that `[red]` in a name is shown, not applied.
+"""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -30,7 +35,7 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     b = m["backbone"]
     table.add_row("detector", f"Dy-{m['family']} ResNet-{b['depth']} x2, FPN {m['neck']['out_channels']}, "
                               f"stages {b['stages']}, shared stem: {b['share_stem']}")
-    table.add_row("classes", f"{len(ckpt['classes'])}: {', '.join(ckpt['classes'][:8])}"
+    table.add_row("classes", f"{len(ckpt['classes'])}: {escape(', '.join(ckpt['classes'][:8]))}"
                              + (" ..." if len(ckpt["classes"]) > 8 else ""))
     table.add_row("input size", f"min {m['transform']['min_size']}, max {m['transform']['max_size']}")
     for route in ("easy", "hard"):
@@ -50,19 +55,20 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     table.add_row("router", "not trained" if ckpt["router"] is None else
                   "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats))
     val = ckpt["validation"]
-    table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({val.get('dataset', '')})")
+    table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({escape(str(val.get('dataset', '')))})")
     for i, lat in enumerate(ckpt["latency"]):
-        table.add_row(f"latency #{i}", f"easy {lat['easy_ms']:.2f} ms, hard {lat['hard_ms']:.2f} ms on {lat['device']} "
+        table.add_row(f"latency #{i}", f"easy {lat['easy_ms']:.2f} ms, hard {lat['hard_ms']:.2f} ms on {escape(lat['device'])} "
                                        f"(batch {lat['batch_size']}, {lat['image_size']} px, {lat['threads']} threads)")
     if not ckpt["latency"]:
         table.add_row("latency", "not measured (run calibrate)")
     for name, p in ckpt["operating_points"].items():
         target = f", target {p['target_ms']:.2f} ms" if p.get("target_ms") is not None else ""
-        table.add_row(f"point '{name}'", f"tau {p['tau']:.4f}, {100 * p['hard_ratio']:.0f}% hard{target}")
+        table.add_row(f"point '{escape(name)}'", f"tau {p['tau']:.4f}, {100 * p['hard_ratio']:.0f}% hard{target}")
     if not ckpt["operating_points"]:
         table.add_row("operating points", "none (run calibrate)")
     prov = ckpt["provenance"]
-    table.add_row("written by", f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, {prov.get('saved', prov.get('created'))}")
+    table.add_row("written by", escape(f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, "
+                                       f"{prov.get('saved', prov.get('created'))}"))
     return table
 
 
@@ -82,13 +88,13 @@ def epoch_table(record: dict) -> Table:
 
 def calibrate_table(latency: dict | None, point: dict, name: str) -> Table:
     """lat1, lat2, target, k, tau, expected latency of a stored operating point."""
-    table = Table(title=f"operating point '{name}'", show_header=False)
+    table = Table(title=f"operating point '{escape(name)}'", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     if latency is not None:
         table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms")
         table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms")
-        table.add_row("measured on", f"{latency['device']}, batch {latency['batch_size']}, "
+        table.add_row("measured on", f"{escape(latency['device'])}, batch {latency['batch_size']}, "
                                      f"{latency['image_size']} px, {latency['threads']} threads")
     table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")
     table.add_row("k (share routed hard on val)", f"{point['hard_ratio']:.3f}")
@@ -98,13 +104,13 @@ def calibrate_table(latency: dict | None, point: dict, name: str) -> Table:
 
 
 def evaluate_table(evaluation, route_text: str) -> Table:
-    table = Table(title=f"COCO box metrics ({route_text})")
+    table = Table(title=f"COCO box metrics ({escape(route_text)})")
     for col in ("AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
         table.add_column(col, justify="right")
     m = evaluation.metrics
     table.add_row(*[_fmt(m[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
                   f"{100 * evaluation.hard_share:.0f}%", f"{evaluation.latency_ms:.2f}")
-    table.caption = f"{evaluation.n_images} images; detections: {evaluation.detections_path}"
+    table.caption = f"{evaluation.n_images} images; detections: {escape(str(evaluation.detections_path))}"
     return table
 
 
