@@ -18,42 +18,69 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
+from dynamicdet_cli.atomic import write_text
 from dynamicdet_cli.errors import DynamicDetError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
 MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
 
 
-def make_shapes(out: Path, n_train: int = 2048, n_val: int = 128, size: int = 128, seed: int = 0) -> Path:
+def make_shapes(out: Path, n_train: int = 2048, n_val: int = 128, size: int = 128, seed: int = 0,
+                force: bool = False) -> Path:
     """Write the shapes dataset under `out` and return the path of its data YAML.
 
     Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
     images carry id, file_name, width, height, difficulty; categories ids start at 1) and
     out/data.yaml (train_ann, train_images, val_ann, val_images, relative to `out`).
     The same arguments give byte-identical files.
+
+    A folder that is not empty is refused (its images and annotations would disagree once
+    some are replaced); with `force`, what an earlier make-shapes wrote there (train/, val/,
+    train.json, val.json, data.yaml) is removed first and other files are left alone.
     """
     if n_train < 1 or n_val < 0:
         raise DynamicDetError(f"need n_train >= 1 and n_val >= 0, got {n_train} and {n_val}")
     if size < 32:
         raise DynamicDetError(f"image size {size} is too small; use at least 32")
     out = Path(out)
+    _prepare(out, force)
     splits = {"train": n_train, "val": n_val} if n_val else {"train": n_train}
     for split_index, (split, n) in enumerate(splits.items()):
         (out / split).mkdir(parents=True, exist_ok=True)
         coco = _make_split(out / split, n, size, seed, split_index)
-        (out / f"{split}.json").write_text(json.dumps(coco, indent=1))
+        write_text(out / f"{split}.json", json.dumps(coco, indent=1))
     config = {"train_ann": "train.json", "train_images": "train"}
     if n_val:
         config.update(val_ann="val.json", val_images="val")
     path = out / "data.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+_OUTPUTS = ("train", "val", "train.json", "val.json", "data.yaml")
+
+
+def _prepare(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DynamicDetError(f"{out} is a file: give a folder to write the dataset into")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise DynamicDetError(f"{out} is not empty: choose an empty or new folder, or replace the dataset "
+                              "in it with --force")
+    for name in _OUTPUTS:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) -> dict:
