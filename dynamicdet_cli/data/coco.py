@@ -159,10 +159,11 @@ class CocoDataset(torch.utils.data.Dataset):
             return "file not found"
         try:
             with Image.open(path) as im:
+                im.verify()
+            with Image.open(path) as im:  # verify() leaves the image unusable
                 size = im.size
                 if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
                     size = size[::-1]  # shown turned by a quarter: the JSON gives the size as shown
-                im.verify()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             return f"cannot open image: {err}"
         if size != (info["width"], info["height"]):
