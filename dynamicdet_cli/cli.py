@@ -231,7 +231,7 @@ def train_detectors(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
-    amp: Annotated[bool, typer.Option("--amp", help="mixed precision (CUDA only)")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -240,7 +240,7 @@ def train_detectors(
     _set_threads(threads)
     from dynamicdet_cli.recipe import load_recipe, recipe_from_dict
     from dynamicdet_cli.tables import epoch_table
-    from dynamicdet_cli.train import load_run_state, train_detectors as _train
+    from dynamicdet_cli.train import TrainingInterrupted, load_run_state, train_detectors as _train
 
     if resume:
         cfg = recipe_from_dict(load_run_state(out)["recipe"])
@@ -257,13 +257,27 @@ def train_detectors(
         cfg = load_recipe(recipe, sets)
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
     train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images)
+    if train_set.n_boxes == 0:
+        raise DynamicDetError(f"{dc.train_ann}: no usable box to train on ({train_set.box_report()})")
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
-    result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                    init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
-                    on_epoch=lambda record: console.print(epoch_table(record)))
-    state = "stopped early (--max-steps)" if not result.complete else "done"
-    console.print(f"{state}: {result.epochs} epoch(s); run folder [bold]{result.run}[/] "
-                  f"(best.pt, last.pt, metrics.jsonl)")
+    try:
+        result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                        init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
+                        on_epoch=lambda record: console.print(epoch_table(record)))
+    except TrainingInterrupted as stop:
+        _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
+    if result.complete:
+        _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), " (best.pt, last.pt, metrics.jsonl)")
+    else:
+        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+
+
+def _saved(run: Path, epochs: int) -> str:
+    """What a train-detectors run folder holds, and how to go on."""
+    if epochs == 0:
+        return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
+    return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
+            f"continue with: dynamicdet train-detectors --resume --out {run}")
 
 
 @app.command("train-router")
