@@ -214,6 +214,10 @@ def _open_dataset(ann, images, train: bool, augment, skip_bad: bool):
         _warn(f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
     if not ds.image_ids:
         raise DynamicDetError(f"{ann}: no usable images")
+    if train and ds.n_boxes == 0:
+        raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
+    if ds.n_degenerate or ds.n_clipped:
+        _warn(ds.box_report())
     return ds
 
 
@@ -257,8 +261,6 @@ def train_detectors(
         cfg = load_recipe(recipe, sets)
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
     train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images)
-    if train_set.n_boxes == 0:
-        raise DynamicDetError(f"{dc.train_ann}: no usable box to train on ({train_set.box_report()})")
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
     try:
         result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
@@ -277,7 +279,7 @@ def _saved(run: Path, epochs: int) -> str:
     if epochs == 0:
         return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
     return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
-            f"continue with: dynamicdet train-detectors --resume --out {run}")
+            "to continue, run the same command with --resume")
 
 
 @app.command("train-router")

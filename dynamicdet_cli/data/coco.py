@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
-from dynamicdet_cli.errors import DynamicDetError, warn
+from dynamicdet_cli.errors import DynamicDetError
 
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
 
@@ -46,8 +46,8 @@ class CocoDataset(torch.utils.data.Dataset):
     Boxes are converted from COCO xywh to XYXY and clipped to the image. Boxes of negative
     or zero width or height, and boxes wholly outside the image, are dropped; the counts
     per reason are in `dropped` (their total in `n_degenerate`) and `n_clipped` counts
-    the kept boxes that reached beyond the image; both are reported in one warning line
-    (errors.warn). `iscrowd=1` annotations are left out, as torchvision's references do.
+    the kept boxes that reached beyond the image; `box_report()` says it in one line (the CLI
+    prints it as a warning). `iscrowd=1` annotations are left out, as torchvision's references do.
 
     With `skip_bad_images=True`, files that are missing, do not open, or whose size differs
     from the JSON are dropped from `image_ids` at construction and listed in `skipped` as
@@ -82,8 +82,6 @@ class CocoDataset(torch.utils.data.Dataset):
         self._boxes, self.dropped, self.n_clipped = self._build_targets()
         self.n_degenerate = sum(self.dropped.values())
         self.n_boxes = sum(len(labels) for _, labels in self._boxes.values())
-        if self.n_degenerate or self.n_clipped:
-            warn(self.box_report())
 
         self.skipped: list[tuple[str, str]] = []
         self.image_ids: list[int] = self._check_images(sorted(self.coco.imgs))
