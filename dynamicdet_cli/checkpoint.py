@@ -19,7 +19,7 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
     provenance        dict(package, torch, torchvision, created, command)
     checksum          dict(algorithm "crc32", value int): over every tensor's bytes, dtype and
                       shape and every other field (checksum.py); absent in files written
-                      before 0.2, which still load with a warning
+                      by earlier versions, which still load with a warning
 
 Resume state (optimizer, scheduler, epoch, RNG) lives in the run folder, not here.
 Writes are atomic: a temporary file in the same folder, then a rename. Loading checks the
@@ -141,7 +141,7 @@ def load_checkpoint(path: str | Path) -> dict:
 def _verify_checksum(ckpt: dict, path: Path) -> None:
     stored = ckpt.pop("checksum", None)
     if stored is None:
-        warn(f"{path} has no checksum (written by dynamicdet before 0.2), so damage to it cannot be "
+        warn(f"{path} has no checksum (written by an earlier dynamicdet), so damage to it cannot be "
              "detected; save it again (e.g. with calibrate) to add one")
         return
     if not isinstance(stored, dict) or "value" not in stored:
