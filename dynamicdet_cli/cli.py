@@ -40,7 +40,8 @@ def _warn(message: str) -> None:
 
 
 def _fail(message: str, status: int = 2):
-    err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
+    if not (_QUIET and status == 130):  # Ctrl-C reaches every rank; rank 0 says it once
+        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
     raise SystemExit(status)
 
 
@@ -93,7 +94,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 class _App:
     """Registers commands on the typer app so that a user error (DynamicDetError, or an OSError
     from the file system) in any of them prints one line and exits with status 2 instead of
-    showing a traceback."""
+    showing a traceback; Ctrl-C prints one line and exits with 130."""
 
     def command(self, name: str | None = None):
         def register(fn):
@@ -103,6 +104,8 @@ class _App:
                     return fn(*args, **kwargs)
                 except USER_ERRORS as err:
                     _fail(user_message(err))
+                except KeyboardInterrupt:
+                    _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
             return typer_app.command(name)(friendly)
         return register
 

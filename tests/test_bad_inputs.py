@@ -323,6 +323,14 @@ def test_training_never_claims_files_it_did_not_write(run, world, tmp_path, monk
                      "same command with --resume", status=130)
     assert "error:" in line and (out / "last.pt").is_file()
 
+    from dynamicdet_cli import evaluate as evaluation
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluation, "evaluate_route", ctrl_c)
+    run.fails(["evaluate", world["fresh"], "--data", world["yaml"], "--no-progress"], "interrupted",
+              inputs=[world["fresh"], world["data"]], status=130)
+
 
 # ----------------------------------------------------------------------------- class 8
 
