@@ -142,7 +142,7 @@ def _verify_checksum(ckpt: dict, path: Path) -> None:
     stored = ckpt.pop("checksum", None)
     if stored is None:
         warn(f"{path} has no checksum (written by an earlier dynamicdet), so damage to it cannot be "
-             "detected; save it again (e.g. with calibrate) to add one")
+             "detected; writing it again (train-router or calibrate) adds one")
         return
     if not isinstance(stored, dict) or "value" not in stored:
         raise DynamicDetError(f"{path}: damaged checkpoint: field checksum is not a checksum record")
