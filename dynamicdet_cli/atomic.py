@@ -43,4 +43,5 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data, indent: int | None = None) -> Path:
-    return write_text(path, json.dumps(data, indent=indent) + "\n")
+    """JSON as the standard defines it: a NaN or infinity is refused (ValueError), never written."""
+    return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")

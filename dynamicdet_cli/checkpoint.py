@@ -11,7 +11,8 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
     detector          state dict of everything but the router
     router            state dict of the router, or None until train-router has run
     router_stats      dict of floats/ints/strings: Delta (median L1 - L2), shares, correlations
-    training          None for fresh weights; else dict(epochs, best_metric, run, ...)
+    training          None for fresh weights; else dict(epochs, best_metric, run, ..., router_image_ids:
+                      the training images kept out of step 1 for the router's targets)
     validation        None, or dict(image_ids list[int], scores Tensor[N], dataset str, images str):
                       the router's difficulty scores on the validation set, its annotation file
                       and image folder (no `images` in files written before it was recorded)
@@ -21,14 +22,20 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
     operating_points  dict name -> dict(tau, hard_ratio, target_ms, expected_ms, and with a
                       latency target the regime keys of its measurement)
     provenance        dict(package, torch, torchvision, created, command)
+    checksum          dict(algorithm "crc32", value int): over every tensor's bytes, dtype and
+                      shape and every other field (checksum.py); absent in files written
+                      by earlier versions, which still load with a warning
 
 Resume state (optimizer, scheduler, epoch, RNG) lives in the run folder, not here.
-Writes are atomic: a temporary file in the same folder, then a rename.
+Writes are atomic: a temporary file in the same folder, then a rename. Loading checks the
+checksum and the type of every field (one line naming the first bad field), and the model
+built from a checkpoint checks every tensor's shape against the recipe and classes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import pickle
 import sys
 import zipfile
@@ -39,7 +46,8 @@ import torchvision
 
 from dynamicdet_cli import __version__
 from dynamicdet_cli.atomic import atomic_path
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.checksum import content_checksum
+from dynamicdet_cli.errors import DynamicDetError, warn
 
 FORMAT_NAME = "dynamicdet"
 FORMAT_VERSION = 1
@@ -95,6 +103,8 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """Write atomically: nothing at `path` is lost if the write fails half-way."""
     path = Path(path)
     ckpt = dict(ckpt, provenance=dict(ckpt.get("provenance") or {}, saved=provenance()["created"]))
+    ckpt.pop("checksum", None)
+    ckpt["checksum"] = content_checksum(ckpt)
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return path
@@ -108,7 +118,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
         raise DynamicDetError(f"{path}: truncated or corrupt checkpoint (not a torch zip archive)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the tensors are read once, by the checksum, instead of copied by the load too
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         raise DynamicDetError(
             f"{path}: refused: the file carries pickled Python objects, not plain tensors and data "
@@ -127,7 +138,115 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise DynamicDetError(f"{path}: damaged dynamicdet checkpoint, missing {', '.join(missing)}")
+    _verify_checksum(ckpt, path)
+    check_fields(ckpt, path)
     return ckpt
+
+
+def _verify_checksum(ckpt: dict, path: Path) -> None:
+    stored = ckpt.pop("checksum", None)
+    if stored is None:
+        warn(f"{path} has no checksum (written by an earlier dynamicdet), so damage to it cannot be "
+             "detected; writing it again (train-router or calibrate) adds one")
+        return
+    if not isinstance(stored, dict) or "value" not in stored:
+        raise DynamicDetError(f"{path}: damaged checkpoint: field checksum is not a checksum record")
+    if content_checksum(ckpt, stored.get("algorithm")) != stored:
+        raise DynamicDetError(f"{path}: damaged checkpoint: its content does not match the checksum written "
+                              "with it (the file changed after it was saved); restore it or write it again")
+
+
+# ----------------------------------------------------------------------------- field checks
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _tensors(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items())
+
+
+def check_fields(ckpt: dict, path: str | Path = "checkpoint") -> None:
+    """Raise a one-line DynamicDetError naming the first field whose type or value is wrong."""
+    def bad(field: str, expected: str):
+        raise DynamicDetError(f"{path}: damaged checkpoint: field {field} {expected}")
+
+    from dynamicdet_cli.recipe import recipe_from_dict
+    if not isinstance(ckpt["recipe"], dict):
+        bad("recipe", "is not a mapping")
+    try:
+        recipe_from_dict(ckpt["recipe"])
+    except DynamicDetError as err:
+        bad("recipe", f"is not a valid recipe ({err})")
+    classes, cat_ids = ckpt["classes"], ckpt["category_ids"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        bad("classes", "is not a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        bad("classes", "names a class twice")
+    if not isinstance(cat_ids, list) or not all(_is_int(c) for c in cat_ids) or len(cat_ids) != len(classes):
+        bad("category_ids", f"is not a list of {len(classes)} integers (one per class)")
+    if len(set(cat_ids)) != len(cat_ids):
+        bad("category_ids", "names a category twice")
+    if not _tensors(ckpt["detector"]) or not ckpt["detector"]:
+        bad("detector", "is not a state dict of tensors")
+    if ckpt["router"] is not None and not _tensors(ckpt["router"]):
+        bad("router", "is neither empty (None) nor a state dict of tensors")
+    stats = ckpt["router_stats"]
+    if not isinstance(stats, dict) or not all(v is None or isinstance(v, (int, float, str)) for v in stats.values()):
+        bad("router_stats", "is not a mapping of numbers")
+    training = ckpt["training"]
+    if training is not None and not (isinstance(training, dict) and isinstance(training.get("val", {}), dict)
+                                     and all(_is_number(v) for v in training.get("val", {}).values())):
+        bad("training", "is not a record of the training (epochs, steps, val metrics)")
+    held = (training or {}).get("router_image_ids", [])
+    if not (isinstance(held, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in held)):
+        bad("training.router_image_ids", "is not a list of image ids (integers)")
+    _check_validation(ckpt["validation"], bad)
+    _check_latency(ckpt["latency"], bad)
+    _check_points(ckpt["operating_points"], bad)
+    if not isinstance(ckpt["provenance"], dict):
+        bad("provenance", "is not a mapping")
+
+
+def _check_validation(val, bad) -> None:
+    if val is None:
+        return
+    if not isinstance(val, dict) or not isinstance(val.get("image_ids"), list) or not all(
+            _is_int(i) for i in val["image_ids"]):
+        bad("validation", "is not a record of image_ids (integers) and scores")
+    scores = val.get("scores")
+    if not (torch.is_tensor(scores) and scores.is_floating_point() and scores.ndim == 1
+            and scores.numel() == len(val["image_ids"])):
+        bad("validation.scores", f"is not a 1-D float tensor of {len(val['image_ids'])} scores (one per image id)")
+    if scores.numel() and not bool(torch.isfinite(scores).all()):
+        bad("validation.scores", "holds non-finite scores")
+
+
+def _check_latency(latency, bad) -> None:
+    if not isinstance(latency, list):
+        bad("latency", "is not a list of measurements")
+    for i, m in enumerate(latency):
+        ok = (isinstance(m, dict) and isinstance(m.get("device"), str)
+              and all(_is_int(m.get(k)) and m[k] > 0 for k in ("threads", "batch_size", "image_size"))
+              and all(_is_number(m.get(k)) and m[k] > 0 for k in ("easy_ms", "hard_ms")))
+        if not ok:
+            bad(f"latency[{i}]", "is not a measurement (device, threads, batch_size, image_size, easy_ms, hard_ms)")
+
+
+def _check_points(points, bad) -> None:
+    if not isinstance(points, dict):
+        bad("operating_points", "is not a mapping of names to operating points")
+    for name, p in points.items():
+        ok = (isinstance(name, str) and isinstance(p, dict)
+              and all(_is_number(p.get(k)) and 0.0 <= p[k] <= 1.0 for k in ("tau", "hard_ratio"))
+              and all(p.get(k) is None or (_is_number(p[k]) and p[k] > 0) for k in ("target_ms", "expected_ms")))
+        if not ok:
+            bad(f"operating_points[{name!r}]", "is not an operating point (tau and hard_ratio in [0, 1], "
+                                               "target_ms and expected_ms positive or empty)")
 
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu"):
@@ -140,6 +259,13 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu"):
     state = dict(ckpt["detector"])
     if ckpt["router"] is not None:
         state.update({f"router.{k}": v for k, v in ckpt["router"].items()})
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key in expected and value.shape != expected[key].shape:
+            field = f"router[{key[7:]}]" if key.startswith("router.") else f"detector[{key}]"
+            raise DynamicDetError(
+                f"checkpoint field {field} has shape {list(value.shape)}, but its recipe and "
+                f"{len(ckpt['classes'])} classes need {list(expected[key].shape)}; the file is damaged")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("router.") and ckpt["router"] is None)]
     if missing or unexpected:

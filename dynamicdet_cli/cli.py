@@ -1,37 +1,99 @@
 """The `dynamicdet` command line: each command parses, calls one library function, prints.
 
-User errors (DynamicDetError) print one line and exit with status 2; never a traceback.
+User errors print one line and exit with status 2; never a traceback. All of them pass
+through one funnel: `DynamicDetError` and file-system errors (OSError) raised by a command,
+and typer's usage errors (unknown option, value out of range), are printed as one
+`error: ...` line. Text from the user (paths, names) is never read as rich markup.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli import __version__
+from dynamicdet_cli.errors import USER_ERRORS, DynamicDetError, set_warning_sink, user_message
 
-typer_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="DynamicDet: one cascaded detector whose average speed you choose at inference time.")
-console = Console()
+# Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
+_QUIET = os.environ.get("RANK", "0") not in ("", "0")
+console = Console(quiet=_QUIET)
 err_console = Console(stderr=True)
 
 
-def _one_line(err: DynamicDetError) -> str:
-    """The user's line. A DataLoader worker re-raises our error with the worker's whole
-    traceback as its message; keep only the original message."""
-    text = str(err)
-    if "Original Traceback" in text:
-        text = text.rsplit("DynamicDetError: ", 1)[-1]
-    return text.strip()
+def _say(*parts) -> None:
+    """Print one line on stdout; `parts` are plain strings or (text, style) pairs, never markup."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    if not _QUIET:
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True, highlight=False)
+
+
+def _fail(message: str, status: int = 2):
+    if not (_QUIET and status == 130):  # Ctrl-C reaches every rank; rank 0 says it once
+        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
+    raise SystemExit(status)
+
+
+class _OneLineErrors(TyperGroup):
+    """typer's group, with usage errors (bad option values, ranges, unknown options) printed
+    as one `error:` line instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        set_warning_sink(_warn)
+        try:
+            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            hint = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+            _fail(" ".join(err.format_message().split()) + hint, err.exit_code)
+        except Abort:
+            _fail("aborted", 1)
+        except BrokenPipeError:
+            sys.stderr = open(os.devnull, "w")  # the reader went away (| head): nothing to say
+            sys.exit(1)
+        finally:
+            set_warning_sink(None)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+typer_app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False,
+                        help="DynamicDet: one cascaded detector whose average speed you choose at inference time.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        _say(f"dynamicdet {__version__}")
+        raise typer.Exit()
+
+
+@typer_app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print the version and exit")] = False) -> None:
+    """DynamicDet: one cascaded detector whose average speed you choose at inference time."""
 
 
 class _App:
-    """Registers commands on the typer app so that a user error (DynamicDetError) in any of
-    them prints one line and exits with status 2 instead of showing a traceback."""
+    """Registers commands on the typer app so that a user error (DynamicDetError, or an OSError
+    from the file system) in any of them prints one line and exits with status 2 instead of
+    showing a traceback; Ctrl-C prints one line and exits with 130."""
 
     def command(self, name: str | None = None):
         def register(fn):
@@ -39,9 +101,10 @@ class _App:
             def friendly(*args, **kwargs):
                 try:
                     return fn(*args, **kwargs)
-                except DynamicDetError as err:
-                    err_console.print(f"[red]error:[/] {_one_line(err)}", highlight=False, soft_wrap=True)
-                    raise typer.Exit(2) from None
+                except USER_ERRORS as err:
+                    _fail(user_message(err))
+                except KeyboardInterrupt:
+                    _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
             return typer_app.command(name)(friendly)
         return register
 
@@ -67,19 +130,29 @@ def build(
     from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
 
     cfg = load_recipe(recipe, overrides or [])
-    names = [c.strip() for c in classes.split(",")] if classes else None
+    names = _class_names(classes) if classes is not None else None
     num_classes = len(names) if names else cfg.model.num_classes
     names = names or [f"class{i}" for i in range(1, num_classes + 1)]
     model = build_model(cfg.model, num_classes, str(backbone_weights) if backbone_weights else None)
     ckpt = new_checkpoint(recipe_to_dict(cfg), names, list(range(1, num_classes + 1)), model)
-    console.print(f"wrote [bold]{save_checkpoint(ckpt, output)}[/]")
+    _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
+
+
+def _class_names(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise DynamicDetError(f"--classes {text!r}: a class name is empty; write e.g. --classes cat,dog")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DynamicDetError(f"--classes {text!r}: {', '.join(twice)} given more than once; class names must differ")
+    return names
 
 
 @app.command()
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
-    image_size: Annotated[Optional[int], typer.Option(help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
 ):
     """Show what a checkpoint holds: recipe essentials, cost per route, router, latencies, operating points."""
     from dynamicdet_cli.checkpoint import load_checkpoint
@@ -96,12 +169,13 @@ def make_shapes(
     router: Annotated[int, typer.Option(min=0, help="images of a router split (router_ann/router_images) the detectors never train on; 0 = none")] = 0,
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same dataset)")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace the dataset in a folder that is not empty")] = False,
 ):
     """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""
     from dynamicdet_cli.data.shapes import make_shapes as _make
-    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router)
+    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router, force=force)
     extra = f", {router} router" if router else ""
-    console.print(f"wrote {train} train{extra} and {val} val images; data file: [bold]{data_yaml}[/]")
+    _say(f"wrote {train} train{extra} and {val} val images; data file: ", (str(data_yaml), "bold"))
 
 
 # ----------------------------------------------------------------------------- data options
@@ -141,10 +215,13 @@ def _open_dataset(ann, images, train: bool, augment, skip_bad: bool):
     tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
     ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad)
     if ds.skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {len(ds.skipped)} unreadable image(s) of {ann}, "
-                          f"e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}", highlight=False, soft_wrap=True)
+        _warn(f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
     if not ds.image_ids:
         raise DynamicDetError(f"{ann}: no usable images")
+    if train and ds.n_boxes == 0:
+        raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
+    if ds.n_degenerate or ds.n_clipped:
+        _warn(ds.box_report())
     return ds
 
 
@@ -163,7 +240,7 @@ def train_detectors(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
-    amp: Annotated[bool, typer.Option("--amp", help="mixed precision (CUDA only)")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -172,13 +249,12 @@ def train_detectors(
     _set_threads(threads)
     from dynamicdet_cli.recipe import load_recipe, recipe_from_dict
     from dynamicdet_cli.tables import epoch_table
-    from dynamicdet_cli.train import load_run_state, train_detectors as _train
+    from dynamicdet_cli.train import TrainingInterrupted, load_run_state, train_detectors as _train
 
     if resume:
         cfg = recipe_from_dict(load_run_state(out)["recipe"])
         if recipe or overrides or epochs or batch_size or lr is not None or image_size or router_holdout is not None:
-            err_console.print("[yellow]warning:[/] --resume continues with the run's own recipe; "
-                              "the recipe and override options given are ignored", highlight=False)
+            _warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
     elif recipe is None:
         raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
     else:
@@ -192,12 +268,24 @@ def train_detectors(
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
     train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images)
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
-    result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                    init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
-                    on_epoch=lambda record: console.print(epoch_table(record)))
-    state = "stopped early (--max-steps)" if not result.complete else "done"
-    console.print(f"{state}: {result.epochs} epoch(s); run folder [bold]{result.run}[/] "
-                  f"(best.pt, last.pt, metrics.jsonl)")
+    try:
+        result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                        init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
+                        on_epoch=lambda record: console.print(epoch_table(record)))
+    except TrainingInterrupted as stop:
+        _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
+    if result.complete:
+        _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), " (best.pt, last.pt, metrics.jsonl)")
+    else:
+        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+
+
+def _saved(run: Path, epochs: int) -> str:
+    """What a train-detectors run folder holds, and how to go on."""
+    if epochs == 0:
+        return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
+    return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
+            "to continue, run the same command with --resume")
 
 
 @app.command("train-router")
@@ -237,11 +325,19 @@ def train_router(
                                            show_progress=progress, router_set=router_set)
     path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
-    console.print(f"router trained; wrote [bold]{path}[/]")
+    _say("router trained; wrote ", (str(path), "bold"))
 
 
 # ----------------------------------------------------------------------------- inference
-RouteLatency = Annotated[Optional[str], typer.Option("--latency", help="target mean latency per image, e.g. 40ms")]
+def _latency_with_unit(text: str | None) -> str | None:
+    """A bare number could be ms or s: ask for the unit rather than guess."""
+    if text is not None and text.strip().replace(".", "", 1).isdigit():
+        raise typer.BadParameter(f"{text!r} has no unit: write {text.strip()}ms or {text.strip()}s")
+    return text
+
+
+RouteLatency = Annotated[Optional[str], typer.Option("--latency", callback=_latency_with_unit,
+                                                     help="target mean latency per image, with its unit: 40ms or 0.04s")]
 RouteRatio = Annotated[Optional[float], typer.Option("--hard-ratio", min=0.0, max=1.0, help="share of images routed hard, e.g. 0.3")]
 RouteTau = Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, help="difficulty threshold tau: phi > tau goes hard")]
 RoutePoint = Annotated[Optional[str], typer.Option("--point", help="a stored operating point (or easy / hard)")]
@@ -276,6 +372,9 @@ def calibrate(
 
     With none of --latency, --hard-ratio, --threshold: only measure and store the latency."""
     _set_threads(threads)
+    if not name.strip() or name in ("easy", "hard"):
+        raise DynamicDetError(f"--name {name!r}: give a non-empty name other than easy / hard "
+                              "(those select a whole route in --point)")
     from dynamicdet_cli.calibrate import parse_latency
     from dynamicdet_cli.checkpoint import save_checkpoint
     from dynamicdet_cli.latency import calibrate_checkpoint
@@ -287,10 +386,10 @@ def calibrate(
                                   repeats=repeats, reuse=reuse_latency, images=images, random_images=random_images,
                                   image_size=image_size, max_images=max_images)
     if result.warning:
-        err_console.print(f"[yellow]warning:[/] {result.warning}", highlight=False, soft_wrap=True)
+        _warn(result.warning)
     path = save_checkpoint(ckpt, output or checkpoint)
     console.print(calibrate_table(result.measured, result.point, name))
-    console.print((f"stored operating point '{name}'" if result.point else "stored the latency") + f" in [bold]{path}[/]")
+    _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
 
 
 @app.command()
@@ -314,6 +413,7 @@ def evaluate(
     from dynamicdet_cli.routing import resolve_route
     from dynamicdet_cli.tables import evaluate_table, sweep_table
 
+    ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
     ckpt, model, dev = _load_model(checkpoint, device)
     if data is not None:
         dc = _data_config(data, None, None, None, None)
@@ -327,19 +427,14 @@ def evaluate(
         raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {ckpt['classes'][:5]}")
     out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")
     if do_sweep:
-        try:
-            ks = [float(x) for x in ratios.split(",") if x.strip()]
-        except ValueError:
-            raise DynamicDetError(f"--ratios {ratios!r}: expected comma-separated numbers in [0, 1]") from None
         rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
         console.print(sweep_table(rows))
         if measured is None:
             console.print(f"latency column empty: {missing_latency(ckpt, Regime.of_run(model, dev, batch_size), checkpoint)}",
                           markup=False, highlight=False, soft_wrap=True)
         plot = written.get("plot")
-        console.print(f"sweep: {written['json']}, {written['csv']}, " +
-                      (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"),
-                      markup=False, highlight=False)
+        _say(f"sweep: {written['json']}, {written['csv']}, " +
+             (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
         return
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
                                 regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
@@ -348,6 +443,20 @@ def evaluate(
                                              "hard_share": result.hard_share, "latency_ms": result.latency_ms,
                                              "images": result.n_images})
     console.print(evaluate_table(result, text))
+
+
+def _sweep_ratios(ratios: str, *route_options) -> list[float]:
+    """The sweep's hard ratios; a route option with --sweep is a mistake, not something to ignore."""
+    if any(option is not None for option in route_options):
+        raise DynamicDetError("--sweep covers every hard ratio: drop --latency / --hard-ratio / --threshold / "
+                              "--point, or drop --sweep to evaluate that one point")
+    try:
+        ks = [float(x) for x in ratios.split(",") if x.strip()]
+    except ValueError:
+        ks = None
+    if not ks or not all(0.0 <= k <= 1.0 for k in ks):
+        raise DynamicDetError(f"--ratios {ratios!r}: expected comma-separated numbers in [0, 1], e.g. 0,0.5,1")
+    return ks
 
 
 @app.command()
@@ -370,14 +479,14 @@ def predict(
     ckpt, model, dev = _load_model(checkpoint, device)
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
                                 regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
-    console.print(f"route: {text}", markup=False, highlight=False, soft_wrap=True)
+    _say(f"route: {text}")
     paths = engine.list_images(inputs)
     summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
                              conf=conf, render=render, device=dev, progress=progress)
     console.print(engine.summary_table(summary))
-    console.print(f"predictions: [bold]{out / 'predictions.jsonl'}[/]" + (f", pictures: {out / 'render'}" if render else ""))
+    _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
 
 
 def main() -> None:
     """Console-script entry point."""
-    typer_app()
+    typer_app(prog_name="dynamicdet")

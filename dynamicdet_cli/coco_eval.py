@@ -24,6 +24,7 @@ import io
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
@@ -31,6 +32,8 @@ from torchvision.ops import box_convert
 from dynamicdet_cli.errors import DynamicDetError
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # order of COCOeval.stats[:6]
+NON_FINITE = ("the model produced NaN or infinite outputs, so its weights are damaged; nothing was "
+              "written: use a checkpoint that loads with a checksum, or retrain")
 
 
 def to_coco_results(pred: dict, image_id: int, cat_ids: list[int]) -> list[dict]:
@@ -44,6 +47,8 @@ def to_coco_results(pred: dict, image_id: int, cat_ids: list[int]) -> list[dict]
     boxes = pred["boxes"].detach().float().cpu()
     labels = pred["labels"].detach().cpu()
     scores = pred["scores"].detach().float().cpu()
+    if not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(scores).all())):
+        raise DynamicDetError(NON_FINITE)
     if labels.numel() and (labels.min() < 1 or labels.max() > len(cat_ids)):
         raise ValueError(f"labels must lie in 1..{len(cat_ids)}, got {labels.unique().tolist()}")
     xywh = box_convert(boxes, "xyxy", "xywh").tolist()  # N,4

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from dynamicdet_cli.atomic import atomic_path, write_text
-from dynamicdet_cli.coco_eval import to_coco_results
+from dynamicdet_cli.coco_eval import NON_FINITE, to_coco_results
 from dynamicdet_cli.data.coco import _BadImage, _load_rgb
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import Route
@@ -168,8 +169,8 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                               f"(e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "no images given")
     categories = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
     written = [
-        write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines)),
-        write_text(out_dir / "predictions_coco.json", json.dumps(coco)),
+        write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)),
+        write_text(out_dir / "predictions_coco.json", json.dumps(coco, allow_nan=False)),
         write_text(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
     ]
     latency = {r: (s / n if n else None) for r, (s, n) in totals.items()}
@@ -283,6 +284,8 @@ class _RouteTimer:
 
 def _keep(det: dict, conf: float) -> dict:
     """The detections scoring >= conf, on the CPU."""
+    if not math.isfinite(float(det["difficulty"])):
+        raise DynamicDetError(NON_FINITE)
     keep = det["scores"] >= conf
     return {"boxes": det["boxes"][keep].float().cpu(), "labels": det["labels"][keep].cpu(),
             "scores": det["scores"][keep].float().cpu(), "difficulty": float(det["difficulty"]),

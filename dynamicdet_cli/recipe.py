@@ -276,8 +276,9 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise DynamicDetError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file would silently build the defaults: an 80-class R50
+        raise DynamicDetError(f"{path}: the recipe is empty; start from recipes/shapes-tiny.yaml "
+                              "or write _base_: dy-faster-rcnn-r50-fpn.yaml and the keys to change")
     if not isinstance(data, dict):
         raise DynamicDetError(f"{path}: a recipe must be a YAML mapping")
     return data

@@ -1,8 +1,13 @@
-"""Rich tables the commands print. Presentation only: every number comes from elsewhere."""
+"""Rich tables the commands print. Presentation only: every number comes from elsewhere.
+
+Rich reads cell text as markup; text that comes from users or files (class names, paths,
+point names) goes through `escape` so that `[red]` in a name is shown, not applied.
+"""
 
 from __future__ import annotations
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from dynamicdet_cli.regime import Regime
@@ -34,7 +39,7 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     b = m["backbone"]
     table.add_row("detector", f"Dy-{m['family']} ResNet-{b['depth']} x2, FPN {m['neck']['out_channels']}, "
                               f"stages {b['stages']}, shared stem: {b['share_stem']}")
-    table.add_row("classes", f"{len(ckpt['classes'])}: {', '.join(ckpt['classes'][:8])}"
+    table.add_row("classes", f"{len(ckpt['classes'])}: {escape(', '.join(ckpt['classes'][:8]))}"
                              + (" ..." if len(ckpt["classes"]) > 8 else ""))
     table.add_row("input size", f"min {m['transform']['min_size']}, max {m['transform']['max_size']}")
     for route in ("easy", "hard"):
@@ -54,14 +59,16 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     table.add_row("router", "not trained" if ckpt["router"] is None else
                   "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats))
     val = ckpt["validation"]
-    table.add_row("validation scores", "none" if not val else f"{len(val['image_ids'])} images ({val.get('dataset', '')}"
-                  + (f", images in {val['images']})" if val.get("images") else ")"))
+    table.add_row("validation scores", "none" if not val else
+                  f"{len(val['image_ids'])} images ({escape(str(val.get('dataset', '')))}"
+                  + (f", images in {escape(str(val['images']))})" if val.get("images") else ")"))
     if not ckpt["latency"]:
         table.add_row("latency", "not measured (run calibrate)")
     if not ckpt["operating_points"]:
         table.add_row("operating points", "none (run calibrate)")
     prov = ckpt["provenance"]
-    table.add_row("written by", f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, {prov.get('saved', prov.get('created'))}")
+    table.add_row("written by", escape(f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, "
+                                       f"{prov.get('saved', prov.get('created'))}"))
     tables = [table]
     if ckpt["latency"]:
         tables.append(latency_table(ckpt["latency"]))
@@ -77,9 +84,9 @@ def latency_table(measurements: list[dict]) -> Table:
         table.add_column(col, justify="left" if col in ("device", "dtype") else "right", no_wrap=True)
     table.add_column("timed on", overflow="fold")
     for m in measurements:
-        table.add_row(m["device"], str(m["batch_size"]), str(m["image_size"]), _fmt(m.get("threads")),
-                      m.get("dtype") or "float32", f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
-                      f"{m.get('images') or 'random images'}, {m.get('time', '?')}")
+        table.add_row(escape(str(m["device"])), str(m["batch_size"]), str(m["image_size"]), _fmt(m.get("threads")),
+                      escape(str(m.get("dtype") or "float32")), f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
+                      escape(f"{m.get('images') or 'random images'}, {m.get('time', '?')}"))
     return table
 
 
@@ -90,8 +97,8 @@ def points_table(points: dict[str, dict]) -> Table:
         table.add_column(col, justify="left" if col in ("name", "calibrated for") else "right")
     for name, p in points.items():
         regime = Regime.of_record(p).describe() if "device" in p else "-"
-        table.add_row(name, f"{p['tau']:.4f}", f"{100 * p['hard_ratio']:.0f}%", _fmt(p.get("target_ms"), 2),
-                      _fmt(p.get("expected_ms"), 2), regime)
+        table.add_row(escape(name), f"{p['tau']:.4f}", f"{100 * p['hard_ratio']:.0f}%", _fmt(p.get("target_ms"), 2),
+                      _fmt(p.get("expected_ms"), 2), escape(regime))
     return table
 
 
@@ -112,14 +119,14 @@ def epoch_table(record: dict) -> Table:
 def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Table:
     """lat1, lat2 and the regime and images they were measured in; target, k, tau and
     expected latency of the stored operating point (None: the latency was only measured)."""
-    table = Table(title=f"operating point '{name}'" if point else "route latencies", show_header=False)
+    table = Table(title=f"operating point '{escape(name)}'" if point else "route latencies", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     if latency is not None:
         table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms per image")
         table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms per image")
-        table.add_row("regime", Regime.of_record(latency).describe())
-        table.add_row("timed on", latency.get("images") or "random images")
+        table.add_row("regime", escape(Regime.of_record(latency).describe()))
+        table.add_row("timed on", escape(str(latency.get("images") or "random images")))
     if point is None:
         return table
     table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")
@@ -130,13 +137,13 @@ def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Tabl
 
 
 def evaluate_table(evaluation, route_text: str) -> Table:
-    table = Table(title=f"COCO box metrics ({route_text})")
+    table = Table(title=f"COCO box metrics ({escape(route_text)})")
     for col in ("AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
         table.add_column(col, justify="right")
     m = evaluation.metrics
     table.add_row(*[_fmt(m[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
                   f"{100 * evaluation.hard_share:.0f}%", f"{evaluation.latency_ms:.2f}")
-    table.caption = f"{evaluation.n_images} images; detections: {evaluation.detections_path}"
+    table.caption = f"{evaluation.n_images} images; detections: {escape(str(evaluation.detections_path))}"
     return table
 
 

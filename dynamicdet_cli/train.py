@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from dynamicdet_cli.atomic import atomic_path
+from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.errors import DynamicDetError
@@ -138,6 +139,11 @@ def _reduce(losses: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """--amp: float16 with a GradScaler on CUDA; bfloat16 on CPU (float32's range, no scaler)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: int, env: Dist,
                     amp: bool = False, grad_clip: float = 0.0, bar=None, max_steps: int | None = None,
                     first_step: int = 0) -> dict:
@@ -158,7 +164,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
             continue
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             losses = model(images, targets)
         logged = _reduce(losses, env)
         if not math.isfinite(logged["loss"]):
@@ -232,8 +238,48 @@ def load_run_state(run: Path) -> dict:
 
 
 def _write_metrics(run: Path, record: dict) -> None:
-    with open(run / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """Append one line by rewriting the (small) file atomically: a kill never leaves half a line."""
+    path = run / "metrics.jsonl"
+    write_text(path, "".join(line + "\n" for line in _metric_lines(path)) + json.dumps(record) + "\n")
+
+
+def _metric_lines(path: Path) -> list[str]:
+    """The whole JSON lines of a metrics file; a torn last line (an older, appending version) is left out."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        lines = lines[:-1]
+    return lines
+
+
+def _trim_metrics(run: Path, epochs_done: int) -> None:
+    """On resume: drop lines of epochs after the resume state's (written just before a kill)."""
+    path = run / "metrics.jsonl"
+    lines = _metric_lines(path)
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs_done]
+    if path.is_file() and kept != path.read_text(encoding="utf-8", errors="replace").splitlines():
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; says which epoch was running and how many are saved."""
+
+    def __init__(self, run: Path, epoch: int, epochs_done: int):
+        super().__init__(run, epoch, epochs_done)
+        self.run, self.epoch, self.epochs_done = run, epoch, epochs_done
+
+
+@contextmanager
+def _interrupted(run: Path, current_epoch, start_epoch: int, history: list):
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(run, current_epoch(), start_epoch + len(history)) from None
 
 
 @dataclass
@@ -255,8 +301,6 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
     """
     env, device = init_distributed(device_name)
-    if amp and device.type != "cuda":
-        raise DynamicDetError("--amp needs a CUDA device (mixed precision is for GPUs); drop --amp on CPU")
     run = Path(run)
     state = load_run_state(run) if resume else None
     if state is not None:
@@ -286,7 +330,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     steps_per_epoch = len(_train_loader(train_set, cfg, env, 0))
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -301,12 +345,15 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
 
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "recipe.yaml").write_text(yaml.safe_dump(recipe_data, sort_keys=False))
+        write_text(run / "recipe.yaml", yaml.safe_dump(recipe_data, sort_keys=False))
+        if state is not None:
+            _trim_metrics(run, start_epoch)
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
 
     history, last_val, complete = [], None, True
-    with progress_bar(show_progress and env.is_main) as bar:
+    epoch = start_epoch
+    with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history):
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(cfg.seed * 1000 + epoch)
             loader = _train_loader(train_set, cfg, env, epoch)
@@ -332,9 +379,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 if metric is None or metric >= best:
                     best = metric if metric is not None else best
                     save_checkpoint(ckpt, run / "best.pt")
+                _write_metrics(run, record)  # before state.pt: a resume trims lines past its epoch
                 _save_state(run / "state.pt", model, optimizer, scheduler, scaler, epoch + 1, step, best,
                             recipe_data, train_set.classes, train_set.cat_ids)
-                _write_metrics(run, record)
                 if on_epoch is not None:
                     on_epoch(record)
             history.append(record)

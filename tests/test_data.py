@@ -93,9 +93,10 @@ def test_boxes_xyxy_clipped_degenerate_dropped_and_counted(one_image):
         {"image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 4]},  # zero width
         {"image_id": 1, "category_id": 1, "bbox": [30, 2, 5, 5]},  # outside: zero after clip
     ]
-    with pytest.warns(UserWarning, match="ann.json: dropped 2 boxes of zero area"):
-        ds = CocoDataset(write_coco(one_image, [(1, "a.png")], anns), one_image)
-    assert ds.n_degenerate == 2
+    ds = CocoDataset(write_coco(one_image, [(1, "a.png")], anns), one_image)
+    assert ds.n_degenerate == 2 and ds.dropped == {"of zero size": 1, "outside the image": 1}
+    assert ds.n_clipped == 1
+    assert ds.box_report().startswith("ann.json: dropped 2 box(es): 1 of zero size (e.g. annotation ")
     _, target = ds[0]
     assert target["boxes"].tolist() == [[2, 3, 6, 8], [15, 10, 20, 16]]
     assert target["boxes"].format == tv_tensors.BoundingBoxFormat.XYXY

@@ -212,10 +212,26 @@ def test_images_without_boxes_train_with_zero_box_losses(data, tmp_path):
 
 # ----------------------------------------------------------------------------- options
 
-def test_amp_on_cpu_is_refused_before_anything_is_written(data, tmp_path):
+def test_amp_on_cpu_trains_in_bfloat16_without_a_scaler(data, tmp_path, monkeypatch):
+    """--amp on CPU runs the same autocast and scaler calls as on CUDA, as bfloat16 autocast
+    (no GradScaler: bfloat16 has float32's range). The backbone's convolutions must see it."""
+    seen = set()
+    forward = DynamicDetector.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamicDetector, "forward", spy)
     run = tmp_path / "run"
-    one_error_line(cli(*train_cli(data, run, "--amp")), "--amp", "CUDA")
-    assert not run.exists()
+    result = cli(*train_cli(data, run, "--epochs", 1, "--amp"))
+    assert result.exit_code == 0, result.output
+    assert seen == {torch.bfloat16}
+    (record,) = metrics(run)
+    assert torch.isfinite(torch.tensor(record["loss"]))
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert not state["scaler"]  # a disabled GradScaler has no state
 
 
 def _parameters_only(state: dict) -> dict:

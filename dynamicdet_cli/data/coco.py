@@ -17,7 +17,6 @@ import difflib
 import io
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch import Tensor
 from torchvision import tv_tensors
@@ -45,9 +44,11 @@ class CocoDataset(torch.utils.data.Dataset):
     """Images and boxes of a COCO annotation file.
 
     Every image of the JSON is kept, including images without annotations (negatives).
-    Boxes are converted from COCO xywh to XYXY, clipped to the image, and those of zero
-    area after clipping are dropped (counted once in `n_degenerate`, reported in one
-    warning). `iscrowd=1` annotations are left out, as torchvision's references do.
+    Boxes are converted from COCO xywh to XYXY and clipped to the image. Boxes of negative
+    or zero width or height, and boxes wholly outside the image, are dropped; the counts
+    per reason are in `dropped` (their total in `n_degenerate`) and `n_clipped` counts
+    the kept boxes that reached beyond the image; `box_report()` says it in one line (the CLI
+    prints it as a warning). `iscrowd=1` annotations are left out, as torchvision's references do.
 
     With `skip_bad_images=True`, files that are missing, do not open, or whose size differs
     from the JSON are dropped from `image_ids` at construction and listed in `skipped` as
@@ -79,20 +80,22 @@ class CocoDataset(torch.utils.data.Dataset):
         self.cat_ids: list[int] = sorted(self.coco.cats)
         self.classes: list[str] = [str(self.coco.cats[c]["name"]) for c in self.cat_ids]
         self._label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
-        self._boxes, self.n_degenerate = self._build_targets()
-        if self.n_degenerate:
-            warnings.warn(f"{self.ann_file.name}: dropped {self.n_degenerate} boxes of zero area",
-                          stacklevel=2)
+        self._boxes, self.dropped, self.n_clipped = self._build_targets()
+        self.n_degenerate = sum(self.dropped.values())
+        self.n_boxes = sum(len(labels) for _, labels in self._boxes.values())
 
         self.skipped: list[tuple[str, str]] = []
         self.image_ids: list[int] = self._check_images(sorted(self.coco.imgs))
 
     # -- construction ------------------------------------------------------------------
 
-    def _build_targets(self) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
-        """Per image id: (boxes [N, 4] XYXY clipped, labels [N]); and the zero-area count."""
+    def _build_targets(self) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, int], int]:
+        """Per image id: (boxes [N, 4] XYXY clipped, labels [N]); dropped boxes per reason
+        (with the first annotation id of each); the number of boxes clipped."""
         per_image: dict[int, tuple[list, list]] = {i: ([], []) for i in self.coco.imgs}
-        n_degenerate = 0
+        dropped: dict[str, int] = {}
+        self._first_bad: dict[str, object] = {}
+        n_clipped = 0
         for ann in self.coco.dataset["annotations"]:
             if ann.get("iscrowd", 0):
                 continue
@@ -100,9 +103,15 @@ class CocoDataset(torch.utils.data.Dataset):
             x, y, w, h = (float(v) for v in ann["bbox"])
             x1, x2 = min(max(x, 0.0), img["width"]), min(max(x + w, 0.0), img["width"])
             y1, y2 = min(max(y, 0.0), img["height"]), min(max(y + h, 0.0), img["height"])
-            if x2 <= x1 or y2 <= y1:
-                n_degenerate += 1
+            reason = ("of negative size" if w < 0 or h < 0 else "of zero size" if w == 0 or h == 0
+                      else "outside the image" if x2 <= x1 or y2 <= y1 else None)
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                self._first_bad.setdefault(reason, ann["id"])
                 continue
+            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                n_clipped += 1
+                self._first_bad.setdefault("clipped", ann["id"])
             boxes, labels = per_image[ann["image_id"]]
             boxes.append((x1, y1, x2, y2))
             labels.append(self._label_of[ann["category_id"]])
@@ -110,7 +119,17 @@ class CocoDataset(torch.utils.data.Dataset):
             i: (np.asarray(b, dtype=np.float32).reshape(-1, 4), np.asarray(lab, dtype=np.int64))
             for i, (b, lab) in per_image.items()
         }
-        return out, n_degenerate
+        return out, dropped, n_clipped
+
+    def box_report(self) -> str:
+        """One line: which boxes were dropped or clipped and why, with an example annotation id."""
+        parts = [f"{n} {reason} (e.g. annotation {self._first_bad[reason]})" for reason, n in self.dropped.items()]
+        text = f"{self.ann_file.name}: dropped {self.n_degenerate} box(es): {', '.join(parts)}" if parts else \
+            f"{self.ann_file.name}: dropped no box"
+        if self.n_clipped:
+            text += (f"; clipped {self.n_clipped} box(es) reaching beyond the image to its edges "
+                     f"(e.g. annotation {self._first_bad['clipped']})")
+        return text
 
     def _check_images(self, ids: list[int]) -> list[int]:
         """Fail early on missing files; with skip_bad_images also verify and drop bad ones."""
@@ -139,8 +158,11 @@ class CocoDataset(torch.utils.data.Dataset):
             return "file not found"
         try:
             with Image.open(path) as im:
-                size = im.size
                 im.verify()
+            with Image.open(path) as im:  # verify() leaves the image unusable
+                size = im.size
+                if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
+                    size = size[::-1]  # shown turned by a quarter: the JSON gives the size as shown
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             return f"cannot open image: {err}"
         if size != (info["width"], info["height"]):
@@ -228,19 +250,23 @@ def collate(batch: list) -> tuple[list[Tensor], list[dict]]:
 # -- image decoding --------------------------------------------------------------------
 
 
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
 def _load_rgb(path: Path) -> Tensor:
-    """Decode to a [3, H, W] uint8 (or uint16 for 16-bit PNG) tensor, whatever the mode."""
+    """Decode to a [3, H, W] uint8 (or uint16 for 16-bit PNG) tensor, whatever the mode, turned
+    as its EXIF orientation says (as image viewers and annotation tools show it)."""
     try:
         data = read_file(str(path))
     except (RuntimeError, OSError) as err:
         raise _BadImage("file not found" if not path.exists() else f"cannot read file: {err}")
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
         pass  # formats torchvision does not decode (BMP, TIFF, ...) or broken files
     try:
         with Image.open(path) as im:
-            return _pil_to_rgb(im)
+            return _pil_to_rgb(ImageOps.exif_transpose(im))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise _BadImage(f"cannot decode image: {err}") from None
 

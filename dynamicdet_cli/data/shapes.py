@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
+from dynamicdet_cli.atomic import write_text
 from dynamicdet_cli.errors import DynamicDetError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
@@ -31,7 +33,7 @@ MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
 
 
 def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 128, seed: int = 0,
-                n_router: int = 0) -> Path:
+                n_router: int = 0, force: bool = False) -> Path:
     """Write the shapes dataset under `out` and return the path of its data YAML.
 
     Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
@@ -40,12 +42,17 @@ def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 12
     n_router > 0 also out/router/ and out/router.json, a split for the router's targets
     (router_ann, router_images). The same arguments give byte-identical files, and the
     train and val splits do not depend on n_router.
+
+    A folder that is not empty is refused (its images and annotations would disagree once
+    some are replaced); with `force`, what an earlier make-shapes wrote there (train/, val/,
+    router/, their JSON files, data.yaml) is removed first and other files are left alone.
     """
     if n_train < 1 or n_val < 0 or n_router < 0:
         raise DynamicDetError(f"need n_train >= 1, n_val >= 0 and n_router >= 0, got {n_train}, {n_val}, {n_router}")
     if size < 32:
         raise DynamicDetError(f"image size {size} is too small; use at least 32")
     out = Path(out)
+    _prepare(out, force)
     splits = {"train": (n_train, 0), "val": (n_val, 1), "router": (n_router, 2)}  # split -> (images, stream)
     config = {}
     for split, (n, stream) in splits.items():
@@ -53,11 +60,30 @@ def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 12
             continue
         (out / split).mkdir(parents=True, exist_ok=True)
         coco = _make_split(out / split, n, size, seed, stream)
-        (out / f"{split}.json").write_text(json.dumps(coco, indent=1))
+        write_text(out / f"{split}.json", json.dumps(coco, indent=1))
         config.update({f"{split}_ann": f"{split}.json", f"{split}_images": split})
     path = out / "data.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+_OUTPUTS = ("train", "val", "router", "train.json", "val.json", "router.json", "data.yaml")
+
+
+def _prepare(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DynamicDetError(f"{out} is a file: give a folder to write the dataset into")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise DynamicDetError(f"{out} is not empty: choose an empty or new folder, or replace the dataset "
+                              "in it with --force")
+    for name in _OUTPUTS:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) -> dict:
