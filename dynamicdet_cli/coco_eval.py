@@ -130,27 +130,74 @@ def mixed_stats(
     return _headline_stats(mixed) if headline_only else accumulate_stats(mixed)
 
 
-def resampled_ap(easy: COCOeval, hard: COCOeval, from_hard: list[bool], sample: list[int]) -> float:
-    """AP (area "all", most detections) of a routing over a resample of the images.
+class ResampledAP:
+    """Box AP (area "all", most detections) of any routing of the images between two
+    detectors, over any resample of the images: what a bootstrap needs thousands of times.
 
-    from_hard[i]: image i (in params.imgIds order) takes `hard`'s detections; sample: image
-    positions drawn with replacement (a bootstrap replicate; a repeated image counts
-    again). Built from the per-image records like `mixed_stats`, so nothing is re-matched.
+    Built once from two evaluators of `evaluate_images` over the same images; then
+    `ap(from_hard, counts)` scores the routing `from_hard` (bool per image, in
+    `image_ids` order) over the resample that holds image i `counts[i]` times. It is
+    pycocotools' accumulate() arithmetic with each image's records weighted by its count
+    (a repeated image counts again, as in a results list that repeats it), on detections
+    sorted by score once for all calls; only the order among detections of one score may
+    differ from pycocotools' (which is arbitrary there too).
     """
-    p_easy = easy._paramsEval
-    n_img, n_area = len(p_easy.imgIds), len(p_easy.areaRng)
-    assert p_easy.areaRngLbl[0] == "all"
-    source = (easy.evalImgs, hard.evalImgs)
-    records = [
-        source[from_hard[i]][k * n_area * n_img + i]  # [category][area "all"][image]
-        for k in range(len(p_easy.catIds)) for i in sample
-    ]
-    params = copy.copy(p_easy)
-    params.imgIds = list(range(len(sample)))  # distinct stand-ins: repeats stay separate images
-    params.areaRng, params.areaRngLbl = params.areaRng[:1], params.areaRngLbl[:1]
-    resampled = copy.copy(easy)
-    resampled.evalImgs, resampled._paramsEval, resampled.params = records, params, params
-    return _headline_stats(resampled)["AP"]
+
+    def __init__(self, easy: COCOeval, hard: COCOeval):
+        p = easy._paramsEval
+        assert p.imgIds == hard._paramsEval.imgIds and p.areaRngLbl[0] == "all", "different images"
+        self.image_ids = list(p.imgIds)
+        n_img, n_area, max_det = len(p.imgIds), len(p.areaRng), p.maxDets[-1]
+        self.rec_thrs = p.recThrs
+        self.categories = []  # per category: (image of each det, source 0/1, tp T,n, fp T,n, npig per image)
+        for k in range(len(p.catIds)):
+            parts, npig = [], np.zeros(n_img)
+            for source, ev in enumerate((easy, hard)):
+                for i in range(n_img):
+                    e = ev.evalImgs[k * n_area * n_img + i]  # [category][area "all"][image]
+                    if e is None:
+                        continue
+                    if source == 0:
+                        npig[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+                    scores = np.asarray(e["dtScores"][:max_det], dtype=float)
+                    if scores.size:
+                        parts.append((scores, np.full(scores.size, i), np.full(scores.size, source),
+                                      e["dtMatches"][:, :max_det] != 0, e["dtIgnore"][:, :max_det] != 0))
+            if not parts:
+                self.categories.append(None if not npig.any() else (np.zeros(0, int), np.zeros(0, int),
+                                                                    np.zeros((len(p.iouThrs), 0), bool),
+                                                                    np.zeros((len(p.iouThrs), 0), bool), npig))
+                continue
+            scores, image, source, matched, ignored = (np.concatenate(x, axis=-1) for x in zip(*parts))
+            order = np.argsort(-scores, kind="mergesort")
+            tp, fp = matched & ~ignored, ~matched & ~ignored  # T,n each
+            self.categories.append((image[order], source[order], tp[:, order], fp[:, order], npig))
+
+    def ap(self, from_hard, counts) -> float:
+        """AP of routing `from_hard` (bool N) over the resample with image counts `counts` (N)."""
+        from_hard, counts = np.asarray(from_hard, bool), np.asarray(counts, float)
+        precisions = []
+        for category in self.categories:
+            if category is None:
+                continue
+            image, source, tp, fp, npig_per_image = category
+            n_gt = float(counts @ npig_per_image)
+            if n_gt == 0:
+                continue  # no ground truth of this category in the resample: -1, left out
+            weight = counts[image] * (source == from_hard[image])  # n: 0 for the other route's detections
+            kept = weight > 0  # a detection of weight 0 changes no sum: leave it out
+            weight, tp, fp = weight[kept], tp[:, kept], fp[:, kept]
+            tp_sum, fp_sum = np.cumsum(tp * weight, axis=1), np.cumsum(fp * weight, axis=1)  # T,n
+            recall = tp_sum / n_gt
+            precision = tp_sum / (tp_sum + fp_sum + np.spacing(1))
+            precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # the envelope
+            q = np.zeros((tp.shape[0], len(self.rec_thrs)))
+            for t in range(tp.shape[0]):
+                index = np.searchsorted(recall[t], self.rec_thrs, side="left")
+                reached = index < recall.shape[1]
+                q[t, reached] = precision[t, index[reached]]
+            precisions.append(q)
+        return float(np.mean(precisions)) if precisions else -1.0
 
 
 def _headline_stats(evaluator: COCOeval) -> dict[str, float]:

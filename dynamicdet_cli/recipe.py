@@ -79,6 +79,7 @@ class RPNConfig:
 @dataclass(frozen=True)
 class RoIHeadsConfig:
     representation_size: int = _f(1024, "width of the two-layer box head", lo=8)
+    sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side (torchvision's 2; 1 is 4x cheaper, whose backward is single-threaded on CPU)", lo=1, hi=8)
     fg_iou_thresh: float = _f(0.5, "proposal IoU above which a proposal is foreground", lo=0.0, hi=1.0)
     bg_iou_thresh: float = _f(0.5, "proposal IoU below which a proposal is background", lo=0.0, hi=1.0)
     batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)

@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 
 from dynamicdet_cli.atomic import atomic_path, write_json, write_text
 from dynamicdet_cli.calibrate import expected_latency, threshold_for_hard_ratio
-from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats, resampled_ap
+from dynamicdet_cli.coco_eval import ResampledAP, evaluate_images, mixed_stats
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.stats import percentile_interval
 
@@ -78,6 +78,7 @@ def compose_sweep(
     hard = evaluate_images(coco_gt, _flatten(results_hard, image_ids), image_ids)
     generator = torch.Generator().manual_seed(seed)
     n_images = len(image_ids)
+    resampled = ResampledAP(easy, hard) if bootstrap and random_draws else None
 
     rows = []
     for k in ratios:
@@ -93,7 +94,7 @@ def compose_sweep(
         gain = None if random_ap is None else stats["AP"] - random_ap
         lo = hi = None
         if gain is not None and bootstrap and 0 < n_hard < n_images:
-            lo, hi = _bootstrap_gain(easy, hard, {image_ids[i] for i in routed}, bootstrap, generator)
+            lo, hi = _bootstrap_gain(resampled, {image_ids[i] for i in routed}, bootstrap, generator)
         rows.append(
             {
                 "k": float(k),
@@ -157,17 +158,16 @@ def _random_baseline(easy, hard, image_ids, n_hard, draws, generator, router_ap)
     return float(torch.tensor(aps).mean()), float(torch.tensor(aps).std(unbiased=False))
 
 
-def _bootstrap_gain(easy, hard, hard_ids: set[int], replicates: int, generator):
+def _bootstrap_gain(resampled: ResampledAP, hard_ids: set[int], replicates: int, generator):
     """Paired bootstrap 95% interval of (router AP - random AP) over resampled images."""
-    by_router = [int(i) in hard_ids for i in easy._paramsEval.imgIds]  # the evaluators' image order
+    by_router = torch.tensor([int(i) in hard_ids for i in resampled.image_ids])  # the evaluators' image order
     n_images = len(by_router)
     gains = []
     for _ in range(replicates):
-        sample = torch.randint(n_images, (n_images,), generator=generator).tolist()
-        by_chance = [False] * n_images
-        for i in torch.randperm(n_images, generator=generator)[:len(hard_ids)].tolist():
-            by_chance[i] = True
-        gains.append(resampled_ap(easy, hard, by_router, sample) - resampled_ap(easy, hard, by_chance, sample))
+        counts = torch.bincount(torch.randint(n_images, (n_images,), generator=generator), minlength=n_images)
+        by_chance = torch.zeros(n_images, dtype=torch.bool)
+        by_chance[torch.randperm(n_images, generator=generator)[:len(hard_ids)]] = True
+        gains.append(resampled.ap(by_router.numpy(), counts.numpy()) - resampled.ap(by_chance.numpy(), counts.numpy()))
     return percentile_interval(gains)
 
 

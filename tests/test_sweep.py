@@ -169,19 +169,69 @@ def test_write_sweep_without_latency_leaves_empty_cells(tmp_path):
     assert row["latency_ms"] == "" and row["random_AP"] == ""
 
 
-def test_resampled_ap_of_every_image_once_is_the_mixed_ap(setup):
-    from dynamicdet_cli.coco_eval import evaluate_images, mixed_stats, resampled_ap
-    gt, easy, hard, _ = setup
-    e, h = evaluate_images(gt, flat(easy), IMAGE_IDS), evaluate_images(gt, flat(hard), IMAGE_IDS)
-    routed = set(IMAGE_IDS[::3])
-    from_hard = [img in routed for img in e._paramsEval.imgIds]
-    everyone = list(range(N_IMAGES))
-    assert resampled_ap(e, h, from_hard, everyone) == pytest.approx(mixed_stats(e, h, routed, headline_only=True)["AP"])
-    # a resample that repeats images is the AP of the results list with those images repeated
-    twice = everyone + everyone
-    assert resampled_ap(e, h, from_hard, twice) == pytest.approx(resampled_ap(e, h, from_hard, everyone))
-    only_easy_images = [i for i, img in enumerate(e._paramsEval.imgIds) if img not in DIFFICULT]
-    assert resampled_ap(e, h, [False] * N_IMAGES, only_easy_images) == pytest.approx(1.0)
+def _random_case(seed: int, n_images: int = 12):
+    """Ground truth of 3 categories (one without any box) and two detectors' results:
+    jittered true boxes, misses and false positives, every score distinct."""
+    g = torch.Generator().manual_seed(seed)
+    images = [{"id": 7 + 3 * i, "width": 100, "height": 100} for i in range(n_images)]
+    anns, results = [], ([], [])
+    for img in images:
+        for _ in range(int(torch.randint(0, 4, (1,), generator=g))):
+            x, y = torch.randint(0, 60, (2,), generator=g).tolist()
+            box = [float(x), float(y), 20.0 + x % 7, 20.0 + y % 5]
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": 1 + int(torch.randint(0, 2, (1,), generator=g)),
+                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    for det in results:
+        for a in anns:
+            if torch.rand(1, generator=g) < 0.75:  # found, a few pixels off
+                jitter = (torch.rand(4, generator=g) * 6 - 3).tolist()
+                det.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                            "bbox": [v + j for v, j in zip(a["bbox"], jitter)]})
+        for _ in range(8):  # false positives
+            img = images[int(torch.randint(0, n_images, (1,), generator=g))]["id"]
+            det.append({"image_id": img, "category_id": 1 + int(torch.randint(0, 3, (1,), generator=g)),
+                        "bbox": [*torch.randint(0, 70, (2,), generator=g).float().tolist(), 15.0, 15.0]})
+    scores = torch.randperm(len(results[0]) + len(results[1]), generator=g).tolist()
+    for n, det in enumerate(results[0] + results[1]):
+        det["score"] = 0.01 + scores[n] / 1000
+    return images, anns, results
+
+
+def _coco(images, anns) -> COCO:
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns,
+                  "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resampled_ap_equals_pycocotools_on_the_repeated_images(seed):
+    """The AP of a routing over a resample equals COCOeval on a dataset that holds each image
+    as many times as the resample does (copies under new ids)."""
+    from dynamicdet_cli.coco_eval import ResampledAP, evaluate_images
+    images, anns, (easy, hard) = _random_case(seed)
+    gt = _coco(images, anns)
+    ids = [im["id"] for im in images]
+    fast = ResampledAP(evaluate_images(gt, easy, ids), evaluate_images(gt, hard, ids))
+    g = torch.Generator().manual_seed(100 + seed)
+    for _ in range(4):
+        from_hard = (torch.rand(len(ids), generator=g) < 0.5).tolist()
+        counts = torch.bincount(torch.randint(len(ids), (len(ids),), generator=g), minlength=len(ids)).tolist()
+        copies, copy_anns, copy_results = [], [], []
+        for i, (img, n) in enumerate(zip(fast.image_ids, counts)):
+            source = hard if from_hard[i] else easy
+            for c in range(n):
+                new_id = 1000 * (c + 1) + img
+                copies.append({"id": new_id, "width": 100, "height": 100})
+                copy_anns += [{**a, "id": len(copy_anns) + 1 + j, "image_id": new_id}
+                              for j, a in enumerate(x for x in anns if x["image_id"] == img)]
+                copy_results += [{**r, "image_id": new_id} for r in source if r["image_id"] == img]
+        want = coco_evaluate(_coco(copies, copy_anns), copy_results, [c["id"] for c in copies])["AP"]
+        assert fast.ap(from_hard, counts) == pytest.approx(want, abs=1e-9)
+    # every image once, routed all easy: the one-shot evaluation of the easy results
+    assert fast.ap([False] * len(ids), [1] * len(ids)) == pytest.approx(coco_evaluate(gt, easy, ids)["AP"], abs=1e-9)
 
 
 def test_bootstrap_interval_of_the_gain_over_random(setup):

@@ -114,7 +114,7 @@ def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classe
         sizes=tuple((s,) for s in cfg.rpn.anchor_sizes),
         aspect_ratios=(tuple(cfg.rpn.aspect_ratios),) * n_levels,
     )
-    r = cfg.rpn
+    r, h = cfg.rpn, cfg.roi_heads
     rpn = RegionProposalNetwork(
         anchors, RPNHead(c, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
@@ -123,8 +123,7 @@ def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classe
         post_nms_top_n=dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
         nms_thresh=r.nms_thresh,
     )
-    h = cfg.roi_heads
-    pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))], output_size=7, sampling_ratio=2)
+    pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))], output_size=7, sampling_ratio=h.sampling_ratio)
     roi_heads = RoIHeads(
         pool, TwoMLPHead(c * 7 * 7, h.representation_size),
         FastRCNNPredictor(h.representation_size, num_classes + 1),
