@@ -41,7 +41,7 @@ from dynamicdet_cli.data.coco import CocoDataset, load_data_config  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.inference import run_both_routes  # noqa: E402
-from dynamicdet_cli.recipe import load_recipe, recipe_from_dict  # noqa: E402
+from dynamicdet_cli.recipe import load_recipe  # noqa: E402
 from dynamicdet_cli.router_training import train_router_checkpoint  # noqa: E402
 from dynamicdet_cli.stats import spearman  # noqa: E402
 from dynamicdet_cli.sweep import compose_sweep  # noqa: E402
@@ -83,7 +83,7 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
     aps = detector_aps(val, routes)
     rows = []
     for router_seed in args.router_seeds:
-        cfg = dataclasses.replace(recipe_from_dict(ckpt["recipe"]).router, seed=router_seed)
+        cfg = dataclasses.replace(recipe.router, seed=router_seed)  # the recipe's, also for a reused run
         new, summary = train_router_checkpoint(ckpt, train, val, cfg, "cpu", show_progress=False, router_set=router_set)
         scores = new["validation"]["scores"]
         sweep = compose_sweep(val.coco, routes.image_ids, routes.easy, routes.hard, scores, RATIOS, None, None,

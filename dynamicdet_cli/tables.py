@@ -57,7 +57,8 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     shown = {"delta": "Delta", "val_spearman": "val Spearman(phi, L1-L2)", "ap_router_50": "AP at 50% hard",
              "gap_router_50": "gap recovered at 50%"}
     table.add_row("router", "not trained" if ckpt["router"] is None else
-                  "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats))
+                  "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats)
+                  + (f"; targets: {escape(str(stats['targets']))}" if stats.get("targets") else ""))
     val = ckpt["validation"]
     table.add_row("validation scores", "none" if not val else
                   f"{len(val['image_ids'])} images ({escape(str(val.get('dataset', '')))}"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny recipe, a tiny model built from it, and small random images.
+"""Shared fixtures: a tiny recipe, a tiny model built from it, small random images, and a
+tiny shapes dataset with an (untrained) checkpoint for router training.
 
 The tiny recipe is recipes/shapes-tiny.yaml (ResNet-10, FPN 64) at 64 px, so one forward pass
 of both routes takes a few tens of milliseconds on a 2-core CPU.
@@ -69,3 +70,27 @@ def make_images():
 def images() -> list[torch.Tensor]:
     """Four random 64x64 images in [0, 1] (the same every time)."""
     return _random_images(4)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """12 training and 8 validation shapes images of 64 px, opened without augmentation."""
+    from dynamicdet_cli.data.coco import CocoDataset, load_data_config
+    from dynamicdet_cli.data.shapes import make_shapes
+    from dynamicdet_cli.data.transforms import build_transforms
+    cfg = load_data_config(make_shapes(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=8, size=64, seed=0))
+    plain = build_transforms(False)
+    return (CocoDataset(cfg.train_ann, cfg.train_images, plain), CocoDataset(cfg.val_ann, cfg.val_images, plain))
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(shapes, tiny_recipe):
+    """A tiny model's checkpoint marked as having trained detectors (the weights are fresh)."""
+    from dynamicdet_cli.checkpoint import new_checkpoint
+    from dynamicdet_cli.recipe import recipe_to_dict
+    train_set, _ = shapes
+    torch.manual_seed(0)
+    model = build_model(tiny_recipe.model, num_classes=train_set.num_classes)
+    ckpt = new_checkpoint(recipe_to_dict(tiny_recipe), train_set.classes, train_set.cat_ids, model)
+    ckpt["training"] = {"epochs": 1}
+    return ckpt

@@ -5,36 +5,11 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
-from dynamicdet_cli.checkpoint import model_from_checkpoint, new_checkpoint
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config
-from dynamicdet_cli.data.shapes import make_shapes
+from dynamicdet_cli.checkpoint import model_from_checkpoint
 from dynamicdet_cli.data.transforms import build_transforms
-from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.recipe import recipe_to_dict
 from dynamicdet_cli.router_cache import RouterCache, cache_router_inputs
-
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """12 training and 8 validation shapes images of 64 px, opened without augmentation."""
-    cfg = load_data_config(make_shapes(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=8, size=64, seed=0))
-    plain = build_transforms(False)
-    return (CocoDataset(cfg.train_ann, cfg.train_images, plain), CocoDataset(cfg.val_ann, cfg.val_images, plain))
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(shapes, tiny_recipe):
-    """A tiny model's checkpoint marked as having trained detectors (the weights are fresh)."""
-    train_set, _ = shapes
-    torch.manual_seed(0)
-    model = build_model(tiny_recipe.model, num_classes=train_set.num_classes)
-    ckpt = new_checkpoint(recipe_to_dict(tiny_recipe), train_set.classes, train_set.cat_ids, model)
-    ckpt["training"] = {"epochs": 1}
-    return ckpt
 
 
 # ----------------------------------------------------------------------------- the cache
