@@ -96,7 +96,7 @@ def test_sweep_ends_equal_evaluating_each_route_alone(trained, swept, tmp_path, 
     alone = evaluate_route(model, val_set, route, CPU, tmp_path, BATCH, show_progress=False)
     row = swept[index]
     assert row["hard_share"] == alone.hard_share == (1.0 if route == "hard" else 0.0)
-    assert alone.metrics["AP"] > 0.1, "each route finds its own half of the pseudo ground truth"
+    assert alone.metrics["AP"] > 0.05, "each route finds its own half of the pseudo ground truth"
     assert row["AP"] == pytest.approx(alone.metrics["AP"], abs=1e-9)
     assert row["AP50"] == pytest.approx(alone.metrics["AP50"], abs=1e-9)
 
