@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.latency import measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.latency import curve_thresholds, measure_routes, operating_point  # noqa: E402
 from dynamicdet_cli.regime import Regime  # noqa: E402
 from dynamicdet_cli.timing_images import timing_images  # noqa: E402
 
@@ -93,7 +93,8 @@ def _batches(images: list, size: int) -> list[list]:
 def calibration_figure(model, ckpt, images, device, batch_size: int, repeats: int) -> list[float]:
     """Targets at 25/50/75% vs the mean latency achieved; returns the errors in %."""
     print(f"\n{batch_size=}: calibration on {len(images)} validation images ({_load()})")
-    measured = measure_routes(model, device, images, batch_size, repeats=repeats, source="validation images")
+    measured = measure_routes(model, device, images, batch_size, repeats=repeats, source="validation images",
+                              mixed_taus=curve_thresholds(ckpt))
     lat1, lat2 = measured["easy_ms"], measured["hard_ms"]
     print(f"   calibrate's measurement: lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image "
           f"({Regime.of_record(measured).describe()})")

@@ -4,7 +4,12 @@
     tau = percentile(S_val, 100 * (1 - k))    images with phi > tau take the hard route
 
 lat1 / lat2 are the easy / hard route latencies in milliseconds, S_val the router scores of
-the validation images. Pure math plus a timing helper; nothing here knows about models.
+the validation images. The straight line between lat1 and lat2 is the paper's model; batches
+that mix routes can cost more (each head's fixed per-call cost is paid by both sub-batches),
+so where `calibrate` measured mixed batches, a `curve` of (share routed hard, ms per image)
+points replaces the line: latency at k is read off the curve, and k for a target is the
+largest share the curve keeps within it. Pure math plus a timing helper; nothing here knows
+about models.
 """
 
 from __future__ import annotations
@@ -20,14 +25,26 @@ import torch
 from dynamicdet_cli.errors import DynamicDetError
 
 
+def latency_curve(lat1_ms: float, lat2_ms: float, curve=None) -> tuple[list[float], list[float]]:
+    """(shares, ms) from 0 to 1: the measured mixed-batch points between (0, lat1) and (1, lat2),
+    or the straight line; ms made non-decreasing (a dip is timing noise, not a faster mix)."""
+    points = sorted((float(k), float(ms)) for k, ms in (curve or []) if 0.0 < float(k) < 1.0)
+    shares = [0.0] + [k for k, _ in points] + [1.0]
+    ms = [lat1_ms] + [m for _, m in points] + [lat2_ms]
+    for i in range(1, len(ms)):
+        ms[i] = max(ms[i], ms[i - 1])
+    return shares, ms
+
+
 def hard_ratio_for_latency(
-    target_ms: float, lat1_ms: float, lat2_ms: float, clamp: bool = False
+    target_ms: float, lat1_ms: float, lat2_ms: float, clamp: bool = False, curve=None
 ) -> float:
     """Fraction k in [0, 1] of images that may take the hard route to average `target_ms`.
 
-    Raises DynamicDetError when the hard route is not slower than the easy one, or when the
-    target lies outside [lat1, lat2] and `clamp` is False; with `clamp`, k is clipped to
-    [0, 1] (all easy below lat1, all hard above lat2).
+    `curve`: measured (share, ms) points of mixed batches (see the module docstring); without
+    it, the straight line. Raises DynamicDetError when the hard route is not slower than the
+    easy one, or when the target lies outside [lat1, lat2] and `clamp` is False; with
+    `clamp`, k is clipped to [0, 1] (all easy below lat1, all hard above lat2).
     """
     for name, value in (("target", target_ms), ("easy", lat1_ms), ("hard", lat2_ms)):
         if not math.isfinite(value) or value <= 0:
@@ -39,6 +56,8 @@ def hard_ratio_for_latency(
             "repeats or on an idle device, or pass a hard ratio / threshold directly"
         )
     k = (target_ms - lat1_ms) / (lat2_ms - lat1_ms)
+    if curve and 0.0 <= k <= 1.0:
+        k = _largest_share_within(target_ms, *latency_curve(lat1_ms, lat2_ms, curve))
     if not clamp and not 0.0 <= k <= 1.0:
         raise DynamicDetError(
             f"target latency {target_ms:.1f} ms cannot be met: achievable range is "
@@ -87,9 +106,28 @@ def hard_ratio_for_threshold(scores: torch.Tensor | Sequence[float], tau: float)
     return (s > tau).float().mean().item()
 
 
-def expected_latency(k: float, lat1_ms: float, lat2_ms: float) -> float:
-    """Mean latency when a fraction k of images takes the hard route: lat1 + k (lat2 - lat1)."""
-    return lat1_ms + k * (lat2_ms - lat1_ms)
+def expected_latency(k: float, lat1_ms: float, lat2_ms: float, curve=None) -> float:
+    """Mean latency when a fraction k of images takes the hard route: lat1 + k (lat2 - lat1),
+    or read off the measured `curve` of mixed batches."""
+    if not curve:
+        return lat1_ms + k * (lat2_ms - lat1_ms)
+    shares, ms = latency_curve(lat1_ms, lat2_ms, curve)
+    for (k0, m0), (k1, m1) in zip(zip(shares, ms), zip(shares[1:], ms[1:])):
+        if k <= k1:
+            return m0 + (m1 - m0) * (k - k0) / (k1 - k0) if k1 > k0 else m1
+    return ms[-1]
+
+
+def _largest_share_within(target_ms: float, shares: list[float], ms: list[float]) -> float:
+    """The largest k whose piecewise-linear latency stays within target_ms (ms non-decreasing,
+    target between its ends)."""
+    best = 0.0
+    for (k0, m0), (k1, m1) in zip(zip(shares, ms), zip(shares[1:], ms[1:])):
+        if m1 <= target_ms:
+            best = k1
+        elif m0 <= target_ms:
+            return k0 + (k1 - k0) * (target_ms - m0) / (m1 - m0)
+    return best
 
 
 def measure_latency(

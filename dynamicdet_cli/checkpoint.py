@@ -232,7 +232,10 @@ def _check_latency(latency, bad) -> None:
     for i, m in enumerate(latency):
         ok = (isinstance(m, dict) and isinstance(m.get("device"), str)
               and all(_is_int(m.get(k)) and m[k] > 0 for k in ("threads", "batch_size", "image_size"))
-              and all(_is_number(m.get(k)) and m[k] > 0 for k in ("easy_ms", "hard_ms")))
+              and all(_is_number(m.get(k)) and m[k] > 0 for k in ("easy_ms", "hard_ms"))
+              and isinstance(m.get("curve_ms", []), list)
+              and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p)
+                      for p in m.get("curve_ms", [])))
         if not ok:
             bad(f"latency[{i}]", "is not a measurement (device, threads, batch_size, image_size, easy_ms, hard_ms)")
 

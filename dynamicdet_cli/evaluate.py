@@ -74,7 +74,8 @@ def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir
     measured = find_latency(ckpt, Regime.of_run(model, device, batch_size))
     lat1, lat2 = (measured["easy_ms"], measured["hard_ms"]) if measured else (None, None)
     rows = compose_sweep(dataset.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
-                         ratios, lat1, lat2, random_draws=random_draws)
+                         ratios, lat1, lat2, random_draws=random_draws,
+                         latency_curve=measured.get("curve_ms") if measured else None)
     written = write_sweep(rows, out_dir)
     for name, results in (("easy", routes.easy), ("hard", routes.hard)):
         flat = [r for i in routes.image_ids for r in results[i]]

@@ -23,18 +23,21 @@ from dynamicdet_cli.regime import Regime, device_name, find_latency  # noqa: F40
 from dynamicdet_cli.timing_images import timing_images
 
 ROUTES = ("easy", "hard")
+CURVE_SHARES = (0.1, 0.25, 0.5, 0.75, 0.9)  # shares routed hard at which calibrate also times mixed batches
 
 
 @torch.inference_mode()
 def measure_routes(model, device: torch.device, images: list[torch.Tensor], batch_size: int,
-                   warmup: int = 2, repeats: int = 5, source: str = "") -> dict:
+                   warmup: int = 2, repeats: int = 5, source: str = "", mixed_taus: list[float] = ()) -> dict:
     """Mean per-image latency of each route over `images`, in ms, with its regime.
 
     `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
     is timed too. Each of `repeats` passes times every batch under both routes, the order
     alternating from batch to batch, so drift (heat, other load) hits both routes alike; a
     route's latency is its median pass time divided by the number of images. `source`
-    says what the images are; it is stored with the measurement.
+    says what the images are; it is stored with the measurement. With `mixed_taus`, the
+    same passes also time the images routed by each threshold (batches that mix routes),
+    stored as `curve_ms`: [share of the images routed hard, ms per image] per threshold.
     """
     if not images:
         raise DynamicDetError("no images to time the routes on")
@@ -48,26 +51,36 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     def time_batch(batch, route) -> float:
         return measure_latency(lambda: model(batch, route=route), warmup=0, repeats=1, sync=sync)
 
-    for route in ROUTES:
+    routes = list(ROUTES) + [float(t) for t in mixed_taus]
+    for route in routes:
         for batch in batches[:max(warmup, 1)]:
             time_batch(batch, route)
-    passes = {route: [] for route in ROUTES}
+    passes = {route: [] for route in routes}
     for rep in range(repeats):
-        spent = dict.fromkeys(ROUTES, 0.0)
+        spent = dict.fromkeys(routes, 0.0)
         for i, batch in enumerate(batches):
-            for route in (ROUTES if (i + rep) % 2 == 0 else ROUTES[::-1]):
+            for route in (routes if (i + rep) % 2 == 0 else routes[::-1]):
                 spent[route] += time_batch(batch, route)
-        for route in ROUTES:
+        for route in routes:
             passes[route].append(spent[route])
     regime = Regime.of_run(model, device, batch_size)
+    phi = _difficulties(model, batches) if mixed_taus else None
     return {
         **regime.record(),
         "easy_ms": statistics.median(passes["easy"]) / len(images),
         "hard_ms": statistics.median(passes["hard"]) / len(images),
+        "curve_ms": [[float((phi > tau).float().mean()), statistics.median(passes[tau]) / len(images)]
+                     for tau in routes[len(ROUTES):]],
         "images": source or f"{len(images)} images",
         "repeats": repeats,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+@torch.inference_mode()
+def _difficulties(model, batches) -> torch.Tensor:
+    """phi of every timed image (the router's score decides its route under a threshold). N"""
+    return torch.cat([torch.stack([out["difficulty"] for out in model(batch, route="easy")]) for batch in batches]).cpu()
 
 
 def store_latency(ckpt: dict, measured: dict) -> int:
@@ -114,7 +127,7 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
             chosen = timing_images(ckpt, batch_size, max_images, images, random_images, image_size)
             result.warning = chosen.warning
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
-                                             source=chosen.source)
+                                             source=chosen.source, mixed_taus=curve_thresholds(ckpt))
             result.timed = True
     if target_ms is not None or hard_ratio is not None or threshold is not None:
         result.point = operating_point(ckpt, target_ms=target_ms, hard_ratio=hard_ratio, threshold=threshold,
@@ -123,6 +136,13 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
     if result.measured is not None:
         store_latency(ckpt, result.measured)
     return result
+
+
+def curve_thresholds(ckpt: dict) -> list[float]:
+    """The thresholds that route CURVE_SHARES of the validation images hard: where calibrate
+    times mixed batches."""
+    scores = validation_scores(ckpt)
+    return [threshold_for_hard_ratio(scores, k) for k in CURVE_SHARES]
 
 
 def validation_scores(ckpt: dict) -> torch.Tensor:
@@ -143,7 +163,8 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
     if target_ms is not None:
         if latency is None:
             raise DynamicDetError("a latency target needs a latency measurement on this device")
-        hard_ratio = hard_ratio_for_latency(target_ms, latency["easy_ms"], latency["hard_ms"], clamp=clamp)
+        hard_ratio = hard_ratio_for_latency(target_ms, latency["easy_ms"], latency["hard_ms"], clamp=clamp,
+                                            curve=latency.get("curve_ms"))
     if threshold is not None:
         if not 0.0 <= threshold <= 1.0:
             raise DynamicDetError(f"--threshold {threshold}: must lie in [0, 1]")
@@ -155,6 +176,6 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
     share = hard_ratio_for_threshold(scores, tau)
     point = {"tau": float(tau), "hard_ratio": float(share), "target_ms": target_ms, "expected_ms": None}
     if latency is not None:
-        point["expected_ms"] = expected_latency(share, latency["easy_ms"], latency["hard_ms"])
+        point["expected_ms"] = expected_latency(share, latency["easy_ms"], latency["hard_ms"], latency.get("curve_ms"))
         point.update(Regime.of_record(latency).record())  # the regime its latency holds in
     return point

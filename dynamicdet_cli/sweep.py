@@ -44,6 +44,7 @@ def compose_sweep(
     random_draws: int = 5,
     seed: int = 0,
     bootstrap: int = BOOTSTRAP_REPLICATES,
+    latency_curve: list | None = None,
 ) -> list[dict]:
     """One row per hard ratio k: router routing versus random routing of as many images.
 
@@ -53,7 +54,8 @@ def compose_sweep(
     with score > tau take the hard results, the rest the easy ones. Rows hold
     {k, tau, hard_share, AP, AP50, latency_ms, random_AP, random_AP_std}: hard_share is
     the share actually routed hard (below k when scores tie at the cut), latency_ms the
-    expected latency at that share (None without both latencies), random_AP the mean AP
+    expected latency at that share (None without both latencies; read off `latency_curve`,
+    calibrate's measured mixed-batch points, when given), random_AP the mean AP
     over `random_draws` random routings (seeded) with the same number of hard images
     (None when random_draws is 0), random_AP_std their population std. gain_vs_random =
     AP - random_AP, and [gain_lo, gain_hi] its paired bootstrap 95% interval over images
@@ -90,7 +92,7 @@ def compose_sweep(
         random_ap, random_std = _random_baseline(
             easy, hard, image_ids, n_hard, random_draws, generator, stats["AP"]
         )
-        latency = None if lat1_ms is None else expected_latency(hard_share, lat1_ms, lat2_ms)
+        latency = None if lat1_ms is None else expected_latency(hard_share, lat1_ms, lat2_ms, latency_curve)
         gain = None if random_ap is None else stats["AP"] - random_ap
         lo = hi = None
         if gain is not None and bootstrap and 0 < n_hard < n_images:

@@ -145,3 +145,21 @@ def test_measure_latency_returns_positive_median_and_syncs():
     assert ms >= 1.0
     assert ms < 1000.0
     assert calls == {"fn": 7, "sync": 7}
+
+
+def test_a_measured_mixed_batch_curve_replaces_the_straight_line():
+    curve = [[0.25, 13.0], [0.5, 16.0], [0.75, 18.0]]  # mixing costs more than the line 10 -> 20
+    assert expected_latency(0.5, 10.0, 20.0, curve) == pytest.approx(16.0)
+    assert expected_latency(0.375, 10.0, 20.0, curve) == pytest.approx(14.5)
+    assert expected_latency(0.9, 10.0, 20.0, curve) == pytest.approx(19.2)
+    # the largest share the curve keeps within the target, not the line's
+    assert hard_ratio_for_latency(16.0, 10.0, 20.0, curve=curve) == pytest.approx(0.5)
+    assert hard_ratio_for_latency(14.5, 10.0, 20.0, curve=curve) == pytest.approx(0.375)
+    assert hard_ratio_for_latency(14.5, 10.0, 20.0) == pytest.approx(0.45)
+    # a dip in the measured points is noise: latency never falls as more images go hard
+    noisy = [[0.25, 15.0], [0.5, 14.0], [0.75, 18.0]]
+    assert expected_latency(0.5, 10.0, 20.0, noisy) == pytest.approx(15.0)
+    assert hard_ratio_for_latency(15.0, 10.0, 20.0, curve=noisy) == pytest.approx(0.5)
+    for target in (10.0, 12.0, 16.5, 19.9, 20.0):  # the share found never exceeds the target
+        k = hard_ratio_for_latency(target, 10.0, 20.0, curve=curve)
+        assert expected_latency(k, 10.0, 20.0, curve) <= target + 1e-9

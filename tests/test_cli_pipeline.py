@@ -120,11 +120,12 @@ def fixed_latency(monkeypatch):
     the conditions asked for."""
     calls = []
 
-    def measure(model, device, images, batch_size, warmup=2, repeats=5, source=""):
+    def measure(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=()):
         easy, hard = LATENCIES[min(len(calls), len(LATENCIES) - 1)]
         calls.append((batch_size, len(images), repeats))
+        assert len(mixed_taus) == len(latency.CURVE_SHARES)  # calibrate times mixed batches too
         return {**Regime.of_run(model, device, batch_size).record(), "easy_ms": easy, "hard_ms": hard,
-                "images": source, "time": "2026-01-01T00:00:00+00:00"}
+                "curve_ms": [], "images": source, "time": "2026-01-01T00:00:00+00:00"}
 
     monkeypatch.setattr(latency, "measure_routes", measure)
     return calls

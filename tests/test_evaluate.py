@@ -331,3 +331,15 @@ def test_the_sweep_takes_the_latency_of_its_own_regime_only(trained, tmp_path):
     ckpt["latency"].append(dict(here, easy_ms=10.0, hard_ms=20.0))
     rows, _, measured = sweep(model, ckpt, val_set, CPU, tmp_path, [0.0, 1.0], 0, BATCH, show_progress=False)
     assert measured["batch_size"] == BATCH and [r["latency_ms"] for r in rows] == [10.0, 20.0]
+
+
+def test_mixed_batches_are_timed_at_the_shares_their_thresholds_route_hard(trained, images):
+    _, model, _ = trained
+    with torch.no_grad():
+        phi = torch.stack([out["difficulty"] for out in model(images, route="easy")])  # B
+    taus = [float(phi.max()) + 1e-6, float(phi.median()), -1.0]  # none, half (rounded down), all
+    measured = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1, mixed_taus=taus)
+    shares = [share for share, _ in measured["curve_ms"]]
+    assert shares == [0.0, float((phi > float(phi.median())).float().mean()), 1.0]
+    assert all(ms > 0 for _, ms in measured["curve_ms"])
+    assert "curve_ms" in measured and measure_routes(model, CPU, images, 2, 1, 1)["curve_ms"] == []
