@@ -79,8 +79,12 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
 
 @torch.inference_mode()
 def _difficulties(model, batches) -> torch.Tensor:
-    """phi of every timed image (the router's score decides its route under a threshold). N"""
-    return torch.cat([torch.stack([out["difficulty"] for out in model(batch, route="easy")]) for batch in batches]).cpu()
+    """phi of every timed image: backbone 1 and the router only, as a route decision sees it. N"""
+    phis = []
+    for batch in batches:
+        image_list, _, _ = model.prepare(batch)
+        phis.append(model.difficulty(model.backbone1(image_list.tensors), image_list))
+    return torch.cat(phis).float().cpu()
 
 
 def store_latency(ckpt: dict, measured: dict) -> int:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from dynamicdet_cli.data.transforms import Transform
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.progress import progress_bar
+from dynamicdet_cli.stats import held_out
 
 
 @dataclass
@@ -61,9 +62,7 @@ class RouterCache:
     def split(self, share: float, seed: int) -> tuple["RouterCache", "RouterCache"]:
         """(rest, held out): a seeded `share` of the images held out, all views of an image
         on the same side."""
-        ids = sorted(set(self.image_ids))
-        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-        held = {ids[i] for i in order[:round(share * len(ids))]}
+        held = held_out(sorted(set(self.image_ids)), share, seed)
         inside = [j for j, i in enumerate(self.image_ids) if i not in held]
         outside = [j for j, i in enumerate(self.image_ids) if i in held]
         return self.subset(inside), self.subset(outside)

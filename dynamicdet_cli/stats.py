@@ -35,3 +35,10 @@ def percentile_interval(values: list[float], level: float = 0.95) -> tuple[float
     v = torch.tensor(values, dtype=torch.float64)
     tail = (1 - level) / 2
     return float(torch.quantile(v, tail)), float(torch.quantile(v, 1 - tail))
+
+
+def held_out(ids: list[int], share: float, seed: int) -> set[int]:
+    """A seeded `share` of `ids` (round(share * len)): the same (ids, share, seed), the same
+    set. Used wherever images are held out (step 1's router holdout, the router's early stop)."""
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {ids[i] for i in order[:round(share * len(ids))]}

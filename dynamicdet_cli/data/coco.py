@@ -32,6 +32,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.stats import held_out
 
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
 
@@ -205,8 +206,7 @@ class CocoDataset(torch.utils.data.Dataset):
     def split_ids(self, share: float, seed: int) -> tuple[list[int], list[int]]:
         """(kept, held out): a seeded `share` of this dataset's image ids held out, the
         rest kept, both in dataset order. The same (ids, share, seed) give the same split."""
-        order = torch.randperm(len(self.image_ids), generator=torch.Generator().manual_seed(seed)).tolist()
-        held = {self.image_ids[i] for i in order[:round(share * len(self.image_ids))]}
+        held = held_out(self.image_ids, share, seed)
         return [i for i in self.image_ids if i not in held], [i for i in self.image_ids if i in held]
 
     def restricted_to(self, image_ids) -> "CocoDataset":

@@ -63,12 +63,15 @@ class StageBackbone(nn.Module):
          This is where the composite connection of backbone 2 enters.
 
     Args: stem (None when first_stage == 2), stages {l: module} for l in first_stage..4,
-    stem_channels (the stem's output = stage 1's input), out_channels {l: C_l} for l in 1..4.
+    stem_channels (the stem's output = stage 1's input), out_channels {l: C_l} for l in 1..4,
+    stem_stride: the stem's output stride (4 for ResNet, whose stem ends with a max-pool; 2 for
+    RegNet, whose stage 1 has stride 2).
     """
 
     def __init__(self, stem: nn.Module | None, stages: dict[int, nn.Module], stem_channels: int,
-                 out_channels: dict[int, int], first_stage: int = 1):
+                 out_channels: dict[int, int], first_stage: int = 1, stem_stride: int = 4):
         super().__init__()
+        self.stem_stride = stem_stride
         assert first_stage in (1, 2), "a backbone starts at stage 1 (own stem) or 2 (shared stem)"
         self.first_stage = first_stage
         self.stem = stem if first_stage == 1 else None
@@ -110,7 +113,7 @@ class RegNetBackbone(StageBackbone):
         super().__init__(
             stem=net.stem, stages=blocks, stem_channels=net.stem[0].out_channels,
             out_channels={l: b[-1].f.c[0].out_channels for l, b in blocks.items()},  # last block's last conv
-            first_stage=first_stage)
+            first_stage=first_stage, stem_stride=2)
 
 
 def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:

@@ -51,7 +51,7 @@ def build_model(cfg, num_classes: int | None = None, backbone_weights: str | Non
     composite = DenseHigherLevelComposition(
         src_channels=backbone1.out_channels, dst_channels=backbone2.in_channels,
         dst_stages=list(range(backbone2.first_stage, 5)), zero_init=cfg.composite.zero_init,
-        stage1_upscale=2 if b.kind == "regnet" else 1)
+        stage1_upscale=4 // backbone1.stem_stride)  # stage 1's output has stride 4
     stages = list(b.stages)
     in_channels = [backbone1.out_channels[s] for s in stages]
     build_head = HEAD_BUILDERS[cfg.family]

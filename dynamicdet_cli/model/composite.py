@@ -22,8 +22,8 @@ class DenseHigherLevelComposition(nn.Module):
         dst_channels: backbone 2's input channels per stage {l: C_in(l)}.
         dst_stages: the stages of backbone 2 that receive a composite input.
         zero_init: start with H == 0.
-        stage1_upscale: stage 1's input resolution over its output's: 1 for ResNet (the stem
-            ends with a stride-2 max-pool), 2 for RegNet (stage 1 itself has stride 2).
+        stage1_upscale: stage 1's input resolution over its output's (4 / the stem's stride):
+            1 for ResNet, 2 for RegNet.
     """
 
     def __init__(self, src_channels: dict[int, int], dst_channels: dict[int, int],
