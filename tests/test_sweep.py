@@ -248,7 +248,7 @@ def test_bootstrap_interval_of_the_gain_over_random(setup):
     assert half["gain_lo"] >= 0 and half["gain_hi"] > 0
 
 
-def test_bootstrap_interval_of_an_uninformative_router_covers_zero(setup):
+def test_bootstrap_interval_of_a_router_that_sends_the_wrong_images_hard_lies_below_zero(setup):
     gt, easy, hard, _ = setup
     scores = torch.tensor([0.4 - 0.01 * i if img in DIFFICULT else 0.9 - 0.01 * i
                            for i, img in enumerate(IMAGE_IDS)])  # routes the wrong images first
