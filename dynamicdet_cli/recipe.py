@@ -90,6 +90,14 @@ class RoIHeadsConfig:
 
 
 @dataclass(frozen=True)
+class MaskHeadConfig:
+    layers: tuple[int, ...] = _f((256, 256, 256, 256), "channels of each 3x3 conv of the mask head (family mask_rcnn only)", lo=1, hi=4096)
+    dilation: int = _f(1, "dilation of the mask head's convs (family mask_rcnn only)", lo=1, hi=8)
+    resolution: int = _f(14, "RoIAlign output side for the mask head; predicted masks are twice that (family mask_rcnn only)", lo=1, hi=64)
+    predictor_channels: int = _f(256, "channels of the mask predictor's upsampling conv (family mask_rcnn only)", lo=1, hi=4096)
+
+
+@dataclass(frozen=True)
 class TransformConfig:
     min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference")
     max_size: int = _f(1333, "longest image side after resizing", lo=16)
@@ -104,7 +112,7 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn",))
+    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn"))
     num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1)
     loss_weight1: float = _f(1.0, "weight w1 of detector 1's loss in joint training", lo=0.0)
     loss_weight2: float = _f(1.0, "weight w2 of detector 2's loss in joint training", lo=0.0)
@@ -113,6 +121,7 @@ class ModelConfig:
     neck: NeckConfig = field(default_factory=NeckConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
 

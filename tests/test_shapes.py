@@ -48,7 +48,7 @@ def test_hard_images_have_more_and_smaller_objects():
         for k in range(20):
             _, objects = render_image(np.random.default_rng(k), d, 128)
             counts.append(len(objects))
-            sides += [np.sqrt((x2 - x1) * (y2 - y1)) for _, (x1, y1, x2, y2), _ in objects]
+            sides += [np.sqrt((x2 - x1) * (y2 - y1)) for _, (x1, y1, x2, y2), _, _ in objects]
         return np.mean(counts), np.mean(sides), min(sides)
 
     easy_n, easy_side, _ = stats(0.05)
@@ -62,7 +62,7 @@ def test_easy_images_have_strong_contrast_and_no_noise():
     pixels, objects = render_image(np.random.default_rng(0), 0.0, 128)
     background = pixels[0, 0].astype(int)
     assert (pixels == pixels[0, 0]).all(axis=-1).mean() > 0.3  # plain background
-    for _, (x1, y1, x2, y2), _ in objects:
+    for _, (x1, y1, x2, y2), _, _ in objects:
         inside = pixels[y1:y2, x1:x2].astype(int)
         assert np.abs(inside - background).max() > 60
 

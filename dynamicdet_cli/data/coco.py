@@ -3,7 +3,8 @@
 Contracts (torchvision's detection format):
   image   tv_tensors.Image, float32 in [0, 1], shape [3, H, W] (always RGB)
   target  dict(boxes=tv_tensors.BoundingBoxes float32 [N, 4] XYXY in pixels, canvas (H, W),
-               labels=int64 [N] in 1..num_classes (0 is background), image_id=int)
+               labels=int64 [N] in 1..num_classes (0 is background), image_id=int,
+               and with masks=True: masks=tv_tensors.Mask uint8 [N, H, W], 1 inside instance n)
 
 Contiguous label = index in `cat_ids` + 1, so any COCO category ids (say 3 and 7) map to
 labels 1..K; `label_to_cat_id` maps back when writing COCO results.
@@ -55,6 +56,11 @@ class CocoDataset(torch.utils.data.Dataset):
     from the JSON are dropped from `image_ids` at construction and listed in `skipped` as
     (path, reason); an image that still fails to decode later makes `__getitem__` return
     None, which `collate` drops. Without it, any such file raises DynamicDetError.
+
+    With `masks=True` (families that segment, such as Mask R-CNN) every target also holds
+    each kept box's instance mask, decoded from its COCO `segmentation` (polygons, RLE or
+    uncompressed RLE) by pycocotools; an annotation without one is refused at construction,
+    before any training starts.
     """
 
     def __init__(
@@ -63,8 +69,10 @@ class CocoDataset(torch.utils.data.Dataset):
         image_dir: str | Path,
         transforms: Callable | None = None,
         skip_bad_images: bool = False,
+        masks: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
+        self.masks = masks
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
@@ -82,6 +90,8 @@ class CocoDataset(torch.utils.data.Dataset):
         self.classes: list[str] = [str(self.coco.cats[c]["name"]) for c in self.cat_ids]
         self._label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
         self._boxes, self.dropped, self.n_clipped = self._build_targets()
+        if masks:
+            self._check_segmentations()
         self.n_degenerate = sum(self.dropped.values())
         self.n_boxes = sum(len(labels) for _, labels in self._boxes.values())
 
@@ -94,6 +104,7 @@ class CocoDataset(torch.utils.data.Dataset):
         """Per image id: (boxes [N, 4] XYXY clipped, labels [N]); dropped boxes per reason
         (with the first annotation id of each); the number of boxes clipped."""
         per_image: dict[int, tuple[list, list]] = {i: ([], []) for i in self.coco.imgs}
+        self._kept_anns: dict[int, list[dict]] = {i: [] for i in self.coco.imgs}  # aligned with the boxes
         dropped: dict[str, int] = {}
         self._first_bad: dict[str, object] = {}
         n_clipped = 0
@@ -116,11 +127,35 @@ class CocoDataset(torch.utils.data.Dataset):
             boxes, labels = per_image[ann["image_id"]]
             boxes.append((x1, y1, x2, y2))
             labels.append(self._label_of[ann["category_id"]])
+            self._kept_anns[ann["image_id"]].append(ann)
         out = {
             i: (np.asarray(b, dtype=np.float32).reshape(-1, 4), np.asarray(lab, dtype=np.int64))
             for i, (b, lab) in per_image.items()
         }
         return out, dropped, n_clipped
+
+    def _check_segmentations(self) -> None:
+        """Every kept annotation must carry a mask pycocotools can decode."""
+        for anns in self._kept_anns.values():
+            for ann in anns:
+                if not _is_segmentation(ann.get("segmentation")):
+                    raise DynamicDetError(
+                        f"{self.ann_file.name}: annotation {ann['id']} has no instance mask (COCO "
+                        "'segmentation': polygons or RLE), and this model segments (family mask_rcnn); "
+                        "use annotations with masks (make-shapes writes them) or a box-only family")
+                seg, info = ann["segmentation"], self.coco.imgs[ann["image_id"]]
+                if isinstance(seg, dict) and list(seg["size"]) != [info["height"], info["width"]]:
+                    raise DynamicDetError(
+                        f"{self.ann_file.name}: annotation {ann['id']} has an RLE mask of size {seg['size']} "
+                        f"on an image of height, width {[info['height'], info['width']]}")
+
+    def instance_masks(self, image_id: int) -> Tensor:
+        """uint8 [N, H, W]: the masks of the image's kept boxes, in their order."""
+        info = self.coco.imgs[image_id]
+        anns = self._kept_anns[image_id]
+        if not anns:
+            return torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        return torch.from_numpy(np.stack([self.coco.annToMask(ann) for ann in anns]))
 
     def box_report(self) -> str:
         """One line: which boxes were dropped or clipped and why, with an example annotation id."""
@@ -199,6 +234,8 @@ class CocoDataset(torch.utils.data.Dataset):
             "labels": torch.from_numpy(labels.copy()),
             "image_id": int(image_id),
         }
+        if self.masks:
+            target["masks"] = tv_tensors.Mask(self.instance_masks(image_id))
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -333,6 +370,14 @@ def _validate(data: dict, name: str) -> None:
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite(v) for v in bbox)):
             raise DynamicDetError(f"{name}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+
+
+def _is_segmentation(seg: Any) -> bool:
+    """Polygons (a non-empty list of [x1, y1, x2, y2, ...], 3+ points each) or an RLE dict."""
+    if isinstance(seg, dict):
+        return "counts" in seg and isinstance(seg.get("size"), list) and len(seg["size"]) == 2
+    return (isinstance(seg, list) and bool(seg) and all(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite(v) for v in p) for p in seg))
 
 
 def _unique_ids(records: list[dict], what: str, name: str) -> set[int]:

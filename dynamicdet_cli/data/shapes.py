@@ -11,7 +11,10 @@ So a small detector handles the easy images and a twice-as-deep one pays off on 
 ones, which is the situation DynamicDet's router learns to tell apart.
 
 Boxes are the tight pixel extent of each whole shape (an occluded shape keeps its full
-box, as in COCO); shapes more than 70% hidden by later ones are not annotated.
+box, as in COCO); shapes more than 70% hidden by later ones are not annotated. Each
+annotation also carries its exact instance mask (COCO RLE in `segmentation`): the pixels
+the shape was painted on and no later shape covers, so the demo data serves the segmenting
+families too; `area` is that mask's pixel count.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
 
 from dynamicdet_cli.atomic import write_text
 from dynamicdet_cli.errors import DynamicDetError
@@ -97,10 +101,11 @@ def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) ->
         Image.fromarray(pixels).save(folder / name, compress_level=1)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
                        "difficulty": round(d, 4)})
-        for cls, box, area in objects:
+        for cls, box, area, mask in objects:
             x1, y1, x2, y2 = box
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0})
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0,
+                                "segmentation": encode_mask(mask)})
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -108,7 +113,9 @@ def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) ->
 def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndarray, list]:
     """Draw one image of difficulty d in [0, 1].
 
-    Returns (uint8 [size, size, 3], [(class_index, (x1, y1, x2, y2) ints, visible_area)]).
+    Returns (uint8 [size, size, 3], [(class_index, (x1, y1, x2, y2) ints, visible_area,
+    visible_mask bool [size, size])]): the box spans the whole shape, the mask only the pixels
+    left showing the shape's colour (before noise), so visible_area == visible_mask.sum().
     """
     bg_level = rng.uniform(0.15, 0.85)
     bg_color = np.clip(bg_level + rng.uniform(-0.1, 0.1, 3), 0, 1)
@@ -143,8 +150,14 @@ def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndar
             continue
         ys, xs = np.nonzero(mask)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        objects.append((shapes[k][0], box, visible))
+        objects.append((shapes[k][0], box, visible, owner == k))
     return pixels, objects
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A bool [H, W] mask as COCO compressed RLE, JSON-ready ({"size": [H, W], "counts": str})."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _lerp(a: float, b: float, t: float) -> float:

@@ -10,12 +10,21 @@ from dynamicdet_cli.model.backbone import (RegNetBackbone, ResNetBackbone, Stage
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.model.heads import build_faster_rcnn_head
+from dynamicdet_cli.model.mask_rcnn_head import build_mask_rcnn_head
 from dynamicdet_cli.model.router import Router
 
 # Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
 HEAD_BUILDERS = {
     "faster_rcnn": build_faster_rcnn_head,
+    "mask_rcnn": build_mask_rcnn_head,
 }
+# Families whose training and evaluation need instance masks in the data.
+SEGMENTING_FAMILIES = ("mask_rcnn",)
+
+
+def needs_masks(family: str) -> bool:
+    """Whether a family's datasets must carry instance masks (training targets, mask AP)."""
+    return family in SEGMENTING_FAMILIES
 
 
 def build_transform(cfg) -> GeneralizedRCNNTransform:

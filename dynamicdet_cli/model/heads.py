@@ -82,23 +82,32 @@ class FasterRCNNHead(nn.Module):
         draws = len(seeds[0])
         totals = objectness.new_zeros(batch)
         for d in range(draws):
-            rpn_loss, sampled, roi_labels, roi_targets = [], [], [], []
+            rpn_loss, sampled, matched, roi_labels, roi_targets = [], [], [], [], []
             for i in range(batch):  # sampling image by image, each from its own seed
                 if seeds[i][d] is not None:
                     torch.manual_seed(seeds[i][d])
                 part = slice(i * per_image, (i + 1) * per_image)
                 rpn_loss.append(sum(rpn.compute_loss(objectness[part], deltas[part], [labels[i]],
                                                      [regression_targets[i]])))
-                props, _, lab, reg = roi.select_training_samples([boxes[i]], [targets[i]])
+                props, idx, lab, reg = roi.select_training_samples([boxes[i]], [targets[i]])
                 sampled += props
+                matched += idx
                 roi_labels += lab
                 roi_targets += reg
             x = roi.box_head(roi.box_roi_pool(fpn, sampled, images.image_sizes))
             class_logits, box_regression = roi.box_predictor(x)
             counts = [len(p) for p in sampled]
+            extra = self.extra_roi_losses(fpn, sampled, matched, roi_labels, targets, images.image_sizes)
             for i, (c, r) in enumerate(zip(class_logits.split(counts), box_regression.split(counts))):
-                totals[i] += rpn_loss[i] + sum(fastrcnn_loss(c, r, [roi_labels[i]], [roi_targets[i]]))
+                totals[i] += rpn_loss[i] + sum(fastrcnn_loss(c, r, [roi_labels[i]], [roi_targets[i]])) + extra[i]
         return totals / draws
+
+    def extra_roi_losses(self, fpn, sampled: list[Tensor], matched: list[Tensor], labels: list[Tensor],
+                         targets: list[dict], image_sizes) -> list[Tensor | float]:
+        """Per-image losses of RoI branches beyond the box head, from one draw's sampled
+        proposals (their matched ground-truth index and label): none here; the Mask R-CNN
+        head adds its mask loss (model/mask_rcnn_head.py)."""
+        return [0.0] * len(sampled)
 
 
 def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classes: int, cfg) -> FasterRCNNHead:
