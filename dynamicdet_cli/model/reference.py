@@ -1,4 +1,4 @@
-"""Detector 1 as a plain torchvision FasterRCNN built from the same modules.
+"""Detector 1 as a plain torchvision FasterRCNN (or MaskRCNN) built from the same modules.
 
 The reference the easy route is checked against (tests) and timed against (bench/): it
 shares detector 1's weights and the recipe's settings, so any difference in detections or
@@ -8,7 +8,7 @@ speed is the dynamic plumbing's.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 
 class _BackboneWithNeck(nn.Module):
@@ -25,9 +25,20 @@ class _BackboneWithNeck(nn.Module):
 
 def torchvision_faster_rcnn(model, cfg) -> FasterRCNN:
     """A plain torchvision FasterRCNN sharing detector 1's modules and the recipe's settings."""
+    return FasterRCNN(**_faster_rcnn_arguments(model, cfg)).eval()
+
+
+def torchvision_mask_rcnn(model, cfg) -> MaskRCNN:
+    """A plain torchvision MaskRCNN sharing detector 1's modules (mask branch included)."""
+    roi = model.head1.roi_heads
+    return MaskRCNN(**_faster_rcnn_arguments(model, cfg), mask_roi_pool=roi.mask_roi_pool,
+                    mask_head=roi.mask_head, mask_predictor=roi.mask_predictor).eval()
+
+
+def _faster_rcnn_arguments(model, cfg) -> dict:
     h1, r, h, t = model.head1, cfg.rpn, cfg.roi_heads, cfg.transform
-    return FasterRCNN(
-        _BackboneWithNeck(model.backbone1, h1), num_classes=None,
+    return dict(
+        backbone=_BackboneWithNeck(model.backbone1, h1), num_classes=None,
         min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean), image_std=list(t.image_std),
         rpn_anchor_generator=h1.rpn.anchor_generator, rpn_head=h1.rpn.head,
         rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
@@ -39,4 +50,4 @@ def torchvision_faster_rcnn(model, cfg) -> FasterRCNN:
         box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
         box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
         box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
-    ).eval()
+    )
