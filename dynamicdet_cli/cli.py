@@ -208,12 +208,14 @@ def _data_config(data, train_ann, train_images, val_ann, val_images):
     return DataConfig(train_ann, train_images, val_ann, val_images)
 
 
-def _open_dataset(ann, images, train: bool, augment, skip_bad: bool):
-    """A CocoDataset with the recipe's augmentation (training) or none (evaluation)."""
+def _open_dataset(ann, images, train: bool, augment, skip_bad: bool, family: str = "faster_rcnn"):
+    """A CocoDataset with the recipe's augmentation (training) or none (evaluation), with
+    instance masks when the detector `family` needs them."""
     from dynamicdet_cli.data.coco import CocoDataset
     from dynamicdet_cli.data.transforms import build_transforms
+    from dynamicdet_cli.model.build import needs_masks
     tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
-    ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad)
+    ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad, masks=needs_masks(family))
     if ds.skipped:
         _warn(f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
     if not ds.image_ids:
@@ -266,8 +268,9 @@ def train_detectors(
         sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
         cfg = load_recipe(recipe, sets)
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
-    train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images)
-    val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
+    family = cfg.model.family
+    train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images, family)
+    val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
     try:
         result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
                         init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
@@ -318,9 +321,10 @@ def train_router(
     dc = _data_config(data, train_ann, train_images, val_ann, val_images)
     if not dc.has_val:
         raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
-    train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images)
-    val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images)
-    router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images) if dc.has_router else None
+    family = recipe.model.family
+    train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
+    val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
+    router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
     new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
                                            show_progress=progress, router_set=router_set)
     path = save_checkpoint(new, output or checkpoint)
@@ -405,7 +409,7 @@ def evaluate(
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
-    """COCO box AP on the validation data at one operating point, or the accuracy-latency --sweep."""
+    """COCO box AP (and mask AP for Mask R-CNN) on the validation data at one operating point, or the accuracy-latency --sweep."""
     _set_threads(threads)
     from dynamicdet_cli import evaluate as engine
     from dynamicdet_cli.atomic import write_json
@@ -422,7 +426,7 @@ def evaluate(
         val_ann, val_images = dc.val_ann, dc.val_images
     elif not (val_ann and val_images):
         raise DynamicDetError("no data: give --data data.yaml, or --val-ann and --val-images")
-    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images)
+    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images, ckpt["recipe"]["model"]["family"])
     if dataset.classes != ckpt["classes"]:
         raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {ckpt['classes'][:5]}")
     out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")

@@ -1,10 +1,15 @@
-"""COCO box AP through pycocotools, without files and without pycocotools' chatter.
+"""COCO box AP (and mask AP) through pycocotools, without files and without pycocotools' chatter.
 
 Metric convention: every function here returns pycocotools' six headline numbers as
 `{"AP", "AP50", "AP75", "APs", "APm", "APl"}`, floats in [0, 1]. A value of -1.0 means
 "no ground-truth objects of that kind among the evaluated images" (pycocotools' own
 convention, kept because it survives JSON and CSV, unlike NaN). Missing detections are
 never -1: images whose ground truth has objects but which got no detections score 0.
+
+Mask AP: results that carry a `segmentation` (COCO RLE, from a model that outputs masks)
+are evaluated with iou_type="segm"; `coco_metrics(..., masks=True)` returns the box metrics
+and the mask metrics under the same names prefixed "mask_" ("mask_AP", ...). Everything
+below works the same for either iou_type, the sweep's composition included.
 
 Two ways in:
 - `coco_evaluate(gt, results, image_ids)`: one-shot evaluation of a results list.
@@ -25,6 +30,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_convert
@@ -32,6 +38,8 @@ from torchvision.ops import box_convert
 from dynamicdet_cli.errors import DynamicDetError
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # order of COCOeval.stats[:6]
+MASK_PREFIX = "mask_"  # mask metrics are the box metrics' names with this prefix
+IOU_TYPES = ("bbox", "segm")
 NON_FINITE = ("the model produced NaN or infinite outputs, so its weights are damaged; nothing was "
               "written: use a checkpoint that loads with a checksum, or retrain")
 
@@ -42,7 +50,10 @@ def to_coco_results(pred: dict, image_id: int, cat_ids: list[int]) -> list[dict]
     `pred` is torchvision's eval output for one image: boxes FloatTensor[N, 4] in x1y1x2y2
     pixels, labels Int64Tensor[N] with contiguous ids 1..C, scores FloatTensor[N]. Label `l`
     maps to COCO category `cat_ids[l - 1]`. Returns N dicts
-    `{image_id, category_id, bbox: [x, y, w, h] (2 decimals), score (4 decimals)}`.
+    `{image_id, category_id, bbox: [x, y, w, h] (2 decimals), score (4 decimals)}`; when
+    `pred` also holds masks (FloatTensor[N, 1, H, W] probabilities, Mask R-CNN's output in
+    the image's pixels), each dict gains `segmentation`: the mask at probability > 0.5 as
+    COCO compressed RLE ({"size": [H, W], "counts": str}).
     """
     boxes = pred["boxes"].detach().float().cpu()
     labels = pred["labels"].detach().cpu()
@@ -52,7 +63,7 @@ def to_coco_results(pred: dict, image_id: int, cat_ids: list[int]) -> list[dict]
     if labels.numel() and (labels.min() < 1 or labels.max() > len(cat_ids)):
         raise ValueError(f"labels must lie in 1..{len(cat_ids)}, got {labels.unique().tolist()}")
     xywh = box_convert(boxes, "xyxy", "xywh").tolist()  # N,4
-    return [
+    results = [
         {
             "image_id": int(image_id),
             "category_id": cat_ids[label - 1],
@@ -61,23 +72,48 @@ def to_coco_results(pred: dict, image_id: int, cat_ids: list[int]) -> list[dict]
         }
         for box, label, score in zip(xywh, labels.tolist(), scores.tolist())
     ]
+    if "masks" in pred:
+        for result, rle in zip(results, encode_masks(pred["masks"])):
+            result["segmentation"] = rle
+    return results
 
 
-def coco_evaluate(coco_gt: COCO, results: list[dict], image_ids: list[int]) -> dict[str, float]:
-    """Box AP of `results` against `coco_gt`, over `image_ids` only.
+def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
+    """Mask probabilities FloatTensor[N, 1, H, W] -> N COCO compressed RLEs of mask > threshold."""
+    binary = (masks.detach().float().cpu()[:, 0] > threshold).numpy().astype(np.uint8)  # N,H,W
+    if binary.shape[0] == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))  # H,W,N in Fortran order
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], image_ids: list[int], masks: bool = False) -> dict[str, float]:
+    """Box metrics of `results`, and with `masks` the mask metrics too (keys "mask_AP", ...)."""
+    metrics = coco_evaluate(coco_gt, results, image_ids)
+    if masks:
+        segm = coco_evaluate(coco_gt, results, image_ids, iou_type="segm")
+        metrics.update({MASK_PREFIX + k: v for k, v in segm.items()})
+    return metrics
+
+
+def coco_evaluate(coco_gt: COCO, results: list[dict], image_ids: list[int], iou_type: str = "bbox") -> dict[str, float]:
+    """Box AP (iou_type "bbox") or mask AP ("segm") of `results` against `coco_gt`, over `image_ids` only.
 
     Results for other images are ignored; an empty `results` list is valid (AP 0 wherever
     the ground truth has objects). See the module docstring for the -1 convention.
     """
-    return accumulate_stats(evaluate_images(coco_gt, results, image_ids))
+    return accumulate_stats(evaluate_images(coco_gt, results, image_ids, iou_type))
 
 
-def evaluate_images(coco_gt: COCO, results: list[dict], image_ids: Iterable[int]) -> COCOeval:
+def evaluate_images(coco_gt: COCO, results: list[dict], image_ids: Iterable[int], iou_type: str = "bbox") -> COCOeval:
     """Run pycocotools' per-image matching (`evaluate()`, not `accumulate()`).
 
-    The returned COCOeval can be summarised with `accumulate_stats` or mixed with another
-    one over the same images with `mixed_stats`. `results` is not modified.
+    iou_type "bbox" matches boxes; "segm" matches masks (every result needs a
+    `segmentation`, every ground-truth annotation one pycocotools can decode). The returned
+    COCOeval can be summarised with `accumulate_stats` or mixed with another one of the
+    same iou_type over the same images with `mixed_stats`. `results` is not modified.
     """
+    assert iou_type in IOU_TYPES, iou_type
     image_ids = sorted({int(i) for i in image_ids})
     if not image_ids:
         raise DynamicDetError("no images to evaluate: the image list is empty")
@@ -87,9 +123,9 @@ def evaluate_images(coco_gt: COCO, results: list[dict], image_ids: Iterable[int]
             f"{len(unknown)} image id(s) (e.g. {unknown[0]}) are not in the annotations file: "
             "evaluate against the annotations the images came from"
         )
-    coco_dt = _results_coco(coco_gt, results)
+    coco_dt = _results_coco(coco_gt, results, iou_type)
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.params.imgIds = image_ids
         evaluator.evaluate()
     # Only evalImgs and the params are needed later; the IoU matrices and the grouped
@@ -223,12 +259,13 @@ def _headline_stats(evaluator: COCOeval) -> dict[str, float]:
     }
 
 
-def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
+def _results_coco(coco_gt: COCO, results: list[dict], iou_type: str = "bbox") -> COCO:
     """A results COCO object, like `coco_gt.loadRes(results)` but cheaper and side-effect free.
 
     loadRes fails on an empty list, mutates the caller's dicts and deep-copies the
     categories; here the gt's image and category lists are shared (read-only) and each
-    result is copied with the fields COCOeval's bbox mode needs (id, area, iscrowd).
+    result is copied with the fields COCOeval needs (id, area, iscrowd): the area is the
+    box's in bbox mode and the mask's in segm mode, as loadRes sets it.
     """
     unknown = {r["image_id"] for r in results} - coco_gt.imgs.keys()
     if unknown:
@@ -236,8 +273,12 @@ def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
             f"detections refer to {len(unknown)} image id(s) missing from the annotations "
             f"(e.g. {next(iter(unknown))}): predictions and annotations do not match"
         )
+    if iou_type == "segm" and not all("segmentation" in r for r in results):
+        raise DynamicDetError("mask AP needs a mask with every detection; these results have boxes only")
+    area = (lambda r: float(mask_util.area(r["segmentation"]))) if iou_type == "segm" else \
+        (lambda r: r["bbox"][2] * r["bbox"][3])
     anns = [
-        {**r, "id": n, "area": r["bbox"][2] * r["bbox"][3], "iscrowd": 0}
+        {**r, "id": n, "area": area(r), "iscrowd": 0}
         for n, r in enumerate(results, start=1)  # ids start at 1: COCOeval treats 0 as "unmatched"
     ]
     coco_dt = COCO()

@@ -1,5 +1,8 @@
 """`evaluate`: COCO box AP at one operating point, or the whole accuracy-latency sweep.
 
+A dataset opened with masks (a segmenting family, such as Mask R-CNN) also gets mask AP,
+at the operating point and in every row of the sweep.
+
 One operating point: the model runs once over the dataset under the chosen route (mixed
 routes in each batch), and the model time per image is measured.
 
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dynamicdet_cli.atomic import write_json
-from dynamicdet_cli.coco_eval import coco_evaluate, to_coco_results
+from dynamicdet_cli.coco_eval import coco_metrics, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.inference import loader_for, run_both_routes
 from dynamicdet_cli.progress import progress_bar
@@ -37,7 +40,8 @@ class Evaluation:
 @torch.inference_mode()
 def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out_dir: Path,
                    batch_size: int = 8, show_progress: bool = True) -> Evaluation:
-    """COCO metrics of `model` on `dataset` under `route`; writes detections.json (COCO results)."""
+    """COCO metrics of `model` on `dataset` under `route` (box, and mask when the dataset
+    has masks: keys mask_AP, ...); writes detections.json (COCO results)."""
     model.eval()
     results, n_hard, n_images, seconds = [], 0, 0, 0.0
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -57,7 +61,7 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
                 n_hard += out["route"] == "hard"
             n_images += len(images)
             bar.advance(task, len(images))
-    metrics = coco_evaluate(dataset.coco, results, dataset.image_ids)
+    metrics = coco_metrics(dataset.coco, results, dataset.image_ids, masks=dataset.masks)
     path = write_json(out_dir / "detections.json", results)
     return Evaluation(metrics, n_hard / max(n_images, 1), 1000 * seconds / max(n_images, 1), n_images, path)
 
@@ -75,7 +79,7 @@ def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir
     lat1, lat2 = (measured["easy_ms"], measured["hard_ms"]) if measured else (None, None)
     rows = compose_sweep(dataset.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
                          ratios, lat1, lat2, random_draws=random_draws,
-                         latency_curve=measured.get("curve_ms") if measured else None)
+                         latency_curve=measured.get("curve_ms") if measured else None, masks=dataset.masks)
     written = write_sweep(rows, out_dir)
     for name, results in (("easy", routes.easy), ("hard", routes.hard)):
         flat = [r for i in routes.image_ids for r in results[i]]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from dynamicdet_cli.coco_eval import coco_evaluate, to_coco_results
+from dynamicdet_cli.coco_eval import coco_metrics, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.progress import progress_bar
 
@@ -56,10 +56,11 @@ def run_both_routes(model, dataset: CocoDataset, device: torch.device, batch_siz
 
 def evaluate_both(model, dataset: CocoDataset, device: torch.device, batch_size: int = 8,
                   workers: int = 0, show_progress: bool = True) -> dict[str, dict[str, float]]:
-    """COCO box metrics of each detector alone: {"d1": {...}, "d2": {...}}."""
+    """COCO metrics of each detector alone: {"d1": {...}, "d2": {...}} (mask metrics too,
+    keys mask_AP, ..., when the dataset has masks)."""
     routes = run_both_routes(model, dataset, device, batch_size, workers, show_progress)
     flat = lambda results: [r for i in routes.image_ids for r in results[i]]  # noqa: E731
     return {
-        "d1": coco_evaluate(dataset.coco, flat(routes.easy), routes.image_ids),
-        "d2": coco_evaluate(dataset.coco, flat(routes.hard), routes.image_ids),
+        "d1": coco_metrics(dataset.coco, flat(routes.easy), routes.image_ids, dataset.masks),
+        "d2": coco_metrics(dataset.coco, flat(routes.hard), routes.image_ids, dataset.masks),
     }

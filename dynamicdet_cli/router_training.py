@@ -25,6 +25,7 @@ from dynamicdet_cli.checkpoint import model_from_checkpoint, store_router
 from dynamicdet_cli.data.transforms import Transform, build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.inference import run_both_routes
+from dynamicdet_cli.model.build import needs_masks
 from dynamicdet_cli.router_cache import cache_router_inputs
 from dynamicdet_cli.router_fit import exact_median, reset_router, train_router
 from dynamicdet_cli.router_summary import router_summary
@@ -37,7 +38,11 @@ def _check_inputs(ckpt: dict, datasets: dict) -> None:
     if datasets.get("validation") is None:
         raise DynamicDetError("train-router needs a validation set (its router scores calibrate the "
                               "thresholds): give val_ann/val_images")
+    family = ckpt["recipe"]["model"]["family"]
     for name, ds in datasets.items():
+        if ds is not None and needs_masks(family) and not ds.masks:
+            raise DynamicDetError(f"the {name} data was opened without instance masks, but the detectors "
+                                  f"({family}) need them for their losses: open it with masks=True")
         if ds is not None and list(ds.classes) != list(ckpt["classes"]):
             raise DynamicDetError(f"the {name} data's classes {_brief(ds.classes)} differ from the checkpoint's "
                                   f"{_brief(ckpt['classes'])}; use the data the detectors were trained on")

@@ -3,7 +3,8 @@
 Each detector has been run once over the validation set; routing only decides, per image,
 whose detections count. So the AP of any split is a composition of the two stored runs,
 and the whole curve costs two per-image evaluations plus one accumulate per point
-(see coco_eval.mixed_stats). Random routing of the same number of images is the baseline
+(see coco_eval.mixed_stats); a segmenting model's mask AP is composed the same way, from
+two per-image mask evaluations (`masks=True`). Random routing of the same number of images is the baseline
 the router must beat (METHOD.md: random recovers about half the gain at 50% hard).
 
 Whether the router beats random routing is a claim about images not yet seen, so each row
@@ -29,6 +30,7 @@ from dynamicdet_cli.stats import percentile_interval
 
 SWEEP_COLUMNS = ("k", "tau", "hard_share", "AP", "AP50", "latency_ms", "random_AP", "random_AP_std",
                  "gain_vs_random", "gain_lo", "gain_hi")
+MASK_COLUMNS = ("mask_AP", "mask_AP50")  # after the others, in sweeps of segmenting models
 BOOTSTRAP_REPLICATES = 200  # enough for a 95% percentile interval; each costs two ResampledAP.ap calls (~4 ms each on 512 images)
 
 
@@ -45,6 +47,7 @@ def compose_sweep(
     seed: int = 0,
     bootstrap: int = BOOTSTRAP_REPLICATES,
     latency_curve: list | None = None,
+    masks: bool = False,
 ) -> list[dict]:
     """One row per hard ratio k: router routing versus random routing of as many images.
 
@@ -61,7 +64,9 @@ def compose_sweep(
     AP - random_AP, and [gain_lo, gain_hi] its paired bootstrap 95% interval over images
     from `bootstrap` replicates (None when 0, without random draws, or at k where every
     routing is the same: no image or every image hard). APs use coco_eval's convention
-    (-1 when the images have no ground-truth objects).
+    (-1 when the images have no ground-truth objects). With `masks` (every result carries a
+    `segmentation`), rows also hold mask_AP and mask_AP50 of the same routing, composed from
+    the two detectors' per-image mask evaluations.
     """
     scores = torch.as_tensor(scores).detach().cpu().flatten()
     if scores.numel() != len(image_ids):
@@ -78,6 +83,9 @@ def compose_sweep(
 
     easy = evaluate_images(coco_gt, _flatten(results_easy, image_ids), image_ids)
     hard = evaluate_images(coco_gt, _flatten(results_hard, image_ids), image_ids)
+    if masks:
+        easy_segm = evaluate_images(coco_gt, _flatten(results_easy, image_ids), image_ids, "segm")
+        hard_segm = evaluate_images(coco_gt, _flatten(results_hard, image_ids), image_ids, "segm")
     generator = torch.Generator().manual_seed(seed)
     n_images = len(image_ids)
     resampled = ResampledAP(easy, hard) if bootstrap and random_draws else None
@@ -112,6 +120,9 @@ def compose_sweep(
                 "gain_hi": hi,
             }
         )
+        if masks:
+            segm = mixed_stats(easy_segm, hard_segm, (image_ids[i] for i in routed), headline_only=True)
+            rows[-1].update(mask_AP=segm["AP"], mask_AP50=segm["AP50"])
     return rows
 
 
@@ -130,10 +141,11 @@ def write_sweep(rows: list[dict], out_dir: Path) -> dict[str, Path | None]:
     write_json(paths["json"], rows, indent=2)
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+    columns = SWEEP_COLUMNS + (MASK_COLUMNS if rows and "mask_AP" in rows[0] else ())
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:  # None (no latency / no random draws) -> empty cell
-        writer.writerow({key: "" if row.get(key) is None else row[key] for key in SWEEP_COLUMNS})
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
     paths["csv"] = out_dir / "sweep.csv"
     write_text(paths["csv"], buffer.getvalue())
 

@@ -106,13 +106,15 @@ def points_table(points: dict[str, dict]) -> Table:
 def epoch_table(record: dict) -> Table:
     """One epoch of train-detectors: losses, speed, and each detector's COCO metrics."""
     table = Table(title=f"epoch {record['epoch']} (step {record['step']})")
-    for col in ("", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl"):
-        table.add_column(col, justify="right")
     val = record.get("val") or {}
+    with_masks = any("mask_AP" in m for m in val.values())
+    for col in ("", "loss", "AP", "AP50", "AP75", "APs", "APm", "APl", *(("mask AP",) if with_masks else ())):
+        table.add_column(col, justify="right")
     for d, name in (("d1", "detector 1 (easy)"), ("d2", "detector 2 (hard)")):
         m = val.get(d, {})
         table.add_row(name, _fmt(record.get(f"{d}/total")),
-                      *[_fmt(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")])
+                      *[_fmt(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
+                      *((_fmt(m.get("mask_AP")),) if with_masks else ()))
     table.caption = f"lr {record['lr']:.2e}, {record['images_per_s']:.1f} images/s, {record['seconds']:.0f} s"
     return table
 
@@ -138,26 +140,33 @@ def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Tabl
 
 
 def evaluate_table(evaluation, route_text: str) -> Table:
-    table = Table(title=f"COCO box metrics ({escape(route_text)})")
-    for col in ("AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
-        table.add_column(col, justify="right")
     m = evaluation.metrics
-    table.add_row(*[_fmt(m[k]) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
+    with_masks = "mask_AP" in m
+    table = Table(title=f"COCO {'box and mask' if with_masks else 'box'} metrics ({escape(route_text)})")
+    for col in ("", "AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
+        table.add_column(col, justify="right")
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    table.add_row("box", *[_fmt(m[k]) for k in keys],
                   f"{100 * evaluation.hard_share:.0f}%", f"{evaluation.latency_ms:.2f}")
+    if with_masks:
+        table.add_row("mask", *[_fmt(m["mask_" + k]) for k in keys], "", "")
     table.caption = f"{evaluation.n_images} images; detections: {escape(str(evaluation.detections_path))}"
     return table
 
 
 def sweep_table(rows: list[dict]) -> Table:
     table = Table(title="accuracy-latency sweep (router vs the same share routed at random)")
-    for col in ("k", "tau", "AP", "AP50", "latency ms", "random AP", "router - random [95% CI]"):
+    with_masks = bool(rows) and "mask_AP" in rows[0]
+    for col in ("k", "tau", "AP", "AP50", *(("mask AP", "mask AP50") if with_masks else ()),
+                "latency ms", "random AP", "router - random [95% CI]"):
         table.add_column(col, justify="right")
     for r in rows:
         rand = "-" if r["random_AP"] is None else f"{r['random_AP']:.3f} ± {r['random_AP_std']:.3f}"
         gain = "-" if r.get("gain_vs_random") is None else f"{r['gain_vs_random']:+.4f}"
         if r.get("gain_lo") is not None:
             gain += f" [{r['gain_lo']:+.4f}, {r['gain_hi']:+.4f}]"
-        table.add_row(f"{r['hard_share']:.2f}", f"{r['tau']:.4f}", f"{r['AP']:.3f}", f"{r['AP50']:.3f}",
+        masks = (f"{r['mask_AP']:.3f}", f"{r['mask_AP50']:.3f}") if with_masks else ()
+        table.add_row(f"{r['hard_share']:.2f}", f"{r['tau']:.4f}", f"{r['AP']:.3f}", f"{r['AP50']:.3f}", *masks,
                       _fmt(r["latency_ms"], 2), rand, gain)
     table.caption = "interval: paired bootstrap over the validation images (router vs one random routing per replicate)"
     return table

@@ -39,7 +39,7 @@ from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.inference import evaluate_both
-from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.model.build import build_model, needs_masks
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with_overrides
 
@@ -311,6 +311,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     elif (run / "state.pt").exists():
         raise DynamicDetError(f"{run} already holds a run; resume it with --resume or choose another --out")
     recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
+    for name, ds in (("training", train_set), ("validation", val_set)):
+        if ds is not None and needs_masks(recipe.model.family) and not ds.masks:
+            raise DynamicDetError(f"the {name} data was opened without instance masks, but model.family "
+                                  f"{recipe.model.family} trains on them: open it with masks=True")
     cfg = recipe.train
     recipe_data = recipe_to_dict(recipe)
     router_ids: list[int] = []
@@ -393,7 +397,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
 def _flat_val(val: dict | None) -> dict:
     if not val:
         return {}
-    return {f"{d}_{k}": v for d in ("d1", "d2") for k, v in val[d].items() if k in ("AP", "AP50")}
+    return {f"{d}_{k}": v for d in ("d1", "d2") for k, v in val[d].items() if k in ("AP", "AP50", "mask_AP")}
 
 
 def load_init_weights_if(model, init: str | None) -> str | None:
