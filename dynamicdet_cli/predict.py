@@ -5,12 +5,15 @@ What `predict` writes into `out_dir` (JSON files are written atomically, at the 
     predictions.jsonl      one line per readable image, in input order:
                            {"file", "image_id", "width", "height", "difficulty" (phi), "route",
                             "detections": [{"box": [x1, y1, x2, y2] pixels, "score",
-                                            "label" (class name), "category_id"}]}
+                                            "label" (class name), "category_id",
+                                            "segmentation" (segmenting families only: the mask
+                                            at probability > 0.5 as COCO RLE {size, counts})}]}
     predictions_coco.json  the same detections in COCO results format
-                           [{image_id, category_id, bbox [x, y, w, h], score}]
+                           [{image_id, category_id, bbox [x, y, w, h], score, segmentation (masks only)}]
     images.json            what the COCO image ids stand for, COCO-style:
                            {"images": [{id, file_name, width, height}], "categories": [{id, name}]}
-    render/<stem>.png      each image with its boxes and "name score" labels (unless render=False);
+    render/<stem>.png      each image with its boxes and "name score" labels, and its masks
+                           when the model segments (unless render=False);
                            a second file with the same stem becomes <stem>-1.png, and so on
 
 image_id is the image's position in the `paths` list given to `predict` (skipped files keep
@@ -42,10 +45,10 @@ from rich.table import Table
 from torch import Tensor, nn
 from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from dynamicdet_cli.atomic import atomic_path, write_text
-from dynamicdet_cli.coco_eval import NON_FINITE, to_coco_results
+from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import _BadImage, _load_rgb
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import Route
@@ -287,9 +290,12 @@ def _keep(det: dict, conf: float) -> dict:
     if not math.isfinite(float(det["difficulty"])):
         raise DynamicDetError(NON_FINITE)
     keep = det["scores"] >= conf
-    return {"boxes": det["boxes"][keep].float().cpu(), "labels": det["labels"][keep].cpu(),
+    kept = {"boxes": det["boxes"][keep].float().cpu(), "labels": det["labels"][keep].cpu(),
             "scores": det["scores"][keep].float().cpu(), "difficulty": float(det["difficulty"]),
             "route": det["route"]}
+    if "masks" in det:
+        kept["masks"] = det["masks"][keep].float().cpu()  # N,1,H,W probabilities
+    return kept
 
 
 def _json_line(path: Path, index: int, width: int, height: int, det: dict,
@@ -299,6 +305,9 @@ def _json_line(path: Path, index: int, width: int, height: int, det: dict,
          "label": class_names[label - 1], "category_id": category_ids[label - 1]}
         for box, label, score in zip(det["boxes"].tolist(), det["labels"].tolist(), det["scores"].tolist())
     ]
+    if "masks" in det:
+        for detection, rle in zip(detections, encode_masks(det["masks"])):
+            detection["segmentation"] = rle
     return {"file": str(path), "image_id": index, "width": int(width), "height": int(height),
             "difficulty": round(det["difficulty"], 6), "route": det["route"], "detections": detections}
 
@@ -310,12 +319,15 @@ def _unique_stem(stem: str, seen: dict[str, int]) -> str:
 
 
 def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Path:
-    """Draw the boxes with "name score" labels, one colour per class, and write a PNG."""
+    """Draw the boxes with "name score" labels (and the masks, if any), one colour per class,
+    and write a PNG."""
     canvas = F.to_dtype(image, torch.uint8, scale=True)  # 3,H,W; 16-bit PNGs come in as uint16
     if len(det["scores"]):
         labels = det["labels"].tolist()
         text = [f"{class_names[lab - 1]} {s:.2f}" for lab, s in zip(labels, det["scores"].tolist())]
         colors = [PALETTE[(lab - 1) % len(PALETTE)] for lab in labels]
+        if "masks" in det:
+            canvas = draw_segmentation_masks(canvas, det["masks"][:, 0] > 0.5, alpha=0.45, colors=colors)
         canvas = draw_bounding_boxes(canvas, det["boxes"], labels=text, colors=colors, width=2)
     with atomic_path(path) as tmp:
         write_png(canvas, str(tmp))

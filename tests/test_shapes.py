@@ -72,3 +72,43 @@ def test_bad_arguments_are_user_errors(tmp_path):
         make_shapes(tmp_path, size=8)
     with pytest.raises(DynamicDetError, match="n_train"):
         make_shapes(tmp_path, n_train=0)
+
+
+# -- instance masks ----------------------------------------------------------------------
+
+
+def test_masks_are_exactly_the_painted_pixels_of_each_shape():
+    """At difficulty 0 nothing but the shapes is drawn (no noise, clutter, gradient or
+    distractors): each mask's pixels all carry one colour other than the background's, and
+    every pixel outside the masks is background."""
+    for seed in range(5):
+        pixels, objects = render_image(np.random.default_rng(seed), 0.0, 64)
+        background = pixels[0, 0]
+        covered = np.zeros(pixels.shape[:2], dtype=bool)
+        for _, _, area, mask in objects:
+            assert mask.dtype == bool and mask.sum() == area > 0
+            colors = np.unique(pixels[mask].reshape(-1, 3), axis=0)
+            assert len(colors) == 1 and (colors[0] != background).any()
+            assert not (covered & mask).any()  # visible masks do not overlap
+            covered |= mask
+        assert (pixels[~covered] == background).all()
+
+
+def test_written_masks_lie_in_their_boxes_and_are_the_rendered_ones(tmp_path):
+    from pycocotools.coco import COCO
+
+    cfg = load_data_config(make_shapes(tmp_path, n_train=12, n_val=2, size=64, seed=7))
+    coco = COCO(str(cfg.train_ann))
+    for image_index in range(12):
+        rng = np.random.default_rng([7, 0, image_index])  # as make-shapes draws train image i
+        _, objects = render_image(rng, float(rng.uniform()), 64)
+        anns = coco.imgToAnns[image_index + 1]
+        assert len(anns) == len(objects)
+        for ann, (_, _, area, drawn) in zip(anns, objects):
+            mask = coco.annToMask(ann).astype(bool)
+            assert (mask == drawn).all()
+            assert ann["area"] == int(mask.sum()) == area
+            x, y, w, h = ann["bbox"]
+            outside = mask.copy()
+            outside[y:y + h, x:x + w] = False
+            assert mask.any() and not outside.any()
