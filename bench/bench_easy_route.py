@@ -1,4 +1,4 @@
-"""Easy-route latency against a plain torchvision Faster R-CNN of the same configuration.
+"""Easy-route latency against a plain torchvision Faster R-CNN (or Mask R-CNN) of the same configuration.
 
 The easy route is backbone 1 + router + detector 1; the router is the only extra work, so the
 two should take the same time up to the router's tiny cost. Both models share the very same
@@ -16,9 +16,12 @@ import time
 import torch
 
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.model.reference import torchvision_faster_rcnn
+from dynamicdet_cli.model.reference import torchvision_faster_rcnn, torchvision_mask_rcnn
 from dynamicdet_cli.recipe import load_recipe
 from dynamicdet_cli.summary import route_flops, route_params
+
+
+REFERENCES = {"faster_rcnn": torchvision_faster_rcnn, "mask_rcnn": torchvision_mask_rcnn}  # family -> plain model
 
 
 def _ms(fn) -> float:
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
     recipe = load_recipe(args.recipe, [f"model.transform.min_size={side}", f"model.transform.max_size={side}"])
     torch.manual_seed(args.seed)
     model = build_model(recipe.model).eval()
-    reference = torchvision_faster_rcnn(model, recipe.model)
+    reference = REFERENCES[recipe.model.family](model, recipe.model)
     g = torch.Generator().manual_seed(args.seed)
     images = [torch.rand(3, side, side, generator=g) for _ in range(args.batch_size)]  # each 3,H,W
 
@@ -81,7 +84,7 @@ def main(argv=None) -> None:
     print(f"recipe {args.recipe}: {side}x{side}, batch {args.batch_size}, {args.threads} threads, "
           f"{args.repeats} repeats after {args.warmup} warm-up")
     print(f"  easy route (router included) median {easy_ms:9.2f} ms  (quartiles {_quartiles(t_easy)})")
-    print(f"  torchvision FasterRCNN      median {plain_ms:9.2f} ms  (quartiles {_quartiles(t_plain)})")
+    print(f"  torchvision {type(reference).__name__:15s} median {plain_ms:9.2f} ms  (quartiles {_quartiles(t_plain)})")
     print(f"  ratio easy / torchvision           {easy_ms / plain_ms:9.3f}")
     for route in ("easy", "hard"):
         print(f"  {route} route: {params[route] / 1e6:7.2f} M params, {flops[route] / 2e9:8.2f} GMACs (per image)")

@@ -1,4 +1,5 @@
-"""AP of each detector overall and on the easier / harder halves of a synthetic shapes split.
+"""AP of each detector overall and on the easier / harder halves of a synthetic shapes split
+(box AP; and mask AP for a segmenting family).
 
     python bench/bench_shapes_ap.py runs/demo/run/best.pt runs/demo/data/data.yaml
 
@@ -20,6 +21,7 @@ from dynamicdet_cli.coco_eval import coco_evaluate
 from dynamicdet_cli.data.coco import CocoDataset, load_data_config
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.inference import run_both_routes
+from dynamicdet_cli.model.build import needs_masks
 
 
 def main() -> None:
@@ -31,8 +33,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     dc = load_data_config(args.data)
-    ds = CocoDataset(dc.val_ann, dc.val_images, build_transforms(False))
-    model = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    ckpt = load_checkpoint(args.checkpoint)
+    masks = needs_masks(ckpt["recipe"]["model"]["family"])
+    ds = CocoDataset(dc.val_ann, dc.val_images, build_transforms(False), masks=masks)
+    model = model_from_checkpoint(ckpt)
     start = time.perf_counter()
     routes = run_both_routes(model, ds, torch.device("cpu"), batch_size=8, show_progress=False)
     seconds = time.perf_counter() - start
@@ -47,12 +51,14 @@ def main() -> None:
         "harder half": [i for i in routes.image_ids if difficulty[i] > cut],
     }
     print(f"{len(routes.image_ids)} val images, both detectors run once in {seconds:.1f} s")
-    print(f"{'images':<12} {'d1 AP':>7} {'d2 AP':>7} {'gain':>7} {'d1 AP50':>8} {'d2 AP50':>8}")
-    for name, ids in halves.items():
-        m = {d: coco_evaluate(ds.coco, [r for i in ids for r in res[i]], ids)
-             for d, res in (("d1", routes.easy), ("d2", routes.hard))}
-        print(f"{name:<12} {m['d1']['AP']:7.3f} {m['d2']['AP']:7.3f} {m['d2']['AP'] - m['d1']['AP']:+7.3f} "
-              f"{m['d1']['AP50']:8.3f} {m['d2']['AP50']:8.3f}")
+    for iou_type in ("bbox", "segm") if masks else ("bbox",):
+        print(f"{'box' if iou_type == 'bbox' else 'mask'} AP")
+        print(f"{'images':<12} {'d1 AP':>7} {'d2 AP':>7} {'gain':>7} {'d1 AP50':>8} {'d2 AP50':>8}")
+        for name, ids in halves.items():
+            m = {d: coco_evaluate(ds.coco, [r for i in ids for r in res[i]], ids, iou_type)
+                 for d, res in (("d1", routes.easy), ("d2", routes.hard))}
+            print(f"{name:<12} {m['d1']['AP']:7.3f} {m['d2']['AP']:7.3f} {m['d2']['AP'] - m['d1']['AP']:+7.3f} "
+                  f"{m['d1']['AP50']:8.3f} {m['d2']['AP50']:8.3f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Joint-training throughput of the DynamicDetector against one plain torchvision Faster R-CNN.
+"""Joint-training throughput of the DynamicDetector against one plain torchvision Faster R-CNN
+(or Mask R-CNN, for a mask_rcnn recipe, trained on the shapes' instance masks).
 
 Joint training runs backbone 1, the composite connection, backbone 2 and both heads on every
 image, so a step should cost about what its FLOPs say: roughly twice a plain detector's. This
@@ -27,17 +28,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.shapes import CLASSES, make_shapes
-from dynamicdet_cli.model.reference import torchvision_faster_rcnn
+from dynamicdet_cli.model.reference import torchvision_faster_rcnn, torchvision_mask_rcnn
 from dynamicdet_cli.data.transforms import build_transforms
-from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.model.build import build_model, needs_masks
 from dynamicdet_cli.recipe import load_recipe
 from dynamicdet_cli.train import build_optimizer
 
 
-def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int) -> list[tuple[list, list]]:
+REFERENCES = {"faster_rcnn": torchvision_faster_rcnn, "mask_rcnn": torchvision_mask_rcnn}  # family -> plain model
+
+
+def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int,
+                   masks: bool = False) -> list[tuple[list, list]]:
     """`n_batches` distinct batches of synthetic shapes, side x side, without augmentation."""
     make_shapes(folder, n_train=batch_size * n_batches, n_val=0, size=side, seed=0)
-    ds = CocoDataset(folder / "train.json", folder / "train", transforms=build_transforms(False))
+    ds = CocoDataset(folder / "train.json", folder / "train", transforms=build_transforms(False), masks=masks)
     return [collate([ds[i] for i in range(b * batch_size, (b + 1) * batch_size)]) for b in range(n_batches)]
 
 
@@ -88,14 +93,14 @@ def main(argv=None) -> None:
     dynamic = build_model(recipe.model, num_classes=len(CLASSES)).train()
     dynamic.router.requires_grad_(False)  # as in train-detectors: step 1 trains the detectors only
     torch.manual_seed(0)  # the plain detector starts from the very weights of detector 1
-    plain = torchvision_faster_rcnn(build_model(recipe.model, num_classes=len(CLASSES)), recipe.model).train()
+    plain = REFERENCES[recipe.model.family](build_model(recipe.model, num_classes=len(CLASSES)), recipe.model).train()
     steps = {
         "dynamic": make_step(dynamic, build_optimizer(dynamic, recipe.train), "loss"),
         "plain": make_step(plain, build_optimizer(plain, recipe.train), None),
     }
 
     with tempfile.TemporaryDirectory() as tmp:
-        batches = shapes_batches(Path(tmp), args.batch_size, args.batches, side)
+        batches = shapes_batches(Path(tmp), args.batch_size, args.batches, side, needs_masks(recipe.model.family))
     times = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         batch = batches[i % len(batches)]
@@ -111,7 +116,7 @@ def main(argv=None) -> None:
     work = flops["dynamic"] / flops["plain"]
     print(f"recipe {args.recipe}: {side}x{side}, batch {args.batch_size}, {args.threads} threads, "
           f"{args.steps} timed steps after {args.warmup} warm-up, alternating")
-    for name, label in (("dynamic", "DynamicDetector joint training"), ("plain", "torchvision FasterRCNN training")):
+    for name, label in (("dynamic", "DynamicDetector joint training"), ("plain", f"torchvision {type(plain).__name__} training")):
         q1, _, q3 = statistics.quantiles(times[name], n=4, method="inclusive") if len(times[name]) > 1 else (0, 0, 0)
         print(f"  {label:32s} {rate[name]:7.2f} images/s  (step median {statistics.median(times[name]) * 1e3:7.0f} ms, "
               f"quartiles {q1 * 1e3:.0f}-{q3 * 1e3:.0f})  {flops[name] / args.batch_size / 1e9:7.2f} GFLOPs/image fwd+bwd")
