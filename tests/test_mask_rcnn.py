@@ -155,3 +155,30 @@ def test_router_targets_include_the_mask_loss(make_mask_model, images):
             m.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(5.0)
         l1_scaled, l2_scaled, _ = model.per_image_losses(images[:2], targets, seeds=[1, 2])
     assert not torch.allclose(l1, l1_scaled) and not torch.allclose(l2, l2_scaled)
+
+
+def test_init_from_a_torchvision_mask_rcnn_state_dict(tmp_path, one_thread):
+    """--init with torchvision's MaskRCNN layout (maskrcnn_resnet50_fpn's, here on a ResNet-18
+    to stay small) fills both detectors' mask branches."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    from dynamicdet_cli.model.pretrained import load_init_weights
+
+    torch.manual_seed(1)
+    theirs = MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=None,
+                      box_head=TwoMLPHead(256 * 7 * 7, 32), box_predictor=FastRCNNPredictor(32, 6),  # a small box head
+                      mask_predictor=MaskRCNNPredictor(256, 256, 6))
+    torch.save(theirs.state_dict(), tmp_path / "maskrcnn.pt")
+    recipe = load_recipe(RECIPES / "dy-mask-rcnn-r50-fpn.yaml", ["model.num_classes=5", "model.backbone.depth=18",
+                                                                 "model.roi_heads.representation_size=32"])
+    torch.manual_seed(0)
+    ours = build_model(recipe.model)
+    note = load_init_weights(ours, tmp_path / "maskrcnn.pt")
+    assert "torchvision detector state dict" in note and "skipped" not in note
+    for head in (ours.head1, ours.head2):
+        assert_close(head.roi_heads.mask_predictor.mask_fcn_logits.weight,
+                     theirs.roi_heads.mask_predictor.mask_fcn_logits.weight, rtol=0, atol=0)
+        assert_close(head.roi_heads.mask_head[0][0].weight, theirs.roi_heads.mask_head[0][0].weight, rtol=0, atol=0)

@@ -3,7 +3,7 @@
 Three kinds of file are understood:
 - a dynamicdet checkpoint: its detector weights, tensor by tensor where shapes match
   (so a model trained on other classes gives everything but the class-specific layers);
-- a torchvision Faster R-CNN state dict (keys backbone.body.*, backbone.fpn.*, rpn.*,
+- a torchvision Faster R-CNN or Mask R-CNN state dict (keys backbone.body.*, backbone.fpn.*, rpn.*,
   roi_heads.*, e.g. fasterrcnn_resnet50_fpn's): loaded into BOTH detectors;
 - a torchvision ResNet state dict (conv1.*, layer1.*, ...): loaded into both backbones.
 """
