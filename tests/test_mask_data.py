@@ -122,3 +122,13 @@ def test_sanitizing_drops_the_masks_of_dropped_boxes():
     _, out = build_transforms(True, hflip=0.0, photometric=0.0)(image, target)
     assert len(out["boxes"]) == len(out["labels"]) == len(out["masks"]) == 1
     assert (out["masks"][0] == masks[0]).all()
+
+
+def test_a_crowd_annotation_without_a_mask_is_refused_too(tmp_path):
+    """Crowd boxes are not trained on, but mask AP reads every ground-truth mask."""
+    ann = write_data(tmp_path, [_rle(_square(2, 2, 8, 10)), None])
+    data = json.loads(ann.read_text())
+    data["annotations"][1]["iscrowd"] = 1
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DynamicDetError, match="annotation 2 has no instance mask"):
+        CocoDataset(ann, tmp_path, masks=True)

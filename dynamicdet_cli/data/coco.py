@@ -135,19 +135,19 @@ class CocoDataset(torch.utils.data.Dataset):
         return out, dropped, n_clipped
 
     def _check_segmentations(self) -> None:
-        """Every kept annotation must carry a mask pycocotools can decode."""
-        for anns in self._kept_anns.values():
-            for ann in anns:
-                if not _is_segmentation(ann.get("segmentation")):
-                    raise DynamicDetError(
-                        f"{self.ann_file.name}: annotation {ann['id']} has no instance mask (COCO "
-                        "'segmentation': polygons or RLE), and this model segments (family mask_rcnn); "
-                        "use annotations with masks (make-shapes writes them) or a box-only family")
-                seg, info = ann["segmentation"], self.coco.imgs[ann["image_id"]]
-                if isinstance(seg, dict) and list(seg["size"]) != [info["height"], info["width"]]:
-                    raise DynamicDetError(
-                        f"{self.ann_file.name}: annotation {ann['id']} has an RLE mask of size {seg['size']} "
-                        f"on an image of height, width {[info['height'], info['width']]}")
+        """Every annotation must carry a mask pycocotools can decode: the kept ones become
+        training targets, and mask AP reads them all (crowd and dropped ones included)."""
+        for ann in self.coco.dataset["annotations"]:
+            if not _is_segmentation(ann.get("segmentation")):
+                raise DynamicDetError(
+                    f"{self.ann_file.name}: annotation {ann['id']} has no instance mask (COCO "
+                    "'segmentation': polygons or RLE), and this model segments (family mask_rcnn); "
+                    "use annotations with masks (make-shapes writes them) or a box-only family")
+            seg, info = ann["segmentation"], self.coco.imgs[ann["image_id"]]
+            if isinstance(seg, dict) and list(seg["size"]) != [info["height"], info["width"]]:
+                raise DynamicDetError(
+                    f"{self.ann_file.name}: annotation {ann['id']} has an RLE mask of size {seg['size']} "
+                    f"on an image of height, width {[info['height'], info['width']]}")
 
     def instance_masks(self, image_id: int) -> Tensor:
         """uint8 [N, H, W]: the masks of the image's kept boxes, in their order."""
