@@ -51,12 +51,15 @@ class DynamicDetector(nn.Module):
         images: list of FloatTensor[3,H,W] in [0, 1]; targets: list of dict(boxes FloatTensor[N,4]
         x1y1x2y2 in pixels, labels Int64Tensor[N] in 1..num_classes).
         Keys: "d1/<part>" and "d2/<part>" for each torchvision loss part (loss_objectness,
-        loss_rpn_box_reg, loss_classifier, loss_box_reg), "d1/total", "d2/total", and "loss"
+        loss_rpn_box_reg, loss_classifier, loss_box_reg; loss_mask for Mask R-CNN heads, whose
+        targets also hold masks UInt8Tensor[N,H,W]), "d1/total", "d2/total", and "loss"
         = w1 * d1/total + w2 * d2/total.
 
     Eval forward(images, route="easy"|"hard"|tau) -> list of dict per image, input order:
         boxes FloatTensor[N,4] x1y1x2y2 in the input image's pixels, labels Int64Tensor[N],
-        scores FloatTensor[N], difficulty (float tensor, phi), route ("easy" or "hard").
+        scores FloatTensor[N], difficulty (float tensor, phi), route ("easy" or "hard"); Mask
+        R-CNN heads add masks FloatTensor[N,1,H,W], each box's mask probabilities in the input
+        image's pixels.
         Under a threshold, images with phi > tau take the hard route; one batch may mix routes
         and backbone 2 / detector 2 run only on the hard images.
     """
