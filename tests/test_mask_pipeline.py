@@ -5,7 +5,7 @@ point and the sweep, mask AP next to box AP) -> predict (masks in the JSON and t
 and the one-line refusal of box-only data before any training starts.
 
 Synthetic shapes at 64 px (8 training, 6 validation images), one epoch of batch 2, two router
-epochs: the module's fixtures build everything once, in seconds on a 2-core CPU.
+epochs: the module's fixtures build everything once, in well under a minute on a 2-core CPU.
 """
 
 from __future__ import annotations
