@@ -78,6 +78,8 @@ def test_build_records_the_family(tmp_path):
     assert ckpt["recipe"]["model"]["family"] == "mask_rcnn"
     assert any(k.startswith("head1.roi_heads.mask_predictor.") for k in ckpt["detector"])
     assert any(k.startswith("head2.roi_heads.mask_head.") for k in ckpt["detector"])
+    out = ok(cli("info", path))  # FLOPs per route, counted on a forward pass with masks
+    assert "Dy-mask_rcnn" in out and "GFLOPs" in out
 
 
 def test_training_records_mask_ap_of_both_detectors(model):
