@@ -80,6 +80,8 @@ class RPNConfig:
 class RoIHeadsConfig:
     representation_size: int = _f(1024, "width of the two-layer box head", lo=8)
     sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side (torchvision's 2; 1 is 4x cheaper, whose backward is single-threaded on CPU)", lo=1, hi=8)
+    canonical_scale: int = _f(224, "box size (sqrt of area, input pixels) that RoIAlign reads from the stride-16 level; "
+                                   "each halving moves one level finer (torchvision's 224 suits ~800 px inputs)", lo=1)
     fg_iou_thresh: float = _f(0.5, "proposal IoU above which a proposal is foreground", lo=0.0, hi=1.0)
     bg_iou_thresh: float = _f(0.5, "proposal IoU below which a proposal is background", lo=0.0, hi=1.0)
     batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)
