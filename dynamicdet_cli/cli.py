@@ -183,7 +183,7 @@ def make_shapes(
 
 
 # ----------------------------------------------------------------------------- data options
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images)")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images), or a YOLO-format one (path, train, val, names)")]
 TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
 TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
 ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
