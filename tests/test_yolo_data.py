@@ -203,3 +203,14 @@ def test_train_and_evaluate_on_yolo_data_match_the_coco_copy(shapes_coco, yolo, 
     assert metrics["coco"]["AP50"] > 0  # something to compare (after one epoch, AP is small)
     for key in ("AP", "AP50", "AP75"):
         assert metrics["yolo"][key] == pytest.approx(metrics["coco"][key], rel=1e-3), key
+
+
+def test_calibrate_finds_the_yolo_validation_images_again(yolo):
+    """train-router records a YOLO split by its label folder; calibrate times those images."""
+    from dynamicdet_cli.timing_images import validation_images
+    val = open_split(yolo, "val")
+    ckpt = {"classes": list(val.classes), "validation": {
+        "image_ids": val.image_ids[:2], "dataset": str(val.ann_file.resolve()), "images": str(val.image_dir.resolve())}}
+    timed = validation_images(ckpt, batch_size=2)
+    assert len(timed.images) == 2
+    assert torch.equal(timed.images[1], val[1][0].as_subclass(torch.Tensor))
