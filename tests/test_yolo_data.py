@@ -214,3 +214,15 @@ def test_calibrate_finds_the_yolo_validation_images_again(yolo):
     timed = validation_images(ckpt, batch_size=2)
     assert len(timed.images) == 2
     assert torch.equal(timed.images[1], val[1][0].as_subclass(torch.Tensor))
+
+
+def test_a_box_past_the_edge_is_clipped_and_named_by_file_and_line_but_rounding_is_not(yolo):
+    label = first_label(yolo)
+    label.write_text("0 0.9 0.5 0.4 0.2\n"        # reaches 1.1: clipped to the edge
+                     "1 0.85 0.5 0.300001 0.2\n")  # reaches 1.0000005: label rounding, on the edge
+    ds = open_split(yolo)
+    assert ds.n_clipped == 1
+    assert f"clipped 1 box(es) reaching beyond the image to its edges (e.g. {label}, line 1)" in ds.box_report()
+    index = next(i for i in range(len(ds)) if ds.image_info(i)["file_name"] == label.with_suffix(".png").name)
+    boxes = ds[index][1]["boxes"]
+    assert boxes[:, 2].tolist() == [64.0, 64.0]

@@ -115,11 +115,11 @@ class CocoDataset(torch.utils.data.Dataset):
                       else "outside the image" if x2 <= x1 or y2 <= y1 else None)
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
-                self._first_bad.setdefault(reason, ann["id"])
+                self._first_bad.setdefault(reason, _where(ann))
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 n_clipped += 1
-                self._first_bad.setdefault("clipped", ann["id"])
+                self._first_bad.setdefault("clipped", _where(ann))
             boxes, labels = per_image[ann["image_id"]]
             boxes.append((x1, y1, x2, y2))
             labels.append(self._label_of[ann["category_id"]])
@@ -131,12 +131,12 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def box_report(self) -> str:
         """One line: which boxes were dropped or clipped and why, with an example annotation id."""
-        parts = [f"{n} {reason} (e.g. annotation {self._first_bad[reason]})" for reason, n in self.dropped.items()]
+        parts = [f"{n} {reason} (e.g. {self._first_bad[reason]})" for reason, n in self.dropped.items()]
         text = f"{self.ann_file.name}: dropped {self.n_degenerate} box(es): {', '.join(parts)}" if parts else \
             f"{self.ann_file.name}: dropped no box"
         if self.n_clipped:
             text += (f"; clipped {self.n_clipped} box(es) reaching beyond the image to its edges "
-                     f"(e.g. annotation {self._first_bad['clipped']})")
+                     f"(e.g. {self._first_bad['clipped']})")
         return text
 
     def _check_images(self, ids: list[int]) -> list[int]:
@@ -243,6 +243,11 @@ class CocoDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         """Number of object classes, background excluded."""
         return len(self.cat_ids)
+
+
+def _where(ann: dict) -> str:
+    """How a message points at one annotation: its label file and line (YOLO data) or its id."""
+    return ann.get("source") or f"annotation {ann['id']}"
 
 
 def collate(batch: list) -> tuple[list[Tensor], list[dict]]:

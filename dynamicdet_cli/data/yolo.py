@@ -40,6 +40,7 @@ _SPLITS = ("train", "val", "router")
 _IGNORED = ("test", "download")
 _KEYS = ("path", *_SPLITS, "names", "nc", *_IGNORED)
 _FIELDS = ("cx", "cy", "w", "h")
+_ROUNDING = 1e-5  # normalised: more than the rounding of six decimals on cx and w/2 together
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,11 @@ class YoloLabels:
             images.append({"id": image_id, "file_name": rel.as_posix(), "width": size[0], "height": size[1]})
             label_file = (self.labels / rel).with_suffix(".txt")
             if label_file.is_file():
-                for cls, (cx, cy, w, h) in _read_labels(label_file, len(self.names)):
-                    width, height = w * size[0], h * size[1]
+                for number, cls, box in _read_labels(label_file, len(self.names)):
+                    x1, y1, x2, y2 = _pixels(box, *size)
                     annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls,
-                                        "bbox": [cx * size[0] - width / 2, cy * size[1] - height / 2, width, height],
-                                        "area": width * height, "iscrowd": 0})
+                                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                        "iscrowd": 0, "source": f"{label_file}, line {number}"})
         categories = [{"id": i, "name": n} for i, n in enumerate(self.names)]
         return {"images": images, "annotations": annotations, "categories": categories}, skipped
 
@@ -101,8 +102,17 @@ def _image_size(path: Path) -> tuple[int, int] | str:
     return size
 
 
-def _read_labels(path: Path, n_classes: int) -> list[tuple[int, tuple[float, float, float, float]]]:
-    """(class, (cx, cy, w, h)) per non-empty line of one label file, each checked."""
+def _pixels(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, ...]:
+    """Normalised (cx, cy, w, h) -> pixel (x1, y1, x2, y2). An edge past the image by no more than
+    label files' rounding (six decimals) is put on the image's edge, not reported as clipped."""
+    cx, cy, w, h = box
+    edges = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    edges = [0.0 if -_ROUNDING < e < 0.0 else 1.0 if 1.0 < e < 1.0 + _ROUNDING else e for e in edges]
+    return edges[0] * width, edges[1] * height, edges[2] * width, edges[3] * height
+
+
+def _read_labels(path: Path, n_classes: int) -> list[tuple[int, int, tuple[float, float, float, float]]]:
+    """(line number, class, (cx, cy, w, h)) per non-empty line of one label file, each checked."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -128,7 +138,7 @@ def _read_labels(path: Path, n_classes: int) -> list[tuple[int, tuple[float, flo
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise DynamicDetError(f"{where}: {name} = {fields[_FIELDS.index(name) + 1]} is outside [0, 1] "
                                       "(YOLO coordinates are normalised by the image size)")
-        out.append((int(cls), tuple(values[1:])))
+        out.append((number, int(cls), tuple(values[1:])))
     return out
 
 
