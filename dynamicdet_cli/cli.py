@@ -121,7 +121,7 @@ def build(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/shapes-tiny.yaml")],
     output: OutOpt,
     overrides: SetOpt = None,
-    backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file (default: the recipe's model.backbone.weights)")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file; '' = fresh (default: the recipe's model.backbone.weights)")] = None,
     classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: class1..classN)")] = None,
 ):
     """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""

@@ -24,6 +24,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import difflib
 import pickle
 import re
 import zipfile
@@ -35,7 +36,7 @@ import torchvision
 
 from dynamicdet_cli.checkpoint import load_checkpoint
 from dynamicdet_cli.errors import DynamicDetError
-from dynamicdet_cli.model.backbone import load_backbone_weights as _into_backbone
+from dynamicdet_cli.model.backbone import load_resnet_state
 
 PREFIX = "torchvision:"
 _RESNET = re.compile(r"ResNet(\d+)_Weights")  # torchvision's ImageNet ResNets (not Wide_ResNet)
@@ -56,7 +57,6 @@ def torchvision_weights(spec: str):
         pass
     hint = ""
     if "." not in name:
-        import difflib
         close = difflib.get_close_matches(name, torchvision.models.list_models(), n=1)
         hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
     raise DynamicDetError(f"{spec}: not a torchvision weights name{hint} (write e.g. "
@@ -135,7 +135,7 @@ def load_backbone_weights(model, spec: str, backbone_cfg=None) -> str:
         raise DynamicDetError(f"{spec}: backbone weights are ResNet weights, but the recipe's backbone is "
                               f"{backbone_cfg.kind} (model.backbone.kind)")
     state = read_spec(spec, backbone_cfg, allow_detector=False)
-    loaded = sum(_into_backbone(b, state, spec) for b in (model.backbone1, model.backbone2))
+    loaded = sum(load_resnet_state(b, state, spec) for b in (model.backbone1, model.backbone2))
     return f"backbones initialised from {spec}: {loaded} tensors"
 
 
@@ -183,7 +183,7 @@ def load_init_weights(model, spec: str, backbone_cfg=None) -> str:
         loaded, skipped = _load_matching(model, renamed)
         kind = "torchvision detector state dict (into both detectors)"
     elif any(k.startswith("layer1.") for k in state):
-        loaded = sum(_into_backbone(b, state, spec) for b in (model.backbone1, model.backbone2))
+        loaded = sum(load_resnet_state(b, state, spec) for b in (model.backbone1, model.backbone2))
         skipped = []
         kind = "torchvision ResNet state dict (into both backbones)"
     else:

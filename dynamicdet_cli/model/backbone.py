@@ -116,7 +116,7 @@ class RegNetBackbone(StageBackbone):
             first_stage=first_stage, stem_stride=2)
 
 
-def load_backbone_weights(backbone: StageBackbone, state: dict, source: str) -> int:
+def load_resnet_state(backbone: StageBackbone, state: dict, source: str) -> int:
     """Load a torchvision ResNet state dict into `backbone`; returns the tensors loaded.
 
     state: keys as torchvision's ResNet names them (conv1.*, bn1.*, layerN.*); `fc.*` is ignored,
