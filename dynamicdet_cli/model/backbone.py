@@ -8,7 +8,6 @@ as `dict[int, Tensor]` keyed by stage number 1..4 (stage l has stride 2**(l+1): 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import regnet, resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
