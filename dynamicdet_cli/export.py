@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 import torchvision
+from rich.markup import escape
+from rich.table import Table
 
 from dynamicdet_cli import __version__
 from dynamicdet_cli.atomic import write_text
@@ -95,9 +97,9 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
                                "forward": "module(images: list of 3,H,W float in [0, 1], tau: float) -> "
                                           "(detections: list of dict(boxes, labels, scores, difficulty), "
                                           "routes: list of 'easy' / 'hard')"}
-        text = json.dumps(meta, indent=1)
+        text = json.dumps(meta, indent=2)
         files = [export_torchscript(model, out_dir / TORCHSCRIPT_FILE, example, text)]
-    files.append(write_text(out_dir / META_FILE, json.dumps(meta, indent=1) + "\n"))
+    files.append(write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n"))
     return ExportResult(out_dir, files, meta)
 
 
@@ -126,6 +128,30 @@ def export_meta(ckpt: dict, source: str = "") -> dict:
         "provenance": {"dynamicdet": __version__, "torch": str(torch.__version__),
                        "torchvision": str(torchvision.__version__), "checkpoint": source},
     }
+
+
+def export_table(result: ExportResult) -> Table:
+    """The files written, their sizes, and what each one is."""
+    table = Table(title=f"dynamicdet export ({escape(str(result.out_dir))})")
+    for column in ("file", "size", "what"):
+        table.add_column(column)
+    graphs = {g["file"]: (name, g) for name, g in result.meta.get("onnx", {}).get("graphs", {}).items()}
+    for path in result.files:
+        if path.name in graphs:
+            name, g = graphs[path.name]
+            what = f"{_GRAPH_ROLES[name]}; batch {g['batch']}, any image size"
+        elif path.name == META_FILE:
+            points = ", ".join(result.meta["operating_points"]) or "none"
+            what = f"{len(result.meta['classes'])} classes, input transform, operating points: {points}"
+        else:
+            what = "module(images, tau) -> (detections, routes); any batch, any image size"
+        size = path.stat().st_size
+        table.add_row(escape(path.name), f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB", escape(what))
+    return table
+
+
+_GRAPH_ROLES = {"backbone1_router": "backbone 1 + router: phi and the features both routes need",
+                "easy": "easy route: detector 1", "hard": "hard route: composite + backbone 2 + detector 2"}
 
 
 def _example_image(model) -> torch.Tensor:

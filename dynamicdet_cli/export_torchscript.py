@@ -63,8 +63,6 @@ class ScriptableHead(nn.Module):
     """A Faster R-CNN head (FPN, RPN, RoI heads) over stage features given as a list (stage 1..4):
     FasterRCNNHead.forward in eval mode, in TorchScript's types."""
 
-    stages: list[int]
-
     def __init__(self, head: nn.Module):
         super().__init__()
         self.neck = head.neck
@@ -88,8 +86,6 @@ class ScriptableDynamicDetector(nn.Module):
     Built from a DynamicDetector in eval mode and an example batch tensor `x` (B,3,H,W, already
     resized, normalised and padded) to trace the backbones with.
     """
-
-    router_stages: list[int]
 
     def __init__(self, model: DynamicDetector, x: Tensor):
         super().__init__()
