@@ -78,6 +78,7 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
+    _check_not_other_format(out_dir, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
     if ckpt["router"] is None:
         warn("this checkpoint has no trained router: its difficulty scores mean nothing, so only the "
@@ -101,6 +102,18 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
         files = [export_torchscript(model, out_dir / TORCHSCRIPT_FILE, example, text)]
     files.append(write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n"))
     return ExportResult(out_dir, files, meta)
+
+
+def _check_not_other_format(out_dir: Path, fmt: str) -> None:
+    """One export per folder: the JSON describes one format, so another format's export there is refused
+    (exporting the same format again replaces it)."""
+    try:
+        existing = json.loads((out_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    other = next((f for f in FORMATS if f != fmt and isinstance(existing, dict) and f in existing), None)
+    if other:
+        raise DynamicDetError(f"{out_dir} holds a {other} export; export --format {fmt} into another folder")
 
 
 def export_meta(ckpt: dict, source: str = "") -> dict:

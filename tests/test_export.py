@@ -195,6 +195,7 @@ def test_cli_exports_torchscript_and_refuses_bad_requests(ckpt_and_model, tmp_pa
     one_error_line(_cli("export", path, "--format", "tflite", "-o", tmp_path / "x"), "--format")
     one_error_line(_cli("export", path, "--format", "torchscript", "-o", path), "is a file")
     assert path.stat().st_size > 0  # the checkpoint given as output folder is left alone
+    one_error_line(_cli("export", path, "--format", "onnx", "-o", tmp_path / "ts"), "holds a torchscript export")
     one_error_line(_cli("export", tmp_path / "missing.pt", "--format", "onnx", "-o", tmp_path / "x"), "not found")
 
 
