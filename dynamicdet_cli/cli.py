@@ -504,7 +504,7 @@ def export(
     from dynamicdet_cli.export import check_exportable, export_checkpoint, export_table
 
     ckpt = load_checkpoint(checkpoint)
-    check_exportable(ckpt, fmt.value)  # before building the model: an unsupported family stops here
+    check_exportable(ckpt, fmt.value, output)  # before building the model: a refused export stops here
     result = export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt.value, output, source=str(checkpoint))
     console.print(export_table(result))
     _say("exported to ", (str(result.out_dir), "bold"))

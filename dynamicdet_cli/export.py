@@ -53,14 +53,17 @@ class ExportResult:
     meta: dict
 
 
-def check_exportable(ckpt: dict, fmt: str) -> None:
-    """DynamicDetError unless `fmt` is a known format and the checkpoint's family exports."""
+def check_exportable(ckpt: dict, fmt: str, out_dir: Path | None = None) -> None:
+    """DynamicDetError unless `fmt` is a known format, the checkpoint's family exports, `out_dir`
+    (if given) can take this export, and (for ONNX) the onnx package is installed."""
     if fmt not in FORMATS:
         raise DynamicDetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     family = ckpt["recipe"].get("model", {}).get("family", "faster_rcnn")
     if family not in EXPORTABLE_FAMILIES:
         raise DynamicDetError(f"export supports the {', '.join(EXPORTABLE_FAMILIES)} family only; "
                               f"this checkpoint's detectors are {family}")
+    if out_dir is not None:
+        _check_folder(Path(out_dir), fmt)
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (torch's exporter needs it to write the graphs)
@@ -74,11 +77,8 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
 
     source: the checkpoint's path, recorded in the JSON.
     """
-    check_exportable(ckpt, fmt)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
-    _check_not_other_format(out_dir, fmt)
+    check_exportable(ckpt, fmt, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if ckpt["router"] is None:
         warn("this checkpoint has no trained router: its difficulty scores mean nothing, so only the "
@@ -104,9 +104,11 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
     return ExportResult(out_dir, files, meta)
 
 
-def _check_not_other_format(out_dir: Path, fmt: str) -> None:
-    """One export per folder: the JSON describes one format, so another format's export there is refused
-    (exporting the same format again replaces it)."""
+def _check_folder(out_dir: Path, fmt: str) -> None:
+    """A folder (or none yet), and one export per folder: the JSON describes one format, so
+    another format's export there is refused (exporting the same format again replaces it)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
     try:
         existing = json.loads((out_dir / META_FILE).read_text())
     except (OSError, ValueError):

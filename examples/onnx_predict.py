@@ -37,7 +37,11 @@ class DynamicDetONNX:
         import onnxruntime as ort
 
         folder = Path(folder)
+        if not (folder / META_FILE).is_file():
+            raise SystemExit(f"error: {folder} has no {META_FILE}: give a folder written by `dynamicdet export --format onnx`")
         self.meta = json.loads((folder / META_FILE).read_text())
+        if "onnx" not in self.meta:
+            raise SystemExit(f"error: {folder} holds no ONNX export; write one with `dynamicdet export --format onnx`")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

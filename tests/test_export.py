@@ -146,6 +146,8 @@ def test_onnx_example_script_prints_routed_detections(onnx_dir, tmp_path, capsys
     assert {d["label"] for line in lines for d in line["detections"]} <= set(CLASSES)
     with pytest.raises(SystemExit, match="no operating point 'fast'"):
         example.main([str(onnx_dir), str(files[0]), "--point", "fast"])
+    with pytest.raises(SystemExit, match="has no dynamicdet.json"):
+        example.main([str(tmp_path), str(files[0])])
 
 
 # ----------------------------------------------------------------------------- TorchScript
