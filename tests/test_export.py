@@ -46,32 +46,31 @@ def ckpt_and_model(tiny_recipe):
     return ckpt, model
 
 
+# The exports are traced on one 64x64 image (padded 64x64). "mixed": seven images of three
+# sizes, all padded to 64x64 (PyTorch runs them as one batch, the ONNX runtime as one graph-1
+# batch per size); "small": images padded to 32x64, a size the tracing never saw.
+BATCHES = {"mixed": [(64, 64)] * 4 + [(48, 64)] * 2 + [(96, 128)],  # 96x128 is resized to 48x64
+           "small": [(32, 64)] * 2 + [(20, 64)] * 2}
+
+
 @pytest.fixture(scope="module")
-def images():
-    """Four 64 px squares, two 48x64 and one 96x128 image (resized to 48x64 by the model)."""
+def batches(ckpt_and_model):
+    """name -> (images, tau, PyTorch's detections): tau lies halfway between two middle
+    difficulties of the batch, so the batch mixes routes with a margin."""
+    _, model = ckpt_and_model
     g = torch.Generator().manual_seed(1)
-    sizes = [(64, 64)] * 4 + [(48, 64)] * 2 + [(96, 128)]
-    return [torch.rand(3, h, w, generator=g) for h, w in sizes]
-
-
-@pytest.fixture(scope="module")
-def tau(ckpt_and_model, images):
-    """A threshold halfway between two middle difficulties, so the batch mixes routes with a margin."""
-    _, model = ckpt_and_model
+    out = {}
     with torch.inference_mode():
-        phi = sorted(float(d["difficulty"]) for d in model.detect(images, "easy"))
-    mid = len(phi) // 2
-    assert phi[mid] - phi[mid - 1] > 1e-4, "difficulties too close to split the batch reliably"
-    return (phi[mid - 1] + phi[mid]) / 2
-
-
-@pytest.fixture(scope="module")
-def reference(ckpt_and_model, images, tau):
-    _, model = ckpt_and_model
-    with torch.inference_mode():
-        dets = model.detect(images, tau)
-    assert {d["route"] for d in dets} == {"easy", "hard"}
-    return dets
+        for name, sizes in BATCHES.items():
+            images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+            phi = sorted(float(d["difficulty"]) for d in model.detect(images, "easy"))
+            mid = len(phi) // 2
+            assert phi[mid] - phi[mid - 1] > 1e-4, "difficulties too close to split the batch reliably"
+            tau = (phi[mid - 1] + phi[mid]) / 2
+            reference = model.detect(images, tau)
+            assert {d["route"] for d in reference} == {"easy", "hard"}
+            out[name] = images, tau, reference
+    return out
 
 
 def _assert_same(expected: list[dict], got: list[dict]) -> None:
@@ -99,9 +98,11 @@ def onnx_dir(ckpt_and_model, tmp_path_factory):
     return out
 
 
-def test_onnx_matches_pytorch_on_a_batch_that_mixes_routes(onnx_dir, images, tau, reference, one_thread):
+@pytest.mark.parametrize("batch", BATCHES)
+def test_onnx_matches_pytorch_on_a_batch_that_mixes_routes(onnx_dir, batches, batch, one_thread):
+    images, tau, reference = batches[batch]
     runtime = _onnx_example().DynamicDetONNX(onnx_dir, threads=1)
-    # batch 3: the four 64 px images run graph 1 as a batch of 3 and one of 1
+    # batch size 3: the four 64 px images run graph 1 as a batch of 3 and one of 1
     got = runtime.detect([im.numpy() for im in images], tau, batch_size=3)
     _assert_same(reference, got)
 
@@ -162,15 +163,18 @@ def scripted(ckpt_and_model, tmp_path_factory):
     return module, json.loads(extra["dynamicdet.json"])
 
 
-def test_torchscript_matches_pytorch_on_a_batch_that_mixes_routes(scripted, images, tau, reference, one_thread):
+@pytest.mark.parametrize("batch", BATCHES)
+def test_torchscript_matches_pytorch_on_a_batch_that_mixes_routes(scripted, batches, batch, one_thread):
     module, _ = scripted
+    images, tau, reference = batches[batch]
     with torch.inference_mode():
         dets, routes = module(images, tau)
     _assert_same(reference, [dict(d, route=r) for d, r in zip(dets, routes)])
 
 
-def test_torchscript_tau_outside_0_1_routes_every_image_one_way(scripted, images, one_thread):
+def test_torchscript_tau_outside_0_1_routes_every_image_one_way(scripted, batches, one_thread):
     module, _ = scripted
+    images = batches["mixed"][0]
     with torch.inference_mode():
         assert module(images[:3], -1.0)[1] == ["hard"] * 3
         assert module(images[:3], 1.0)[1] == ["easy"] * 3
