@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dynamicdet_cli import __version__
-from dynamicdet_cli.atomic import write_text
+from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.errors import DynamicDetError, warn
 
 FORMATS = ("onnx", "torchscript")
@@ -98,9 +98,9 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
                                "forward": "module(images: list of 3,H,W float in [0, 1], tau: float) -> "
                                           "(detections: list of dict(boxes, labels, scores, difficulty), "
                                           "routes: list of 'easy' / 'hard')"}
-        text = json.dumps(meta, indent=2)
+        text = json.dumps(meta, indent=2, allow_nan=False)
         files = [export_torchscript(model, out_dir / TORCHSCRIPT_FILE, example, text)]
-    files.append(write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n"))
+    files.append(write_json(out_dir / META_FILE, meta, indent=2))
     return ExportResult(out_dir, files, meta)
 
 
