@@ -122,19 +122,23 @@ def build(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/shapes-tiny.yaml")],
     output: OutOpt,
     overrides: SetOpt = None,
-    backbone_weights: Annotated[Optional[Path], typer.Option(help="local torchvision ResNet state dict for both backbones")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file; '' = fresh (default: the recipe's model.backbone.weights)")] = None,
     classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: class1..classN)")] = None,
 ):
-    """Build a model with fresh weights from a recipe and write it as a checkpoint."""
+    """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""
     from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
     from dynamicdet_cli.model.build import build_model
     from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.starting_weights import load_backbone_weights
 
     cfg = load_recipe(recipe, overrides or [])
     names = _class_names(classes) if classes is not None else None
     num_classes = len(names) if names else cfg.model.num_classes
     names = names or [f"class{i}" for i in range(1, num_classes + 1)]
-    model = build_model(cfg.model, num_classes, str(backbone_weights) if backbone_weights else None)
+    model = build_model(cfg.model, num_classes)
+    spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
+    if spec:
+        _say(load_backbone_weights(model, spec, cfg.model.backbone))
     ckpt = new_checkpoint(recipe_to_dict(cfg), names, list(range(1, num_classes + 1)), model)
     _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
 
@@ -180,7 +184,7 @@ def make_shapes(
 
 
 # ----------------------------------------------------------------------------- data options
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images)")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images), or a YOLO-format one (path, train, val, names)")]
 TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
 TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
 ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
@@ -239,7 +243,7 @@ def train_detectors(
     image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
     router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
+    init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
@@ -271,7 +275,7 @@ def train_detectors(
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images) if dc.has_val else None
     try:
         result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                        init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
+                        init=init, max_steps=max_steps, show_progress=progress,
                         on_epoch=lambda record: console.print(epoch_table(record)))
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)

@@ -49,6 +49,9 @@ class BackboneConfig:
     norm: str = _f("frozen_bn", "backbone normalisation", choices=("bn", "frozen_bn"))
     stages: tuple[int, ...] = _f((1, 2, 3, 4), "ResNet stages (1-4) that feed the neck and the router")
     share_stem: bool = _f(False, "backbone 2 reuses backbone 1's stem and stage 1 (CBNetV2 style)")
+    weights: str = _f("", "starting weights of both backbones, loaded when training starts: torchvision:NAME "
+                          "(e.g. torchvision:ResNet50_Weights.IMAGENET1K_V1) or a ResNet state-dict file; "
+                          "'' = fresh weights (the default, and what checkpoints without the key mean)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class RPNConfig:
 class RoIHeadsConfig:
     representation_size: int = _f(1024, "width of the two-layer box head", lo=8)
     sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side (torchvision's 2; 1 is 4x cheaper, whose backward is single-threaded on CPU)", lo=1, hi=8)
+    canonical_scale: int = _f(224, "box size (sqrt of area, input pixels) that RoIAlign reads from the stride-16 level; "
+                                   "each halving moves one level finer (torchvision's 224 suits ~800 px inputs)", lo=1)
     fg_iou_thresh: float = _f(0.5, "proposal IoU above which a proposal is foreground", lo=0.0, hi=1.0)
     bg_iou_thresh: float = _f(0.5, "proposal IoU below which a proposal is background", lo=0.0, hi=1.0)
     batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)
@@ -244,6 +249,9 @@ def _check_consistency(recipe: Recipe) -> None:
             f"{len(stages) + 1} levels ({len(stages)} stages + 1 pooled level)")
     if len(m.transform.image_mean) != 3 or len(m.transform.image_std) != 3:
         raise DynamicDetError("recipe keys model.transform.image_mean/image_std: need 3 values each (RGB)")
+    if m.backbone.kind != "resnet" and m.backbone.weights:
+        raise DynamicDetError(f"recipe key model.backbone.weights: {m.backbone.weights!r} are ResNet weights, but "
+                              f"model.backbone.kind is {m.backbone.kind}; set model.backbone.weights: ''")
     if m.loss_weight1 == 0 and m.loss_weight2 == 0:
         raise DynamicDetError("recipe keys model.loss_weight1/loss_weight2: at least one must be positive")
 
