@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -489,6 +490,28 @@ def predict(
                              conf=conf, render=render, device=dev, progress=progress)
     console.print(engine.summary_table(summary))
     _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint (Faster R-CNN family)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx: three graphs a runtime chains per image; torchscript: one module(images, tau)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder to write the files into")],
+):
+    """Export both routes for deployment, with the classes, input transform and operating points (dynamicdet.json)."""
+    from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from dynamicdet_cli.export import check_exportable, export_checkpoint, export_table
+
+    ckpt = load_checkpoint(checkpoint)
+    check_exportable(ckpt, fmt.value, output)  # before building the model: a refused export stops here
+    result = export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt.value, output, source=str(checkpoint))
+    console.print(export_table(result))
+    _say("exported to ", (str(result.out_dir), "bold"))
 
 
 def main() -> None:
