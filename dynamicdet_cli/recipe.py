@@ -271,9 +271,10 @@ def _check_one_stage(m) -> None:
         raise DynamicDetError(
             f"recipe key model.{m.family}.anchor_sizes: {len(section.anchor_sizes)} sizes given, but the FPN has "
             f"{levels} levels ({len(m.backbone.stages)} stages + P6 and P7)")
-    if m.family == "fcos" and m.neck.out_channels % 32:
-        raise DynamicDetError(f"recipe key model.neck.out_channels: {m.neck.out_channels} is not a multiple of 32, "
-                              "which FCOS's head needs (GroupNorm of 32 groups)")
+    if m.family == "fcos" and (m.neck.out_channels % 32 or m.neck.out_channels < 64):
+        # GroupNorm with one channel per group has nothing to normalise on a 1x1 level (P7) of one image
+        raise DynamicDetError(f"recipe key model.neck.out_channels: FCOS's head needs a multiple of 32 from 64 "
+                              f"up (GroupNorm of 32 groups, 2 channels each at least), got {m.neck.out_channels}")
     if m.family == "retinanet" and m.retinanet.bg_iou_thresh > m.retinanet.fg_iou_thresh:
         raise DynamicDetError("recipe keys model.retinanet.bg_iou_thresh/fg_iou_thresh: the background threshold "
                               "may not exceed the foreground one")

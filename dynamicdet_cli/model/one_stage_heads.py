@@ -18,9 +18,11 @@ listed in each class below, which these modules hold under the same names, so th
 borrowed as they are. tests/test_one_stage.py holds the result to torchvision's own FCOS and
 RetinaNet on shared weights.
 
-Labels: torchvision's dense heads have one logit per class and predict label = logit index; its
-COCO models keep index 0 for the background, which is never a target. Our labels are
-1..num_classes, so a head has num_classes + 1 logits and index 0 stays unused, as in theirs.
+Labels: torchvision's dense heads score each class with a sigmoid of its own and have no
+background class; the label they return is the logit's index, counted from 0. Ours are
+1..num_classes, so a head has num_classes logits and shifts labels by one on the way in (targets)
+and out (detections): logit l - 1 scores label l. (torchvision's COCO models instead keep 91
+logits, index 0 for a background that is never a target but can still come out as a label.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+
+def _from_zero(targets: list[dict]) -> list[dict]:
+    """Targets with labels 1..C as the logit indices 0..C-1 torchvision's losses expect."""
+    return [{**t, "labels": t["labels"] - 1} for t in targets]
 
 
 class OneStageHead(nn.Module):
@@ -84,10 +91,13 @@ class OneStageHead(nn.Module):
     def forward(self, images: ImageList, feats: dict[int, Tensor], targets=None):
         head_outputs, anchors, per_level = self.dense_outputs(images, feats)
         if self.training:
-            return [], self.family_losses(targets, head_outputs, anchors, per_level)
+            return [], self.family_losses(_from_zero(targets), head_outputs, anchors, per_level)
         split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
-        return self.postprocess_detections(split_outputs, split_anchors, images.image_sizes), {}
+        detections = self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
+        for det in detections:
+            det["labels"] = det["labels"] + 1  # logit index -> label
+        return detections, {}
 
     def per_image_losses(self, images: ImageList, feats: dict[int, Tensor], targets: list[dict],
                          seeds: list[list[int | None]]) -> Tensor:
@@ -102,6 +112,7 @@ class OneStageHead(nn.Module):
         batches of one image size.
         """
         head_outputs, anchors, per_level = self.dense_outputs(images, feats)
+        targets = _from_zero(targets)
         totals = []
         for i in range(len(anchors)):
             one = {k: v[i:i + 1] for k, v in head_outputs.items()}
@@ -165,7 +176,7 @@ def build_fcos_head(in_channels: list[int], stages: list[int], num_classes: int,
     c, f = cfg.neck.out_channels, cfg.fcos
     anchors = AnchorGenerator(sizes=tuple((s,) for s in f.anchor_sizes), aspect_ratios=((1.0,),) * len(f.anchor_sizes))
     return FCOSDetectorHead(
-        _p3_p7_neck(in_channels, c), anchors, FCOSHead(c, 1, num_classes + 1, num_convs=f.num_convs), stages,
+        _p3_p7_neck(in_channels, c), anchors, FCOSHead(c, 1, num_classes, num_convs=f.num_convs), stages,
         center_sampling_radius=f.center_sampling_radius, score_thresh=f.score_thresh, nms_thresh=f.nms_thresh,
         detections_per_img=f.detections_per_img, topk_candidates=f.topk_candidates)
 
@@ -185,7 +196,7 @@ def build_retinanet_head(in_channels: list[int], stages: list[int], num_classes:
     c, r = cfg.neck.out_channels, cfg.retinanet
     sizes = retinanet_anchor_sizes(r.anchor_sizes, r.scales_per_octave)
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(r.aspect_ratios),) * len(sizes))
-    head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], num_classes + 1)
+    head = RetinaNetHead(c, anchors.num_anchors_per_location()[0], num_classes)
     return RetinaNetDetectorHead(
         _p3_p7_neck(in_channels, c), anchors, head, stages,
         proposal_matcher=det_utils.Matcher(r.fg_iou_thresh, r.bg_iou_thresh, allow_low_quality_matches=True),

@@ -48,7 +48,8 @@ def _transform_args(cfg) -> dict:
 
 
 def torchvision_fcos(model, cfg) -> FCOS:
-    """A plain torchvision FCOS sharing detector 1's modules and the recipe's settings."""
+    """A plain torchvision FCOS sharing detector 1's modules and the recipe's settings.
+    Its labels count from 0: label l of ours is its l - 1 (see model/one_stage_heads.py)."""
     h1, f = model.head1, cfg.fcos
     return FCOS(_BackboneWithNeck(model.backbone1, h1), num_classes=None, **_transform_args(cfg),
                 anchor_generator=h1.anchor_generator, head=h1.head, center_sampling_radius=f.center_sampling_radius,
@@ -57,7 +58,8 @@ def torchvision_fcos(model, cfg) -> FCOS:
 
 
 def torchvision_retinanet(model, cfg) -> RetinaNet:
-    """A plain torchvision RetinaNet sharing detector 1's modules and the recipe's settings."""
+    """A plain torchvision RetinaNet sharing detector 1's modules and the recipe's settings.
+    Its labels count from 0: label l of ours is its l - 1 (see model/one_stage_heads.py)."""
     h1, r = model.head1, cfg.retinanet
     return RetinaNet(_BackboneWithNeck(model.backbone1, h1), num_classes=None, **_transform_args(cfg),
                      anchor_generator=h1.anchor_generator, head=h1.head, fg_iou_thresh=r.fg_iou_thresh,
