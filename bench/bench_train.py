@@ -31,7 +31,7 @@ from dynamicdet_cli.data.shapes import CLASSES, make_shapes
 from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.recipe import ONE_STAGE_FAMILIES, load_recipe
 from dynamicdet_cli.train import build_optimizer
 
 
@@ -40,6 +40,12 @@ def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int) -> 
     make_shapes(folder, n_train=batch_size * n_batches, n_val=0, size=side, seed=0)
     ds = CocoDataset(folder / "train.json", folder / "train", transforms=build_transforms(False))
     return [collate([ds[i] for i in range(b * batch_size, (b + 1) * batch_size)]) for b in range(n_batches)]
+
+
+def labels_from_zero(batch: tuple[list, list]) -> tuple[list, list]:
+    """The batch with labels 1..C as 0..C-1: torchvision's one-stage detectors count from 0."""
+    images, targets = batch
+    return images, [{**t, "labels": t["labels"] - 1} for t in targets]
 
 
 def make_step(model, optimizer, loss_key: str | None):
@@ -97,15 +103,16 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         batches = shapes_batches(Path(tmp), args.batch_size, args.batches, side)
+    one_stage = recipe.model.family in ONE_STAGE_FAMILIES
+    model_batches = {"dynamic": batches, "plain": [labels_from_zero(b) for b in batches] if one_stage else batches}
     times = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
-        batch = batches[i % len(batches)]
         order = ("dynamic", "plain") if i % 2 == 0 else ("plain", "dynamic")
         for name in order:
-            seconds = timed(steps[name], batch, seed=i)
+            seconds = timed(steps[name], model_batches[name][i % len(batches)], seed=i)
             if i >= args.warmup:
                 times[name].append(seconds)
-    flops = {"dynamic": training_flops(dynamic, batches[0], "loss"), "plain": training_flops(plain, batches[0], None)}
+    flops = {"dynamic": training_flops(dynamic, batches[0], "loss"), "plain": training_flops(plain, model_batches["plain"][0], None)}
 
     rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
     slowdown = rate["plain"] / rate["dynamic"]

@@ -40,7 +40,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 
-def _from_zero(targets: list[dict]) -> list[dict]:
+def _labels_from_zero(targets: list[dict]) -> list[dict]:
     """Targets with labels 1..C as the logit indices 0..C-1 torchvision's losses expect."""
     return [{**t, "labels": t["labels"] - 1} for t in targets]
 
@@ -91,7 +91,7 @@ class OneStageHead(nn.Module):
     def forward(self, images: ImageList, feats: dict[int, Tensor], targets=None):
         head_outputs, anchors, per_level = self.dense_outputs(images, feats)
         if self.training:
-            return [], self.family_losses(_from_zero(targets), head_outputs, anchors, per_level)
+            return [], self.family_losses(_labels_from_zero(targets), head_outputs, anchors, per_level)
         split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
         detections = self.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
@@ -105,14 +105,14 @@ class OneStageHead(nn.Module):
 
         Image i's loss equals `sum(self(image_i_alone, its feats, [targets[i]])[1].values())`
         (a test holds it to that). The neck, the dense head and the anchors run once for the
-        batch; only the matching and the loss run image by image, as torchvision normalises
-        the loss by the foreground count of the whole batch. FCOS and RetinaNet sample nothing
-        (every anchor enters the loss), so every draw would give the same value: `seeds` is
-        taken for the interface every head shares and the loss is computed once. Meant for
-        batches of one image size.
+        batch; only the matching and the loss run image by image (torchvision's FCOS divides a
+        batch's loss by the batch's foreground count, RetinaNet averages over images). FCOS
+        and RetinaNet sample nothing (every anchor enters the loss), so every draw would give
+        the same value: `seeds` is taken for the interface every head shares and the loss is
+        computed once. Meant for batches of one image size.
         """
         head_outputs, anchors, per_level = self.dense_outputs(images, feats)
-        targets = _from_zero(targets)
+        targets = _labels_from_zero(targets)
         totals = []
         for i in range(len(anchors)):
             one = {k: v[i:i + 1] for k, v in head_outputs.items()}
