@@ -13,7 +13,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.one_stage_heads import FCOSDetectorHead, RetinaNetDetectorHead, retinanet_anchor_sizes
-from dynamicdet_cli.model.pretrained import load_init_weights
+from dynamicdet_cli.starting_weights import load_init_weights
 from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 from dynamicdet_cli.summary import route_flops, route_params
@@ -219,7 +219,7 @@ def test_init_from_a_torchvision_fcos_state_dict(tmp_path, one_thread):
     cfg = load_recipe(RECIPES / "dy-fcos-r50-fpn.yaml", ["model.backbone.depth=18", "model.num_classes=5"]).model
     torch.manual_seed(0)
     model = build_model(cfg)
-    report = load_init_weights(model, path)
+    report = load_init_weights(model, str(path))
     assert "into both detectors" in report and "skipped" not in report
     for d in ("head1", "head2"):
         ours = getattr(model, d)
