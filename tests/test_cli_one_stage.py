@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import one_error_line
 from test_cli_pipeline import FAST_SETS, N_TRAIN, N_VAL, cli, load, ok
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
@@ -65,6 +66,7 @@ def test_info_shows_family_and_cost_per_route_of_a_checkpoint_and_a_recipe(model
                  "--set", "model.retinanet.anchor_sizes=[16,32,64,128,256]"))
     assert "dynamicdet recipe" in out and "family retinanet" in out and "at 128x128" in out
     assert len(re.findall(r"GMACs", out)) == 2
+    one_error_line(cli("info", model, "--set", "model.family=retinanet"), "--set applies to a recipe")
 
 
 def test_evaluate_a_point_and_the_sweep(model, data, tmp_path):
