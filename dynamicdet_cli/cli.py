@@ -155,14 +155,21 @@ def _class_names(text: str) -> list[str]:
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint")],
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
     image_size: Annotated[Optional[int], typer.Option(min=16, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    overrides: SetOpt = None,
 ):
-    """Show what a checkpoint holds: recipe essentials, cost per route, router, latencies, operating points."""
+    """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
     from dynamicdet_cli.checkpoint import load_checkpoint
-    from dynamicdet_cli.tables import info_table
+    from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.tables import info_table, recipe_info_table
 
+    if checkpoint.suffix.lower() in (".yaml", ".yml"):
+        console.print(recipe_info_table(recipe_to_dict(load_recipe(checkpoint, overrides or [])), flops, image_size))
+        return
+    if overrides:
+        raise DynamicDetError("--set applies to a recipe; a checkpoint's recipe is the one it was trained with")
     console.print(info_table(load_checkpoint(checkpoint), flops, image_size))
 
 

@@ -1,8 +1,8 @@
 """Starting weights: what a model is initialised from before training (not its architecture).
 
 A starting point is named by a *spec*, one of:
-- a local file: a dynamicdet checkpoint, a torchvision Faster R-CNN state dict, or a
-  torchvision ResNet state dict (what `torch.save(model.state_dict(), ...)` writes);
+- a local file: a dynamicdet checkpoint, a torchvision Faster R-CNN, FCOS or RetinaNet state
+  dict, or a torchvision ResNet state dict (what `torch.save(model.state_dict(), ...)` writes);
 - `torchvision:NAME`, resolved through torchvision's own weights API: NAME is a weights enum
   entry (`ResNet50_Weights.IMAGENET1K_V2`, `FasterRCNN_ResNet50_FPN_Weights.COCO_V1`, `.DEFAULT`
   allowed) or a model name (`resnet50`, `fasterrcnn_resnet50_fpn`: its DEFAULT weights).
@@ -16,8 +16,8 @@ the file torchvision expected and the folder to put it in.
 Two ways in:
 - `load_backbone_weights(model, spec, backbone_cfg)`: ResNet weights into both backbones
   (the recipe's model.backbone.weights, `build --backbone-weights`);
-- `load_init_weights(model, spec)`: `train-detectors --init`; a Faster R-CNN goes into BOTH
-  detectors (backbone, FPN, RPN and RoI heads), a dynamicdet checkpoint tensor by tensor where
+- `load_init_weights(model, spec)`: `train-detectors --init`; a torchvision detector goes into
+  BOTH detectors (backbone, FPN, and RPN and RoI heads or the one-stage head), a dynamicdet checkpoint tensor by tensor where
   shapes match (so a model trained on other classes gives everything but the class layers).
 `initialise(model, init, backbone_cfg)` is what training calls: --init, else the recipe's.
 """
@@ -140,7 +140,7 @@ def load_backbone_weights(model, spec: str, backbone_cfg=None) -> str:
 
 
 def _torchvision_detector_to_ours(state: dict, head: str, backbone: str, backbone_has_stem: bool) -> dict:
-    """Rename one torchvision FasterRCNN state dict into one of our detectors' names."""
+    """Rename one torchvision FasterRCNN / FCOS / RetinaNet state dict into one of our detectors' names."""
     out = {}
     for key, value in state.items():
         if key.startswith("backbone.body."):
@@ -153,7 +153,7 @@ def _torchvision_detector_to_ours(state: dict, head: str, backbone: str, backbon
                 out[f"{backbone}.stages.{stage}.{tail}"] = value
         elif key.startswith("backbone.fpn."):
             out[f"{head}.neck.{key[len('backbone.fpn.'):]}"] = value
-        elif key.startswith(("rpn.", "roi_heads.")):
+        elif key.startswith(("rpn.", "roi_heads.", "head.")):
             out[f"{head}.{key}"] = value
     return out
 
@@ -187,7 +187,7 @@ def load_init_weights(model, spec: str, backbone_cfg=None) -> str:
         skipped = []
         kind = "torchvision ResNet state dict (into both backbones)"
     else:
-        raise DynamicDetError(f"{spec}: not a dynamicdet checkpoint, torchvision Faster R-CNN or ResNet state dict")
+        raise DynamicDetError(f"{spec}: not a dynamicdet checkpoint, torchvision detector or ResNet state dict")
     if loaded == 0:
         raise DynamicDetError(f"{spec}: no tensor matches this model's recipe (wrong depth or family?)")
     note = f", {len(skipped)} skipped (shape or name mismatch, e.g. {skipped[0]})" if skipped else ""

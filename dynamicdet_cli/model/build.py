@@ -8,11 +8,14 @@ from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, StageB
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.model.heads import build_faster_rcnn_head
+from dynamicdet_cli.model.one_stage_heads import build_fcos_head, build_retinanet_head
 from dynamicdet_cli.model.router import Router
 
 # Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
 HEAD_BUILDERS = {
     "faster_rcnn": build_faster_rcnn_head,
+    "fcos": build_fcos_head,
+    "retinanet": build_retinanet_head,
 }
 
 
