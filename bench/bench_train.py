@@ -1,5 +1,5 @@
-"""Joint-training throughput of the DynamicDetector against one plain torchvision Faster R-CNN
-(or Mask R-CNN, for a mask_rcnn recipe, trained on the shapes' instance masks).
+"""Joint-training throughput of the DynamicDetector against one plain torchvision detector
+(a mask_rcnn recipe trains both on the shapes' instance masks).
 
 Joint training runs backbone 1, the composite connection, backbone 2 and both heads on every
 image, so a step should cost about what its FLOPs say: roughly twice a plain detector's. This
@@ -8,8 +8,9 @@ drift, and prints images/s (median over steps), training FLOPs (forward + backwa
 FlopCounterMode; RoIAlign and NMS count zero) and the ratio of the two ratios (1.0: joint
 training is exactly as much slower as it is more work).
 
-The plain detector is torchvision's FasterRCNN around a second copy of detector 1 (backbone 1,
-its FPN, RPN and RoI heads), built with the recipe's settings (see bench_easy_route.py). Each
+The plain detector is the recipe's family in torchvision (FasterRCNN, FCOS, RetinaNet) around a
+second copy of detector 1 (backbone 1, its FPN and heads), built with the recipe's settings (see
+model/reference.py). Each
 model has its own optimizer (the recipe's); a step is forward + backward + optimizer step.
 
     .venv/bin/python bench/bench_train.py --recipe recipes/shapes-tiny.yaml --steps 10 --batch-size 8 --image-size 128
@@ -28,14 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.shapes import CLASSES, make_shapes
-from dynamicdet_cli.model.reference import torchvision_faster_rcnn, torchvision_mask_rcnn
+from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.model.build import build_model, needs_masks
-from dynamicdet_cli.recipe import load_recipe
+from dynamicdet_cli.recipe import ONE_STAGE_FAMILIES, load_recipe
 from dynamicdet_cli.train import build_optimizer
-
-
-REFERENCES = {"faster_rcnn": torchvision_faster_rcnn, "mask_rcnn": torchvision_mask_rcnn}  # family -> plain model
 
 
 def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int,
@@ -44,6 +42,12 @@ def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int,
     make_shapes(folder, n_train=batch_size * n_batches, n_val=0, size=side, seed=0)
     ds = CocoDataset(folder / "train.json", folder / "train", transforms=build_transforms(False), masks=masks)
     return [collate([ds[i] for i in range(b * batch_size, (b + 1) * batch_size)]) for b in range(n_batches)]
+
+
+def labels_from_zero(batch: tuple[list, list]) -> tuple[list, list]:
+    """The batch with labels 1..C as 0..C-1: torchvision's one-stage detectors count from 0."""
+    images, targets = batch
+    return images, [{**t, "labels": t["labels"] - 1} for t in targets]
 
 
 def make_step(model, optimizer, loss_key: str | None):
@@ -93,7 +97,7 @@ def main(argv=None) -> None:
     dynamic = build_model(recipe.model, num_classes=len(CLASSES)).train()
     dynamic.router.requires_grad_(False)  # as in train-detectors: step 1 trains the detectors only
     torch.manual_seed(0)  # the plain detector starts from the very weights of detector 1
-    plain = REFERENCES[recipe.model.family](build_model(recipe.model, num_classes=len(CLASSES)), recipe.model).train()
+    plain = torchvision_reference(build_model(recipe.model, num_classes=len(CLASSES)), recipe.model).train()
     steps = {
         "dynamic": make_step(dynamic, build_optimizer(dynamic, recipe.train), "loss"),
         "plain": make_step(plain, build_optimizer(plain, recipe.train), None),
@@ -101,15 +105,16 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         batches = shapes_batches(Path(tmp), args.batch_size, args.batches, side, needs_masks(recipe.model.family))
+    one_stage = recipe.model.family in ONE_STAGE_FAMILIES
+    model_batches = {"dynamic": batches, "plain": [labels_from_zero(b) for b in batches] if one_stage else batches}
     times = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
-        batch = batches[i % len(batches)]
         order = ("dynamic", "plain") if i % 2 == 0 else ("plain", "dynamic")
         for name in order:
-            seconds = timed(steps[name], batch, seed=i)
+            seconds = timed(steps[name], model_batches[name][i % len(batches)], seed=i)
             if i >= args.warmup:
                 times[name].append(seconds)
-    flops = {"dynamic": training_flops(dynamic, batches[0], "loss"), "plain": training_flops(plain, batches[0], None)}
+    flops = {"dynamic": training_flops(dynamic, batches[0], "loss"), "plain": training_flops(plain, model_batches["plain"][0], None)}
 
     rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
     slowdown = rate["plain"] / rate["dynamic"]

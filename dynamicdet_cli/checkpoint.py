@@ -15,7 +15,8 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
                       the training images kept out of step 1 for the router's targets)
     validation        None, or dict(image_ids list[int], scores Tensor[N], dataset str, images str):
                       the router's difficulty scores on the validation set, its annotation file
-                      and image folder (no `images` in files written before it was recorded)
+                      (for YOLO-format data its label folder) and image folder (no `images` in
+                      files written before it was recorded)
     latency           list of dict(device, threads, batch_size, image_size, dtype, easy_ms, hard_ms,
                       images, repeats, time): one per regime (regime.py); dtype, images and
                       repeats are absent from older files (dtype then float32)

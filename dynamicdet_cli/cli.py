@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -121,19 +122,23 @@ def build(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/shapes-tiny.yaml")],
     output: OutOpt,
     overrides: SetOpt = None,
-    backbone_weights: Annotated[Optional[Path], typer.Option(help="local torchvision ResNet state dict for both backbones")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file; '' = fresh (default: the recipe's model.backbone.weights)")] = None,
     classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: class1..classN)")] = None,
 ):
-    """Build a model with fresh weights from a recipe and write it as a checkpoint."""
+    """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""
     from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
     from dynamicdet_cli.model.build import build_model
     from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.starting_weights import load_backbone_weights
 
     cfg = load_recipe(recipe, overrides or [])
     names = _class_names(classes) if classes is not None else None
     num_classes = len(names) if names else cfg.model.num_classes
     names = names or [f"class{i}" for i in range(1, num_classes + 1)]
-    model = build_model(cfg.model, num_classes, str(backbone_weights) if backbone_weights else None)
+    model = build_model(cfg.model, num_classes)
+    spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
+    if spec:
+        _say(load_backbone_weights(model, spec, cfg.model.backbone))
     ckpt = new_checkpoint(recipe_to_dict(cfg), names, list(range(1, num_classes + 1)), model)
     _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
 
@@ -150,14 +155,21 @@ def _class_names(text: str) -> list[str]:
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint")],
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
     image_size: Annotated[Optional[int], typer.Option(min=16, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    overrides: SetOpt = None,
 ):
-    """Show what a checkpoint holds: recipe essentials, cost per route, router, latencies, operating points."""
+    """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
     from dynamicdet_cli.checkpoint import load_checkpoint
-    from dynamicdet_cli.tables import info_table
+    from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.tables import info_table, recipe_info_table
 
+    if checkpoint.suffix.lower() in (".yaml", ".yml"):
+        console.print(recipe_info_table(recipe_to_dict(load_recipe(checkpoint, overrides or [])), flops, image_size))
+        return
+    if overrides:
+        raise DynamicDetError("--set applies to a recipe; a checkpoint's recipe is the one it was trained with")
     console.print(info_table(load_checkpoint(checkpoint), flops, image_size))
 
 
@@ -179,7 +191,7 @@ def make_shapes(
 
 
 # ----------------------------------------------------------------------------- data options
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images)")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images), or a YOLO-format one (path, train, val, names)")]
 TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
 TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
 ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
@@ -240,7 +252,7 @@ def train_detectors(
     image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
     router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="start from a dynamicdet checkpoint or a local torchvision detector/ResNet state dict")] = None,
+    init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
@@ -273,7 +285,7 @@ def train_detectors(
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
     try:
         result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                        init=str(init) if init else None, max_steps=max_steps, show_progress=progress,
+                        init=init, max_steps=max_steps, show_progress=progress,
                         on_epoch=lambda record: console.print(epoch_table(record)))
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
@@ -489,6 +501,28 @@ def predict(
                              conf=conf, render=render, device=dev, progress=progress)
     console.print(engine.summary_table(summary))
     _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint (Faster R-CNN family)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx: three graphs a runtime chains per image; torchscript: one module(images, tau)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder to write the files into")],
+):
+    """Export both routes for deployment, with the classes, input transform and operating points (dynamicdet.json)."""
+    from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from dynamicdet_cli.export import check_exportable, export_checkpoint, export_table
+
+    ckpt = load_checkpoint(checkpoint)
+    check_exportable(ckpt, fmt.value, output)  # before building the model: a refused export stops here
+    result = export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt.value, output, source=str(checkpoint))
+    console.print(export_table(result))
+    _say("exported to ", (str(result.out_dir), "bold"))
 
 
 def main() -> None:

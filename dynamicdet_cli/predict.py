@@ -12,8 +12,9 @@ What `predict` writes into `out_dir` (JSON files are written atomically, at the 
                            [{image_id, category_id, bbox [x, y, w, h], score, segmentation (masks only)}]
     images.json            what the COCO image ids stand for, COCO-style:
                            {"images": [{id, file_name, width, height}], "categories": [{id, name}]}
-    render/<stem>.png      each image with its boxes and "name score" labels, and its masks
-                           when the model segments (unless render=False);
+    render/<stem>.png      each image with its boxes and "name score" labels (and its masks when
+                           the model segments) under a caption with its route and phi, scaled up
+                           to 512 px on its longer side if smaller (unless render=False);
                            a second file with the same stem becomes <stem>-1.png, and so on
 
 image_id is the image's position in the `paths` list given to `predict` (skipped files keep
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 from rich.table import Table
 from torch import Tensor, nn
@@ -58,6 +60,8 @@ from dynamicdet_cli.progress import progress_bar
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3",
            "#808000", "#000075")
+RENDER_MIN_SIDE = 512  # px: smaller images are scaled up to this longer side before drawing
+CAPTION_HEIGHT = 28  # px: the strip above each render saying its route and difficulty
 
 
 @dataclass
@@ -319,16 +323,32 @@ def _unique_stem(stem: str, seen: dict[str, int]) -> str:
 
 
 def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Path:
-    """Draw the boxes with "name score" labels (and the masks, if any), one colour per class,
-    and write a PNG."""
+    """Write a PNG a person can read: the image scaled up so that its longer side is at least
+    RENDER_MIN_SIDE pixels (a 128 px image's full-size labels would cover it), its boxes (and
+    masks, if any) scaled with it and drawn with "name score" labels, one colour per class,
+    under a caption strip saying the image's route and difficulty phi. Larger images keep
+    their size."""
     canvas = F.to_dtype(image, torch.uint8, scale=True)  # 3,H,W; 16-bit PNGs come in as uint16
+    height, width = canvas.shape[-2:]
+    scale = max(1.0, RENDER_MIN_SIDE / max(height, width))
+    if scale > 1.0:
+        canvas = F.resize(canvas, [round(height * scale), round(width * scale)], antialias=True)  # 3,H',W'
     if len(det["scores"]):
+        sx, sy = canvas.shape[-1] / width, canvas.shape[-2] / height
+        boxes = det["boxes"] * torch.tensor([sx, sy, sx, sy])  # N,4 XYXY in the scaled image's pixels
         labels = det["labels"].tolist()
         text = [f"{class_names[lab - 1]} {s:.2f}" for lab, s in zip(labels, det["scores"].tolist())]
         colors = [PALETTE[(lab - 1) % len(PALETTE)] for lab in labels]
-        if "masks" in det:
-            canvas = draw_segmentation_masks(canvas, det["masks"][:, 0] > 0.5, alpha=0.45, colors=colors)
-        canvas = draw_bounding_boxes(canvas, det["boxes"], labels=text, colors=colors, width=2)
+        if "masks" in det:  # N,1,H,W probabilities, resized with the image before thresholding
+            masks = F.resize(det["masks"], list(canvas.shape[-2:])) > 0.5  # N,1,H',W'
+            canvas = draw_segmentation_masks(canvas, masks[:, 0], alpha=0.45, colors=colors)
+        canvas = draw_bounding_boxes(canvas, boxes, labels=text, colors=colors, width=2, label_colors="white",
+                                     label_background_colors=colors, fill_labels=True)  # white on the class colour: legible on any image
+    font = ImageFont.load_default(size=CAPTION_HEIGHT * 2 // 3)
+    strip = Image.new("RGB", (canvas.shape[-1], CAPTION_HEIGHT), "#202020")
+    ImageDraw.Draw(strip).text((6, CAPTION_HEIGHT // 2), f"{det['route']} route   phi {det['difficulty']:.3f}",
+                               fill="white", font=font, anchor="lm")
+    caption = F.pil_to_tensor(strip)  # 3,CAPTION_HEIGHT,W' uint8
     with atomic_path(path) as tmp:
-        write_png(canvas, str(tmp))
+        write_png(torch.cat([caption, canvas], dim=1), str(tmp))
     return path

@@ -49,6 +49,9 @@ class BackboneConfig:
     norm: str = _f("frozen_bn", "backbone normalisation", choices=("bn", "frozen_bn"))
     stages: tuple[int, ...] = _f((1, 2, 3, 4), "ResNet stages (1-4) that feed the neck and the router")
     share_stem: bool = _f(False, "backbone 2 reuses backbone 1's stem and stage 1 (CBNetV2 style)")
+    weights: str = _f("", "starting weights of both backbones, loaded when training starts: torchvision:NAME "
+                          "(e.g. torchvision:ResNet50_Weights.IMAGENET1K_V1) or a ResNet state-dict file; "
+                          "'' = fresh weights (the default, and what checkpoints without the key mean)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class RPNConfig:
 class RoIHeadsConfig:
     representation_size: int = _f(1024, "width of the two-layer box head", lo=8)
     sampling_ratio: int = _f(2, "RoIAlign sampling points per bin side (torchvision's 2; 1 is 4x cheaper, whose backward is single-threaded on CPU)", lo=1, hi=8)
+    canonical_scale: int = _f(224, "box size (sqrt of area, input pixels) that RoIAlign reads from the stride-16 level; "
+                                   "each halving moves one level finer (torchvision's 224 suits ~800 px inputs)", lo=1)
     fg_iou_thresh: float = _f(0.5, "proposal IoU above which a proposal is foreground", lo=0.0, hi=1.0)
     bg_iou_thresh: float = _f(0.5, "proposal IoU below which a proposal is background", lo=0.0, hi=1.0)
     batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)
@@ -98,6 +103,30 @@ class MaskHeadConfig:
 
 
 @dataclass(frozen=True)
+class FCOSConfig:
+    anchor_sizes: tuple[int, ...] = _f((8, 16, 32, 64, 128), "per FPN level (stages, then P6 and P7): the size each location's box regression is scaled by; torchvision uses the level's stride", lo=1)
+    num_convs: int = _f(4, "conv + GroupNorm + ReLU layers in each branch of the head", lo=0, hi=8)
+    center_sampling_radius: float = _f(1.5, "a location matches a box only within this many anchor sizes of its centre", lo=0.0)
+    score_thresh: float = _f(0.2, "minimum score of a returned detection (sqrt of class score x centre-ness)", lo=0.0, hi=1.0)
+    nms_thresh: float = _f(0.6, "per-class NMS IoU threshold of the detections", lo=0.0, hi=1.0)
+    detections_per_img: int = _f(100, "maximum detections per image", lo=1)
+    topk_candidates: int = _f(1000, "best-scoring candidates kept per level before NMS", lo=1)
+
+
+@dataclass(frozen=True)
+class RetinaNetConfig:
+    anchor_sizes: tuple[int, ...] = _f((32, 64, 128, 256, 512), "base anchor size per FPN level (stages, then P6 and P7)", lo=1)
+    scales_per_octave: int = _f(3, "anchor sizes per level: base x 2**(i / scales_per_octave)", lo=1, hi=8)
+    aspect_ratios: tuple[float, ...] = _f((0.5, 1.0, 2.0), "anchor aspect ratios (h/w), the same at every level")
+    fg_iou_thresh: float = _f(0.5, "anchor IoU at or above which an anchor is foreground", lo=0.0, hi=1.0)
+    bg_iou_thresh: float = _f(0.4, "anchor IoU below which an anchor is background (in between: ignored)", lo=0.0, hi=1.0)
+    score_thresh: float = _f(0.05, "minimum score of a returned detection", lo=0.0, hi=1.0)
+    nms_thresh: float = _f(0.5, "per-class NMS IoU threshold of the detections", lo=0.0, hi=1.0)
+    detections_per_img: int = _f(300, "maximum detections per image", lo=1)
+    topk_candidates: int = _f(1000, "best-scoring candidates kept per level before NMS", lo=1)
+
+
+@dataclass(frozen=True)
 class TransformConfig:
     min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference")
     max_size: int = _f(1333, "longest image side after resizing", lo=16)
@@ -112,7 +141,7 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn"))
+    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn", "fcos", "retinanet"))
     num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1)
     loss_weight1: float = _f(1.0, "weight w1 of detector 1's loss in joint training", lo=0.0)
     loss_weight2: float = _f(1.0, "weight w2 of detector 2's loss in joint training", lo=0.0)
@@ -122,6 +151,8 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
 
@@ -239,6 +270,25 @@ def _build(cls, data: Any, prefix: str):
     return cls(**kwargs)
 
 
+ONE_STAGE_FAMILIES = ("fcos", "retinanet")  # the families whose neck adds P6 and P7
+
+
+def _check_one_stage(m) -> None:
+    levels = len(m.backbone.stages) + 2
+    section = getattr(m, m.family)
+    if len(section.anchor_sizes) != levels:
+        raise DynamicDetError(
+            f"recipe key model.{m.family}.anchor_sizes: {len(section.anchor_sizes)} sizes given, but the FPN has "
+            f"{levels} levels ({len(m.backbone.stages)} stages + P6 and P7)")
+    if m.family == "fcos" and (m.neck.out_channels % 32 or m.neck.out_channels < 64):
+        # GroupNorm with one channel per group has nothing to normalise on a 1x1 level (P7) of one image
+        raise DynamicDetError(f"recipe key model.neck.out_channels: FCOS's head needs a multiple of 32 from 64 "
+                              f"up (GroupNorm of 32 groups, 2 channels each at least), got {m.neck.out_channels}")
+    if m.family == "retinanet" and m.retinanet.bg_iou_thresh > m.retinanet.fg_iou_thresh:
+        raise DynamicDetError("recipe keys model.retinanet.bg_iou_thresh/fg_iou_thresh: the background threshold "
+                              "may not exceed the foreground one")
+
+
 def _check_consistency(recipe: Recipe) -> None:
     """Rules that involve more than one key."""
     m = recipe.model
@@ -247,12 +297,17 @@ def _check_consistency(recipe: Recipe) -> None:
         raise DynamicDetError("recipe keys model.backbone.depths/widths: need 4 values each, one per stage")
     if sorted(set(stages)) != list(stages) or not all(1 <= s <= 4 for s in stages):
         raise DynamicDetError(f"recipe key model.backbone.stages: {list(stages)} must be increasing stage numbers from 1 to 4")
-    if len(m.rpn.anchor_sizes) != len(stages) + 1:
+    if m.family in ONE_STAGE_FAMILIES:
+        _check_one_stage(m)
+    elif len(m.rpn.anchor_sizes) != len(stages) + 1:
         raise DynamicDetError(
             f"recipe key model.rpn.anchor_sizes: {len(m.rpn.anchor_sizes)} sizes given, but the FPN has "
             f"{len(stages) + 1} levels ({len(stages)} stages + 1 pooled level)")
     if len(m.transform.image_mean) != 3 or len(m.transform.image_std) != 3:
         raise DynamicDetError("recipe keys model.transform.image_mean/image_std: need 3 values each (RGB)")
+    if m.backbone.kind != "resnet" and m.backbone.weights:
+        raise DynamicDetError(f"recipe key model.backbone.weights: {m.backbone.weights!r} are ResNet weights, but "
+                              f"model.backbone.kind is {m.backbone.kind}; set model.backbone.weights: ''")
     if m.loss_weight1 == 0 and m.loss_weight2 == 0:
         raise DynamicDetError("recipe keys model.loss_weight1/loss_weight2: at least one must be positive")
 

@@ -24,8 +24,15 @@ def route_params(model: torch.nn.Module) -> dict[str, int]:
 def route_flops(model: torch.nn.Module, height: int, width: int) -> dict[str, float]:
     """FLOPs (multiply and add counted apart, i.e. 2 x MACs) of one image per route.
 
-    Counted by torch's FlopCounterMode on a real forward pass of a random image; operators
-    it does not know (RoIAlign, NMS) count zero, as they are cheap next to convolutions.
+    Counted by torch's FlopCounterMode on a real forward pass of one random height x width
+    image, resized by the model's transform as any input is (so a square image of the recipe's
+    test size runs at that size). Routes: easy = backbone 1 + router + head 1; hard = backbone 1
+    + router + composite + backbone 2 + head 2 (ROUTE_PARTS). What is counted: convolutions and
+    matrix products (linear layers), as torchvision's and the papers' figures count them.
+    What counts zero: element-wise work (normalisation, activations, additions, resizing,
+    sigmoid), RoIAlign, NMS and top-k, all cheap next to convolutions. A Faster R-CNN box head
+    costs in proportion to the proposals that survive the RPN's NMS (at most
+    post_nms_top_n_test); a one-stage head's cost does not depend on the image's content.
     """
     was_training = model.training
     model.eval()

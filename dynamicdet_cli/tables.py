@@ -10,6 +10,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from dynamicdet_cli.recipe import ONE_STAGE_FAMILIES
 from dynamicdet_cli.regime import Regime
 
 
@@ -21,34 +22,58 @@ def _fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = None) -> Group:
-    """What a checkpoint holds and the cost of each route; then the stored latencies and
-    operating points, each with its regime, as tables of their own."""
-    from dynamicdet_cli.checkpoint import model_from_checkpoint
+def _backbone_text(b: dict) -> str:
+    return f"ResNet-{b['depth']}" if b["kind"] == "resnet" else f"RegNet (widths {b['widths']})"
+
+
+def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int | None) -> None:
+    """Family, architecture, input size, and parameters and FLOPs of each route (summary.py)."""
     from dynamicdet_cli.summary import route_flops, route_params
 
-    m = ckpt["recipe"]["model"]
-    model = model_from_checkpoint(ckpt)
     params = route_params(model)
     side = image_size or m["transform"]["min_size"][-1]
     flops = route_flops(model, side, side) if count_flops else None
-
-    table = Table(title="dynamicdet checkpoint", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
     b = m["backbone"]
-    table.add_row("detector", f"Dy-{m['family']} ResNet-{b['depth']} x2, FPN {m['neck']['out_channels']}, "
-                              f"stages {b['stages']}, shared stem: {b['share_stem']}")
-    table.add_row("classes", f"{len(ckpt['classes'])}: {escape(', '.join(ckpt['classes'][:8]))}"
-                             + (" ..." if len(ckpt["classes"]) > 8 else ""))
+    extra = " + P6, P7" if m["family"] in ONE_STAGE_FAMILIES else ""
+    table.add_row("family", m["family"])
+    table.add_row("detector", f"Dy-{m['family']}: 2 x {_backbone_text(b)}, FPN {m['neck']['out_channels']} over "
+                              f"stages {b['stages']}{extra}, shared stem: {b['share_stem']}")
     table.add_row("input size", f"min {m['transform']['min_size']}, max {m['transform']['max_size']}")
-    for route in ("easy", "hard"):
+    for route, parts in (("easy", "backbone 1 + router + head 1"),
+                         ("hard", "backbone 1 + router + composite + backbone 2 + head 2")):
         cost = f"{params[route] / 1e6:.2f} M params"
         if flops:
             # torchvision and the papers quote multiply-adds as "GFLOPs"; show both
             cost += f", {flops[route] / 2e9:.2f} GMACs ({flops[route] / 1e9:.2f} GFLOPs) at {side}x{side}"
-        table.add_row(f"{route} route", cost)
+        table.add_row(f"{route} route", f"{cost} ({parts})")
     table.add_row("total parameters", f"{params['total'] / 1e6:.2f} M")
+
+
+def recipe_info_table(recipe: dict, count_flops: bool = True, image_size: int | None = None) -> Table:
+    """What a recipe builds and what each route costs, on fresh weights (the recipe's num_classes)."""
+    from dynamicdet_cli.model.build import build_model
+    from dynamicdet_cli.recipe import recipe_from_dict
+
+    m = recipe["model"]
+    table = Table(title="dynamicdet recipe", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    _model_rows(table, m, build_model(recipe_from_dict(recipe).model), count_flops, image_size)
+    table.add_row("classes", str(m["num_classes"]))
+    return table
+
+
+def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = None) -> Group:
+    """What a checkpoint holds and the cost of each route; then the stored latencies and
+    operating points, each with its regime, as tables of their own."""
+    from dynamicdet_cli.checkpoint import model_from_checkpoint
+
+    table = Table(title="dynamicdet checkpoint", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    _model_rows(table, ckpt["recipe"]["model"], model_from_checkpoint(ckpt), count_flops, image_size)
+    table.add_row("classes", f"{len(ckpt['classes'])}: {escape(', '.join(ckpt['classes'][:8]))}"
+                             + (" ..." if len(ckpt["classes"]) > 8 else ""))
     training = ckpt["training"]
     table.add_row("detectors", "fresh weights (not trained)" if not training else
                   f"trained {training.get('epochs', '?')} epochs; " +

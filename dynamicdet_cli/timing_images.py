@@ -66,9 +66,12 @@ def validation_images(ckpt: dict, batch_size: int, limit: int = 128) -> TimingIm
     if not ann or not folder:
         raise DynamicDetError("the checkpoint does not record where its validation images are (train-router "
                               "of an older dynamicdet; rerun it to record them)")
-    if not Path(ann).is_file() or not Path(folder).is_dir():
-        missing = ann if not Path(ann).is_file() else folder
+    if not Path(ann).exists() or not Path(folder).is_dir():
+        missing = ann if not Path(ann).exists() else folder
         raise DynamicDetError(f"the validation images recorded in the checkpoint are gone ({missing} not found)")
+    if Path(ann).is_dir():  # YOLO-format data: the recorded "dataset" is the split's label folder
+        from dynamicdet_cli.data.yolo import YoloLabels
+        ann = YoloLabels(images=Path(folder), labels=Path(ann), names=tuple(ckpt["classes"]))
     dataset = CocoDataset(ann, folder, transforms=build_transforms(False))
     position = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     ids = [i for i in val["image_ids"] if i in position]

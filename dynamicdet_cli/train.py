@@ -42,6 +42,7 @@ from dynamicdet_cli.inference import evaluate_both
 from dynamicdet_cli.model.build import build_model, needs_masks
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with_overrides
+from dynamicdet_cli.starting_weights import initialise
 
 STATE_FORMAT = "dynamicdet-run-state"
 
@@ -299,6 +300,8 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     """Train both detectors jointly; write the run folder; return what happened.
 
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
+    A fresh run starts from `init` (a file or torchvision:NAME) or else the recipe's
+    model.backbone.weights (starting_weights.initialise); a resumed run from its state.
     """
     env, device = init_distributed(device_name)
     run = Path(run)
@@ -328,7 +331,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     seed_everything(cfg.seed)
     model = build_model(recipe.model, num_classes=train_set.num_classes)
     model.router.requires_grad_(False)  # step 1 trains the detectors only
-    init_note = load_init_weights_if(model, init) if state is None else None
+    init_note = initialise(model, init, recipe.model.backbone) if state is None else None
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = len(_train_loader(train_set, cfg, env, 0))
@@ -398,10 +401,3 @@ def _flat_val(val: dict | None) -> dict:
     if not val:
         return {}
     return {f"{d}_{k}": v for d in ("d1", "d2") for k, v in val[d].items() if k in ("AP", "AP50", "mask_AP")}
-
-
-def load_init_weights_if(model, init: str | None) -> str | None:
-    if not init:
-        return None
-    from dynamicdet_cli.model.pretrained import load_init_weights
-    return load_init_weights(model, init)

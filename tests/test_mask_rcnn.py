@@ -165,7 +165,7 @@ def test_init_from_a_torchvision_mask_rcnn_state_dict(tmp_path, one_thread):
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-    from dynamicdet_cli.model.pretrained import load_init_weights
+    from dynamicdet_cli.starting_weights import load_init_weights
 
     torch.manual_seed(1)
     theirs = MaskRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=None,
@@ -176,7 +176,7 @@ def test_init_from_a_torchvision_mask_rcnn_state_dict(tmp_path, one_thread):
                                                                  "model.roi_heads.representation_size=32"])
     torch.manual_seed(0)
     ours = build_model(recipe.model)
-    note = load_init_weights(ours, tmp_path / "maskrcnn.pt")
+    note = load_init_weights(ours, str(tmp_path / "maskrcnn.pt"))
     assert "torchvision detector state dict" in note and "skipped" not in note
     for head in (ours.head1, ours.head2):
         assert_close(head.roi_heads.mask_predictor.mask_fcn_logits.weight,

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.io import decode_png, read_file
+from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.predict import list_images, predict, summary_table
+from dynamicdet_cli.predict import CAPTION_HEIGHT, list_images, predict, summary_table
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
@@ -84,10 +85,45 @@ def test_good_images_written_bad_ones_skipped(model, mixed_folder, tmp_path):
     renders = sorted(p.name for p in (out / "render").iterdir())
     assert renders == ["a_rgb.png", "b_gray.png", "c_photo.png"]  # no temporary files left
     drawn = decode_png(read_file(str(out / "render" / "b_gray.png")))
-    assert drawn.shape == (3, 40, 40)
+    assert drawn.shape == (3, CAPTION_HEIGHT + 512, 512)  # 40 px scaled up, under its caption
     assert set(summary.latency_ms) == {"easy", "hard"} and summary.latency_ms["easy"] is None
     assert summary.latency_ms["hard"] > 0
     assert summary_table(summary).row_count >= 5
+
+
+def test_a_small_image_renders_large_with_a_caption(model, tmp_path):
+    """A 128 px image's render is 512 px on its longer side, under a caption strip: with no
+    detection drawn (conf 1) the picture part is the plain upscaled image, the caption is
+    text (not a blank strip), and it says the route: easy and hard captions differ."""
+    Image.fromarray(_noise(128, 96, 3)).save(tmp_path / "small.png")
+    drawn = {}
+    for route in ("easy", "hard"):
+        out = tmp_path / route
+        _run(model, [tmp_path / "small.png"], out, route=route, conf=1.0)
+        drawn[route] = decode_png(read_file(str(out / "render" / "small.png")))
+    image = torch.from_numpy(_noise(128, 96, 3)).permute(2, 0, 1)
+    plain = F.resize(image, [512, 384], antialias=True)
+    for picture in drawn.values():
+        assert picture.shape == (3, CAPTION_HEIGHT + 512, 384)
+        assert torch.equal(picture[:, CAPTION_HEIGHT:], plain)
+        caption = picture[:, :CAPTION_HEIGHT]
+        assert (caption != plain[:, :CAPTION_HEIGHT]).any()
+        assert len(torch.unique(caption.reshape(3, -1), dim=1).T) > 10  # anti-aliased text, not a flat band
+    assert not torch.equal(drawn["easy"][:, :CAPTION_HEIGHT], drawn["hard"][:, :CAPTION_HEIGHT])
+
+
+def test_boxes_scale_with_the_render(model, tmp_path):
+    """A detection at the top-left quarter of a 64 px image is drawn in that quarter of the
+    512 px render: its box colour shows there and nowhere in the bottom-right quarter."""
+    from dynamicdet_cli.predict import PALETTE, _render
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    det = {"boxes": torch.tensor([[4.0, 4.0, 28.0, 28.0]]), "labels": torch.tensor([1]),
+           "scores": torch.tensor([0.9]), "difficulty": 0.25, "route": "easy"}
+    picture = decode_png(read_file(str(_render(image, det, CLASSES, tmp_path / "r.png"))))[:, CAPTION_HEIGHT:]
+    red = torch.tensor([int(PALETTE[0][i:i + 2], 16) for i in (1, 3, 5)]).view(3, 1, 1)
+    hits = (picture == red).all(dim=0).nonzero()  # y,x of the box outline
+    assert len(hits) > 0
+    assert hits.min() >= 4 * 8 - 2 and hits[:, 0].max() <= 28 * 8 + 2 and hits[:, 1].max() <= 28 * 8 + 2
 
 
 def test_conf_filters_json_and_no_render(model, mixed_folder, tmp_path):

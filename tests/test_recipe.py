@@ -28,7 +28,11 @@ def test_shipped_recipes_load(path):
 
 
 def test_base_recipe_matches_the_defaults():
-    assert load_recipe(BASE) == Recipe()
+    # Except its ImageNet starting weights: the default is none, which is what a checkpoint
+    # written before the key existed means.
+    base = load_recipe(BASE)
+    assert base.model.backbone.weights == "torchvision:ResNet50_Weights.IMAGENET1K_V1"
+    assert with_overrides(base, ['model.backbone.weights=""']) == Recipe()
 
 
 def test_base_inheritance_merges_section_by_section():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dynamicdet_cli.data import CocoDataset, load_data_config, make_shapes
+from dynamicdet_cli.data import shapes
 from dynamicdet_cli.data.shapes import CLASSES, render_image
 from dynamicdet_cli.errors import DynamicDetError
 
@@ -24,6 +25,14 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a == b
     assert a["train/000000.png"] != c["train/000000.png"]
     assert {"data.yaml", "train.json", "val.json", "train/000005.png", "val/000001.png"} <= set(a)
+
+
+def test_drawing_in_parallel_processes_writes_the_same_bytes(tmp_path, monkeypatch):
+    serial = _files(make_shapes(tmp_path / "serial", n_train=20, n_val=3, size=48, seed=5).parent)
+    monkeypatch.setattr(shapes, "PARALLEL_FROM", 4)
+    monkeypatch.setattr(shapes.os, "cpu_count", lambda: 2)  # two workers even on a one-core machine
+    parallel = _files(make_shapes(tmp_path / "parallel", n_train=20, n_val=3, size=48, seed=5).parent)
+    assert parallel == serial
 
 
 def test_output_loads_as_coco_dataset(tmp_path):

@@ -57,6 +57,10 @@ class CocoDataset(torch.utils.data.Dataset):
     (path, reason); an image that still fails to decode later makes `__getitem__` return
     None, which `collate` drops. Without it, any such file raises DynamicDetError.
 
+    `ann_file` is a COCO JSON path, or an in-memory source of the same index: an object with
+    `to_coco(skip_bad_images) -> (COCO dict, skipped)` and a `name`, such as a YOLO-format
+    split (data/yolo.py's YoloLabels), whose images left out are listed in `skipped` too.
+
     With `masks=True` (families that segment, such as Mask R-CNN) every target also holds
     each kept box's instance mask, decoded from its COCO `segmentation` (polygons, RLE or
     uncompressed RLE) by pycocotools; an annotation without one is refused at construction,
@@ -65,13 +69,13 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        ann_file: str | Path,
+        ann_file: str | Path | Any,
         image_dir: str | Path,
         transforms: Callable | None = None,
         skip_bad_images: bool = False,
         masks: bool = False,
     ) -> None:
-        self.ann_file = Path(ann_file)
+        self.ann_file = Path(ann_file.name) if hasattr(ann_file, "to_coco") else Path(ann_file)
         self.masks = masks
         self.image_dir = Path(image_dir)
         self.transforms = transforms
@@ -79,7 +83,11 @@ class CocoDataset(torch.utils.data.Dataset):
         if not self.image_dir.is_dir():
             raise DynamicDetError(f"image folder {self.image_dir} does not exist")
 
-        data = _read_json(self.ann_file)
+        self.skipped: list[tuple[str, str]] = []
+        if hasattr(ann_file, "to_coco"):
+            data, self.skipped = ann_file.to_coco(skip_bad_images)
+        else:
+            data = _read_json(self.ann_file)
         _validate(data, self.ann_file.name)
         self.coco = COCO()
         self.coco.dataset = data
@@ -95,7 +103,6 @@ class CocoDataset(torch.utils.data.Dataset):
         self.n_degenerate = sum(self.dropped.values())
         self.n_boxes = sum(len(labels) for _, labels in self._boxes.values())
 
-        self.skipped: list[tuple[str, str]] = []
         self.image_ids: list[int] = self._check_images(sorted(self.coco.imgs))
 
     # -- construction ------------------------------------------------------------------
@@ -119,11 +126,11 @@ class CocoDataset(torch.utils.data.Dataset):
                       else "outside the image" if x2 <= x1 or y2 <= y1 else None)
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
-                self._first_bad.setdefault(reason, ann["id"])
+                self._first_bad.setdefault(reason, _where(ann))
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 n_clipped += 1
-                self._first_bad.setdefault("clipped", ann["id"])
+                self._first_bad.setdefault("clipped", _where(ann))
             boxes, labels = per_image[ann["image_id"]]
             boxes.append((x1, y1, x2, y2))
             labels.append(self._label_of[ann["category_id"]])
@@ -159,12 +166,12 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def box_report(self) -> str:
         """One line: which boxes were dropped or clipped and why, with an example annotation id."""
-        parts = [f"{n} {reason} (e.g. annotation {self._first_bad[reason]})" for reason, n in self.dropped.items()]
+        parts = [f"{n} {reason} (e.g. {self._first_bad[reason]})" for reason, n in self.dropped.items()]
         text = f"{self.ann_file.name}: dropped {self.n_degenerate} box(es): {', '.join(parts)}" if parts else \
             f"{self.ann_file.name}: dropped no box"
         if self.n_clipped:
             text += (f"; clipped {self.n_clipped} box(es) reaching beyond the image to its edges "
-                     f"(e.g. annotation {self._first_bad['clipped']})")
+                     f"(e.g. {self._first_bad['clipped']})")
         return text
 
     def _check_images(self, ids: list[int]) -> list[int]:
@@ -273,6 +280,11 @@ class CocoDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         """Number of object classes, background excluded."""
         return len(self.cat_ids)
+
+
+def _where(ann: dict) -> str:
+    """How a message points at one annotation: its label file and line (YOLO data) or its id."""
+    return ann.get("source") or f"annotation {ann['id']}"
 
 
 def collate(batch: list) -> tuple[list[Tensor], list[dict]]:
@@ -405,15 +417,16 @@ def _is_finite(v: Any) -> bool:
 @dataclass(frozen=True)
 class DataConfig:
     """Where a dataset lives. Paths are absolute or relative to the data YAML's folder
-    (resolved at load). `val_ann`/`val_images` are both set or both None, and so are
+    (resolved at load). For YOLO-format data (data/yolo.py) each `*_ann` is a YoloLabels (the
+    split's label folder and class names) instead of a COCO JSON path. `val_ann`/`val_images` are both set or both None, and so are
     `router_ann`/`router_images`: an optional split of images the detectors never train on,
     whose losses are the router's targets (train-router)."""
 
-    train_ann: Path
+    train_ann: Path | Any
     train_images: Path
-    val_ann: Path | None = None
+    val_ann: Path | Any | None = None
     val_images: Path | None = None
-    router_ann: Path | None = None
+    router_ann: Path | Any | None = None
     router_images: Path | None = None
 
     @property
@@ -430,7 +443,8 @@ _DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images", "router_ann"
 
 def load_data_config(path: str | Path) -> DataConfig:
     """Read a data YAML (keys train_ann, train_images, optional val_ann, val_images and
-    router_ann, router_images) and check that every path it names exists."""
+    router_ann, router_images) and check that every path it names exists. A YOLO-format
+    data YAML (path, train, val, names) is read by data/yolo.py."""
     path = Path(path)
     if not path.is_file():
         raise DynamicDetError(f"data file {path} does not exist")
@@ -440,6 +454,9 @@ def load_data_config(path: str | Path) -> DataConfig:
         raise DynamicDetError(f"{path.name}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise DynamicDetError(f"{path.name}: expected a mapping with keys {', '.join(_DATA_KEYS)}")
+    from dynamicdet_cli.data.yolo import is_yolo_yaml, yolo_data_config  # yolo.py builds on this module
+    if is_yolo_yaml(raw):
+        return yolo_data_config(path, raw)
     for key in raw:
         if key not in _DATA_KEYS:
             close = difflib.get_close_matches(str(key), _DATA_KEYS, n=1)

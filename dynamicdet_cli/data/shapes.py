@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
+import os
 import shutil
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from dynamicdet_cli.errors import DynamicDetError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
 MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate
+PARALLEL_FROM = 256  # splits this large are drawn by one process per core (up to MAX_WORKERS)
+MAX_WORKERS = 8
 
 
 def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 128, seed: int = 0,
@@ -91,15 +95,19 @@ def _prepare(out: Path, force: bool) -> None:
 
 
 def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) -> dict:
+    jobs = [(folder, size, seed, split_index, i) for i in range(n)]
+    workers = min(os.cpu_count() or 1, MAX_WORKERS) if n >= PARALLEL_FROM else 1
+    if workers > 1:
+        # Each image depends only on (seed, split, index): drawing them in parallel processes
+        # writes the same bytes. fork, where there is one, starts a worker in milliseconds.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
+            drawn = pool.map(_draw_and_save, jobs, chunksize=32)
+    else:
+        drawn = [_draw_and_save(job) for job in jobs]
     images, annotations = [], []
-    for i in range(n):
-        # One generator per image: an image depends only on (seed, split, index).
-        rng = np.random.default_rng([seed, split_index, i])
-        d = float(rng.uniform())
-        pixels, objects = render_image(rng, d, size)
-        name = f"{i:06d}.png"
-        Image.fromarray(pixels).save(folder / name, compress_level=1)
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
+    for i, (d, objects) in enumerate(drawn):
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size,
                        "difficulty": round(d, 4)})
         for cls, box, area, mask in objects:
             x1, y1, x2, y2 = box
@@ -108,6 +116,16 @@ def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) ->
                                 "segmentation": encode_mask(mask)})
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _draw_and_save(job: tuple) -> tuple[float, list]:
+    """Draw image `i` of a split, save it as NNNNNN.png in `folder`; return (d, objects)."""
+    folder, size, seed, split_index, i = job
+    rng = np.random.default_rng([seed, split_index, i])  # one generator per image
+    d = float(rng.uniform())
+    pixels, objects = render_image(rng, d, size)
+    Image.fromarray(pixels).save(folder / f"{i:06d}.png", compress_level=1)
+    return d, objects
 
 
 def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndarray, list]:

@@ -8,7 +8,6 @@ as `dict[int, Tensor]` keyed by stage number 1..4 (stage l has stride 2**(l+1): 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import regnet, resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -116,21 +115,17 @@ class RegNetBackbone(StageBackbone):
             first_stage=first_stage, stem_stride=2)
 
 
-def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:
-    """Initialise `backbone` from a local torchvision ResNet state dict; returns tensors loaded.
+def load_resnet_state(backbone: StageBackbone, state: dict, source: str) -> int:
+    """Load a torchvision ResNet state dict into `backbone`; returns the tensors loaded.
 
-    Keys follow torchvision's ResNet (conv1.*, bn1.*, layerN.*); `fc.*` is ignored.
+    state: keys as torchvision's ResNet names them (conv1.*, bn1.*, layerN.*); `fc.*` is ignored,
+    and so are BatchNorm counters a frozen-BN backbone has no place for. source: names the
+    weights in error messages (a file or a torchvision weights name). Reading files and
+    fetching named weights is `starting_weights.py`'s job, not the model's.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DynamicDetError(f"{path}: backbone weights file not found") from None
-    except Exception as err:  # torch raises many types for a bad file
-        raise DynamicDetError(f"{path}: not a readable torch state dict ({type(err).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not any(k.startswith("layer1.") for k in state):
-        raise DynamicDetError(f"{path}: not a torchvision ResNet state dict (no layer1.* keys)")
+    if not any(k.startswith("layer1.") for k in state):
+        raise DynamicDetError(f"{source}: not a torchvision ResNet state dict (no layer1.* keys)")
+    own = backbone.state_dict()
     renamed = {}
     for key, value in state.items():
         if key.startswith(("conv1.", "bn1.")) and backbone.stem is not None:
@@ -140,18 +135,18 @@ def load_backbone_weights(backbone: ResNetBackbone, path: str) -> int:
             stage, rest = key[len("layer"):].split(".", 1)
             if int(stage) >= backbone.first_stage:
                 renamed[f"stages.{stage}.{rest}"] = value
-    own = backbone.state_dict()
+    renamed = {k: v for k, v in renamed.items() if k in own or not k.endswith("num_batches_tracked")}
     extra = [k for k in renamed if k not in own]
     if extra:
-        raise DynamicDetError(f"{path}: {len(extra)} tensors have no place in this backbone, e.g. {extra[0]} "
+        raise DynamicDetError(f"{source}: {len(extra)} tensors have no place in this backbone, e.g. {extra[0]} "
                               "(is model.backbone.depth right?)")
     for key, value in renamed.items():
         if own[key].shape != value.shape:
             raise DynamicDetError(
-                f"{path}: {key} has shape {tuple(value.shape)}, the recipe's backbone expects "
+                f"{source}: {key} has shape {tuple(value.shape)}, the recipe's backbone expects "
                 f"{tuple(own[key].shape)} (is model.backbone.depth right?)")
     missing = [k for k in own if k not in renamed and not k.endswith("num_batches_tracked")]
     if missing:
-        raise DynamicDetError(f"{path}: {len(missing)} backbone tensors missing, e.g. {missing[0]} (wrong depth?)")
+        raise DynamicDetError(f"{source}: {len(missing)} backbone tensors missing, e.g. {missing[0]} (wrong depth?)")
     backbone.load_state_dict(renamed, strict=False)
     return len(renamed)

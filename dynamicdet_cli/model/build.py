@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from dynamicdet_cli.errors import DynamicDetError
-from dynamicdet_cli.model.backbone import (RegNetBackbone, ResNetBackbone, StageBackbone, build_regnet,
-                                          build_resnet, load_backbone_weights)
+from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, StageBackbone, build_regnet, build_resnet
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.model.heads import build_faster_rcnn_head
 from dynamicdet_cli.model.mask_rcnn_head import build_mask_rcnn_head
+from dynamicdet_cli.model.one_stage_heads import build_fcos_head, build_retinanet_head
 from dynamicdet_cli.model.router import Router
 
 # Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
 HEAD_BUILDERS = {
     "faster_rcnn": build_faster_rcnn_head,
     "mask_rcnn": build_mask_rcnn_head,
+    "fcos": build_fcos_head,
+    "retinanet": build_retinanet_head,
 }
 # Families whose training and evaluation need instance masks in the data.
 SEGMENTING_FAMILIES = ("mask_rcnn",)
@@ -41,22 +42,16 @@ def build_backbone(b, first_stage: int) -> StageBackbone:
     return ResNetBackbone(build_resnet(b.depth, b.norm), first_stage)
 
 
-def build_model(cfg, num_classes: int | None = None, backbone_weights: str | None = None) -> DynamicDetector:
-    """Build a DynamicDetector from a recipe's ModelConfig.
+def build_model(cfg, num_classes: int | None = None) -> DynamicDetector:
+    """Build a DynamicDetector with fresh weights from a recipe's ModelConfig.
 
     num_classes: overrides cfg.num_classes (training takes the data's classes).
-    backbone_weights: a local torchvision ResNet state dict loaded into both backbones.
+    Starting weights (cfg.backbone.weights, --init) are loaded by starting_weights.py.
     """
     b = cfg.backbone
     num_classes = num_classes or cfg.num_classes
     backbone1 = build_backbone(b, first_stage=1)
     backbone2 = build_backbone(b, first_stage=2 if b.share_stem else 1)
-    if backbone_weights:
-        if b.kind != "resnet":
-            raise DynamicDetError("--backbone-weights takes a torchvision ResNet state dict; "
-                                  f"this recipe's backbone is {b.kind}")
-        load_backbone_weights(backbone1, backbone_weights)
-        load_backbone_weights(backbone2, backbone_weights)
     composite = DenseHigherLevelComposition(
         src_channels=backbone1.out_channels, dst_channels=backbone2.in_channels,
         dst_stages=list(range(backbone2.first_stage, 5)), zero_init=cfg.composite.zero_init,

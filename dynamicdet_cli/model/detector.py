@@ -43,17 +43,18 @@ class DynamicDetector(nn.Module):
         backbone1, backbone2: StageBackbone (ResNet or RegNet); backbone2 may start at stage 2 (shared stem).
         composite: the connection G from backbone 1's stages to backbone 2's stage inputs.
         router: Router over `pool_features(F1, router_stages)`.
-        head1, head2: detector heads (see model/heads.py).
+        head1, head2: detector heads of one family (model/heads.py, model/one_stage_heads.py).
         router_stages: backbone-1 stages pooled for the router.
         loss_weights: (w1, w2) of the joint training loss.
 
     Training forward(images, targets) -> dict of losses:
         images: list of FloatTensor[3,H,W] in [0, 1]; targets: list of dict(boxes FloatTensor[N,4]
         x1y1x2y2 in pixels, labels Int64Tensor[N] in 1..num_classes).
-        Keys: "d1/<part>" and "d2/<part>" for each torchvision loss part (loss_objectness,
-        loss_rpn_box_reg, loss_classifier, loss_box_reg; loss_mask for Mask R-CNN heads, whose
-        targets also hold masks UInt8Tensor[N,H,W]), "d1/total", "d2/total", and "loss"
-        = w1 * d1/total + w2 * d2/total.
+        Keys: "d1/<part>" and "d2/<part>" for each torchvision loss part of the family (Faster
+        R-CNN: loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg; Mask R-CNN: those
+        and loss_mask, its targets also holding masks UInt8Tensor[N,H,W]; FCOS: classification,
+        bbox_regression, bbox_ctrness; RetinaNet: classification, bbox_regression), "d1/total",
+        "d2/total", and "loss" = w1 * d1/total + w2 * d2/total.
 
     Eval forward(images, route="easy"|"hard"|tau) -> list of dict per image, input order:
         boxes FloatTensor[N,4] x1y1x2y2 in the input image's pixels, labels Int64Tensor[N],

@@ -132,7 +132,8 @@ def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classe
         post_nms_top_n=dict(training=r.post_nms_top_n_train, testing=r.post_nms_top_n_test),
         nms_thresh=r.nms_thresh,
     )
-    pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))], output_size=7, sampling_ratio=h.sampling_ratio)
+    pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))], output_size=7, sampling_ratio=h.sampling_ratio,
+                              canonical_scale=h.canonical_scale)
     roi_heads = RoIHeads(
         pool, TwoMLPHead(c * 7 * 7, h.representation_size),
         FastRCNNPredictor(h.representation_size, num_classes + 1),

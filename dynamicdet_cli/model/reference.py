@@ -1,4 +1,4 @@
-"""Detector 1 as a plain torchvision FasterRCNN (or MaskRCNN) built from the same modules.
+"""Detector 1 as a plain torchvision detector (FasterRCNN, MaskRCNN, FCOS, RetinaNet) built from the same modules.
 
 The reference the easy route is checked against (tests) and timed against (bench/): it
 shares detector 1's weights and the recipe's settings, so any difference in detections or
@@ -8,11 +8,11 @@ speed is the dynamic plumbing's.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 
 
 class _BackboneWithNeck(nn.Module):
-    """Backbone 1 + detector 1's FPN, in the shape torchvision's FasterRCNN expects."""
+    """Backbone 1 + detector 1's FPN, in the shape torchvision's detectors expect."""
 
     def __init__(self, backbone, head):
         super().__init__()
@@ -51,3 +51,38 @@ def _faster_rcnn_arguments(model, cfg) -> dict:
         box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
         box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
     )
+
+
+def _transform_args(cfg) -> dict:
+    t = cfg.transform
+    return dict(min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean), image_std=list(t.image_std))
+
+
+def torchvision_fcos(model, cfg) -> FCOS:
+    """A plain torchvision FCOS sharing detector 1's modules and the recipe's settings.
+    Its labels count from 0: label l of ours is its l - 1 (see model/one_stage_heads.py)."""
+    h1, f = model.head1, cfg.fcos
+    return FCOS(_BackboneWithNeck(model.backbone1, h1), num_classes=None, **_transform_args(cfg),
+                anchor_generator=h1.anchor_generator, head=h1.head, center_sampling_radius=f.center_sampling_radius,
+                score_thresh=f.score_thresh, nms_thresh=f.nms_thresh, detections_per_img=f.detections_per_img,
+                topk_candidates=f.topk_candidates).eval()
+
+
+def torchvision_retinanet(model, cfg) -> RetinaNet:
+    """A plain torchvision RetinaNet sharing detector 1's modules and the recipe's settings.
+    Its labels count from 0: label l of ours is its l - 1 (see model/one_stage_heads.py)."""
+    h1, r = model.head1, cfg.retinanet
+    return RetinaNet(_BackboneWithNeck(model.backbone1, h1), num_classes=None, **_transform_args(cfg),
+                     anchor_generator=h1.anchor_generator, head=h1.head, fg_iou_thresh=r.fg_iou_thresh,
+                     bg_iou_thresh=r.bg_iou_thresh, score_thresh=r.score_thresh, nms_thresh=r.nms_thresh,
+                     detections_per_img=r.detections_per_img, topk_candidates=r.topk_candidates).eval()
+
+
+REFERENCES = {"faster_rcnn": torchvision_faster_rcnn, "mask_rcnn": torchvision_mask_rcnn, "fcos": torchvision_fcos,
+              "retinanet": torchvision_retinanet}
+
+
+def torchvision_reference(model, cfg):
+    """Detector 1 of `model` as the plain torchvision detector of the recipe's family (eval mode)."""
+    return REFERENCES[cfg.family](model, cfg)
+

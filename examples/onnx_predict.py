@@ -1,0 +1,138 @@
+"""Run an exported dynamic detector with onnxruntime: each image takes the route its difficulty asks for.
+
+    dynamicdet export runs/demo/best.pt --format onnx -o exported
+    python examples/onnx_predict.py exported images/*.png [--point NAME | --tau 0.4] [--batch-size 8]
+
+Needs only numpy, Pillow and onnxruntime (no torch). Prints one JSON line per image:
+{"file", "route", "difficulty", "detections": [{"box" [x1, y1, x2, y2] pixels, "score", "label"}]}.
+
+How the three graphs chain (see dynamicdet_cli/export_onnx.py for their inputs and outputs):
+graph 1 (backbone 1 + router) runs on a batch of same-size images; then each image whose
+difficulty phi is at most tau runs the easy graph (detector 1), every other image the hard
+graph (composite connection + backbone 2 + detector 2). Easy images never run backbone 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+META_FILE = "dynamicdet.json"
+
+
+class DynamicDetONNX:
+    """The three graphs of an export folder, chained per image.
+
+    detect(images, tau) -> one dict per image, input order: boxes float32 N,4 (x1y1x2y2 in
+    the image's pixels), labels int64 N (1-based: class names[label - 1]), scores float32 N,
+    difficulty (phi, float), route ("easy" or "hard"). images: float32 arrays 3,H,W, RGB in
+    [0, 1]; images of one size share one run of graph 1.
+    """
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        if not (folder / META_FILE).is_file():
+            raise SystemExit(f"error: {folder} has no {META_FILE}: give a folder written by `dynamicdet export --format onnx`")
+        self.meta = json.loads((folder / META_FILE).read_text())
+        if "onnx" not in self.meta:
+            raise SystemExit(f"error: {folder} holds no ONNX export; write one with `dynamicdet export --format onnx`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        graphs = self.meta["onnx"]["graphs"]
+        self.sessions = {name: ort.InferenceSession(str(folder / g["file"]), options, providers=["CPUExecutionProvider"])
+                         for name, g in graphs.items()}
+        self.inputs = {name: g["inputs"] for name, g in graphs.items()}
+        self.classes = self.meta["classes"]
+
+    def tau_for(self, point: str | None = None, tau: float | None = None) -> float:
+        """The threshold of a stored operating point, or `tau` itself; "easy" / "hard" route every image."""
+        if tau is not None:
+            return float(tau)
+        points = self.meta["operating_points"]
+        name = point or self.meta["default_point"]
+        if name == "easy":
+            return 1.0   # phi <= 1 always
+        if name == "hard":
+            return -1.0  # phi > -1 always
+        if name is None or name not in points:
+            raise SystemExit(f"error: no operating point {name!r} in the export ({', '.join(points) or 'none stored'}); "
+                             "give --tau or --point easy / hard")
+        return float(points[name]["tau"])
+
+    def backbone1_router(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph 1 on B,3,H,W -> its outputs by name."""
+        session = self.sessions["backbone1_router"]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, {"images": batch})))
+
+    def route(self, name: str, shared: dict[str, np.ndarray], i: int, original_size) -> list[np.ndarray]:
+        """The easy or hard graph on image i of graph 1's batch -> boxes, labels, scores."""
+        feed = {}
+        for key in self.inputs[name]:
+            if key == "original_size":
+                feed[key] = np.asarray(original_size, dtype=np.int64)
+            elif key == "image_size":
+                feed[key] = shared[key]
+            else:
+                feed[key] = shared[key][i:i + 1]  # one image: the detector graphs' batch is 1
+        return self.sessions[name].run(None, feed)
+
+    def detect(self, images: list[np.ndarray], tau: float, batch_size: int = 8) -> list[dict]:
+        results: list[dict | None] = [None] * len(images)
+        by_size: dict[tuple, list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(index)
+        for shape, indices in by_size.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                shared = self.backbone1_router(np.stack([images[k] for k in chunk]).astype(np.float32))
+                for i, k in enumerate(chunk):
+                    phi = float(shared["phi"][i])
+                    route = "hard" if phi > tau else "easy"
+                    boxes, labels, scores = self.route(route, shared, i, shape[-2:])
+                    results[k] = {"boxes": boxes, "labels": labels, "scores": scores, "difficulty": phi, "route": route}
+        return results
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as float32 3,H,W RGB in [0, 1]."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", help="folder written by `dynamicdet export --format onnx`")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--point", help="stored operating point (default: the export's default), or easy / hard")
+    parser.add_argument("--tau", type=float, help="difficulty threshold: phi > tau takes the hard route")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per run of graph 1")
+    parser.add_argument("--conf", type=float, default=0.3, help="score threshold of printed detections")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads")
+    args = parser.parse_args(argv)
+    model = DynamicDetONNX(args.export, args.threads)
+    tau = model.tau_for(args.point, args.tau)
+    images = [read_image(p) for p in args.images]
+    for path, det in zip(args.images, model.detect(images, tau, args.batch_size)):
+        keep = det["scores"] >= args.conf
+        detections = [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4),
+                       "label": model.classes[int(lab) - 1]}
+                      for box, lab, s in zip(det["boxes"][keep], det["labels"][keep], det["scores"][keep])]
+        print(json.dumps({"file": str(path), "route": det["route"], "difficulty": round(det["difficulty"], 6),
+                          "detections": detections}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
