@@ -135,7 +135,24 @@ def test_predict_writes_and_draws_masks(model, data, tmp_path):
     coco = json.loads((out_dir / "predictions_coco.json").read_text())
     assert len(coco) == len(detections) and all("segmentation" in r for r in coco)
     rendered = decode_png(read_file(str(out_dir / "render" / "000000.png")))
-    assert rendered.shape == (3, 64, 64)
+    assert rendered.shape[0] == 3 and rendered.shape[-1] == 512  # scaled up to 512 px, caption on top
+
+
+def test_render_draws_the_masks(tmp_path):
+    from dynamicdet_cli.predict import _render
+
+    image = torch.full((3, 64, 64), 0.5)
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[0, 0, 10:30, 10:30] = 0.9
+    det = {"boxes": torch.tensor([[40.0, 40, 60, 60]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.8]),
+           "difficulty": 0.3, "route": "easy"}
+    plain = decode_png(read_file(str(_render(image, det, ["a"], tmp_path / "plain.png"))))
+    with_mask = decode_png(read_file(str(_render(image, {**det, "masks": masks}, ["a"], tmp_path / "mask.png"))))
+    changed = (plain != with_mask).any(dim=0)  # H,W
+    ys, xs = changed.nonzero(as_tuple=True)
+    height = plain.shape[1] - 512  # the caption strip above the 512 px image
+    # only the mask's square changed (scaled by 8), not the box at 40-60
+    assert changed.any() and xs.min() >= 80 - 2 and xs.max() < 240 + 2 and ys.min() >= height + 80 - 2
 
 
 def test_box_only_data_is_refused_before_training(data, tmp_path):
