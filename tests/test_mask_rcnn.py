@@ -53,9 +53,11 @@ def _targets(n_boxes: list[int], size: int = 64, seed: int = 0) -> list[dict]:
 
 
 def test_heads_are_mask_rcnn_heads(make_mask_model):
-    model = make_mask_model()
+    model = make_mask_model("model.roi_heads.canonical_scale=56")
     assert isinstance(model.head1, MaskRCNNHead) and isinstance(model.head2, MaskRCNNHead)
     assert model.head1.roi_heads.has_mask() and model.head2.roi_heads.has_mask()
+    roi = model.head1.roi_heads  # the mask branch reads each box from the box branch's level
+    assert roi.mask_roi_pool.canonical_scale == roi.box_roi_pool.canonical_scale == 56
 
 
 def test_easy_route_is_a_plain_torchvision_mask_rcnn(make_mask_model, mask_recipe, images):

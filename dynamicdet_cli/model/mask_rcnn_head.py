@@ -53,8 +53,10 @@ def build_mask_rcnn_head(in_channels: list[int], stages: list[int], num_classes:
     m = cfg.mask_head
     roi = box.roi_heads
     # torchvision's MaskRCNN is its FasterRCNN whose RoIHeads has these three parts set.
+    # The box branch's RoIAlign settings, so both branches read a box from the same level.
     roi.mask_roi_pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(len(stages))],
-                                           output_size=m.resolution, sampling_ratio=cfg.roi_heads.sampling_ratio)
+                                           output_size=m.resolution, sampling_ratio=cfg.roi_heads.sampling_ratio,
+                                           canonical_scale=cfg.roi_heads.canonical_scale)
     roi.mask_head = MaskRCNNHeads(cfg.neck.out_channels, list(m.layers), m.dilation)
     roi.mask_predictor = MaskRCNNPredictor(m.layers[-1], m.predictor_channels, num_classes + 1)
     return MaskRCNNHead(box.neck, box.rpn, roi, stages)
