@@ -109,23 +109,24 @@ def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) ->
     for i, (d, objects) in enumerate(drawn):
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size,
                        "difficulty": round(d, 4)})
-        for cls, box, area, mask in objects:
+        for cls, box, area, rle in objects:
             x1, y1, x2, y2 = box
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": area, "iscrowd": 0,
-                                "segmentation": encode_mask(mask)})
+                                "segmentation": rle})
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _draw_and_save(job: tuple) -> tuple[float, list]:
-    """Draw image `i` of a split, save it as NNNNNN.png in `folder`; return (d, objects)."""
+    """Draw image `i` of a split, save it as NNNNNN.png in `folder`; return (d, objects), each
+    object (class index, box, visible area, COCO RLE of its visible mask)."""
     folder, size, seed, split_index, i = job
     rng = np.random.default_rng([seed, split_index, i])  # one generator per image
     d = float(rng.uniform())
     pixels, objects = render_image(rng, d, size)
     Image.fromarray(pixels).save(folder / f"{i:06d}.png", compress_level=1)
-    return d, objects
+    return d, [(cls, box, area, encode_mask(mask)) for cls, box, area, mask in objects]
 
 
 def render_image(rng: np.random.Generator, d: float, size: int) -> tuple[np.ndarray, list]:
