@@ -17,20 +17,13 @@ import pytest
 import torch
 
 from helpers import one_error_line
-from test_cli_pipeline import FAST_SETS, N_TRAIN, N_VAL, cli, load, ok
+from test_cli_pipeline import FAST_SETS, N_VAL, cli, data, load, ok  # noqa: F401 (data: a shared fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
                                         "ignore:The image encoding:DeprecationWarning")
 
 FCOS_TINY = Path(__file__).resolve().parent.parent / "recipes" / "shapes-fcos-tiny.yaml"
 CLASSES = {"circle", "square", "triangle", "cross", "ring"}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes")
-    ok(cli("make-shapes", folder, "--train", N_TRAIN, "--val", N_VAL, "--size", 64, "--seed", 0))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 from torchvision.io import decode_png, read_file
-from typer.testing import CliRunner
 
-from dynamicdet_cli.cli import typer_app
 from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
 from helpers import one_error_line
+from test_cli_pipeline import FAST_SETS, N_VAL, cli, data, load, ok  # noqa: F401 (data: a shared fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
                                         "ignore:The image encoding:DeprecationWarning",
@@ -30,31 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWa
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 MASK_TINY = RECIPES / "shapes-mask-tiny.yaml"
-FAST = ["model.transform.min_size=[64]", "model.transform.max_size=64", "train.batch_size=2",
-        "train.workers=0", "train.warmup_iters=1"]
-FAST_SETS = [arg for key in FAST for arg in ("--set", key)]
-N_TRAIN, N_VAL = 8, 6
-
-
-def cli(*args):
-    return CliRunner().invoke(typer_app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output, result.output
-    return " ".join(result.output.split())
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes")
-    ok(cli("make-shapes", folder, "--train", N_TRAIN, "--val", N_VAL, "--size", 64, "--seed", 0))
-    return folder
 
 
 @pytest.fixture(scope="module")
