@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dynamicdet_cli.data.transforms import Transform
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.seeding import seed_sampling
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.stats import held_out
 
@@ -89,7 +90,7 @@ class _SeededViews(Dataset):
         position, view = divmod(j, self.views)
         image_id = int(self.dataset.image_ids[position])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, image_id, view))
+            seed_sampling(sample_seed(self.seed, image_id, view), torch.device("cpu"))  # the loader's transforms
             item = self.dataset[position]
             if item is None:
                 return None  # an unreadable image under skip_bad_images

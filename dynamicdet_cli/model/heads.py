@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -27,6 +26,8 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from dynamicdet_cli.model.seeding import seed_sampling
 
 
 class FasterRCNNHead(nn.Module):
@@ -59,7 +60,7 @@ class FasterRCNNHead(nn.Module):
 
         seeds[i][d] seeds image i's d-th draw (None: unseeded). For image i, each draw equals
         `sum(self(image_i_alone, its feats, [targets[i]])[1].values())` after
-        `torch.manual_seed(seeds[i][d])` (a test holds it to that): only the anchor sampling
+        `torch.manual_seed(seeds[i][d])` (a test holds it to that; seeded by `seed_sampling`): only the anchor sampling
         (RPN loss), the proposal sampling and the RoI head depend on the draw, so the neck,
         the RPN head, the anchors, the proposals and the matching run once for the batch, and
         each draw's RoI head runs once over all images' sampled proposals. Mirrors
@@ -85,7 +86,7 @@ class FasterRCNNHead(nn.Module):
             rpn_loss, sampled, matched, roi_labels, roi_targets = [], [], [], [], []
             for i in range(batch):  # sampling image by image, each from its own seed
                 if seeds[i][d] is not None:
-                    torch.manual_seed(seeds[i][d])
+                    seed_sampling(seeds[i][d], objectness.device)
                 part = slice(i * per_image, (i + 1) * per_image)
                 rpn_loss.append(sum(rpn.compute_loss(objectness[part], deltas[part], [labels[i]],
                                                      [regression_targets[i]])))
