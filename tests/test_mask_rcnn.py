@@ -13,6 +13,7 @@ from dynamicdet_cli.model.reference import torchvision_mask_rcnn
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 
 from conftest import RECIPES, TINY_OVERRIDES
+from helpers import routed_at_median
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -73,15 +74,8 @@ def test_easy_route_is_a_plain_torchvision_mask_rcnn(make_mask_model, mask_recip
 
 
 def test_mixed_batch_matches_each_image_alone(make_mask_model, images):
-    model = make_mask_model()
-    with torch.no_grad():
-        phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])  # B
-        tau = float(phi.median())
-        mixed = model.detect(images, route=tau)
-        alone = [model.detect([img], route="hard" if p > tau else "easy")[0] for img, p in zip(images, phi)]
-    assert {r["route"] for r in mixed} == {"easy", "hard"}
+    mixed, alone, _, _ = routed_at_median(make_mask_model(), images)
     for got, want in zip(mixed, alone):
-        assert got["route"] == want["route"]
         assert_same_masks(got, want)
 
 

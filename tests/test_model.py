@@ -11,6 +11,7 @@ from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, build_
 from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.model.router import pool_features
 from dynamicdet_cli.summary import route_flops, route_params
+from helpers import routed_at_median
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
@@ -89,18 +90,8 @@ def test_regnet_composite_inputs_match_every_stage_input(make_model):
 
 @pytest.mark.parametrize("kind", ["resnet", "regnet"])
 def test_mixed_batch_matches_each_image_alone(make_model, images, kind):
-    tiny_model = make_model(*(REGNET if kind == "regnet" else RESNET))
-    with torch.no_grad():
-        mixed_probe = tiny_model.detect(images, route="easy")
-        phi = torch.stack([r["difficulty"] for r in mixed_probe])  # B
-        tau = float(phi.median())
-        mixed = tiny_model.detect(images, route=tau)
-        alone = [tiny_model.detect([img], route="hard" if p > tau else "easy")[0] for img, p in zip(images, phi)]
-    routes = [r["route"] for r in mixed]
-    assert routes == ["hard" if p > tau else "easy" for p in phi.tolist()]
-    assert set(routes) == {"easy", "hard"}
+    mixed, alone, _, _ = routed_at_median(make_model(*(REGNET if kind == "regnet" else RESNET)), images)
     for got, want in zip(mixed, alone):
-        assert got["route"] == want["route"]
         assert_close(got["difficulty"], want["difficulty"])
         assert_same_detections(got, want)
 

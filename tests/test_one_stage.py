@@ -19,6 +19,7 @@ from dynamicdet_cli.recipe import load_recipe, with_overrides
 from dynamicdet_cli.summary import route_flops, route_params
 
 from conftest import RECIPES, TINY_OVERRIDES
+from helpers import routed_at_median
 
 FAMILIES = ["fcos", "retinanet"]
 LOSS_PARTS = {"fcos": ("classification", "bbox_regression", "bbox_ctrness"),
@@ -87,15 +88,8 @@ def test_easy_route_is_the_plain_torchvision_detector(make_one_stage, images, fa
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_mixed_batch_matches_each_image_alone(make_one_stage, images, family):
-    model, _ = make_one_stage(family)
-    with torch.no_grad():
-        phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])  # B
-        tau = float(phi.median())
-        mixed = model.detect(images, route=tau)
-        alone = [model.detect([img], route="hard" if p > tau else "easy")[0] for img, p in zip(images, phi)]
-    assert {r["route"] for r in mixed} == {"easy", "hard"}
-    for got, want, p in zip(mixed, alone, phi.tolist()):
-        assert got["route"] == want["route"] == ("hard" if p > tau else "easy")
+    mixed, alone, _, _ = routed_at_median(make_one_stage(family)[0], images)
+    for got, want in zip(mixed, alone):
         assert_same_detections(got, want)
 
 
