@@ -207,7 +207,10 @@ class ResampledAP:
             scores, image, source, matched, ignored = (np.concatenate(x, axis=-1) for x in zip(*parts))
             order = np.argsort(-scores, kind="mergesort")
             tp, fp = matched & ~ignored, ~matched & ~ignored  # T,n each
-            self.categories.append((image[order], source[order], tp[:, order], fp[:, order], npig))
+            # Without ignored detections (no crowd ground truth) fp = ~tp, so tp + fp sums need no
+            # cumsum per IoU threshold: None marks that case.
+            fp = fp[:, order] if ignored.any() else None
+            self.categories.append((image[order], source[order], tp[:, order], fp, npig))
 
     def ap(self, from_hard, counts) -> float:
         """AP of routing `from_hard` (bool N) over the resample with image counts `counts` (N)."""
@@ -222,10 +225,13 @@ class ResampledAP:
                 continue  # no ground truth of this category in the resample: -1, left out
             weight = counts[image] * (source == from_hard[image])  # n: 0 for the other route's detections
             kept = weight > 0  # a detection of weight 0 changes no sum: leave it out
-            weight, tp, fp = weight[kept], tp[:, kept], fp[:, kept]
-            tp_sum, fp_sum = np.cumsum(tp * weight, axis=1), np.cumsum(fp * weight, axis=1)  # T,n
+            weight, tp = weight[kept], tp[:, kept]
+            tp_sum = np.cumsum(tp * weight, axis=1)  # T,n
+            # counts are whole numbers, so these float sums are exact and tp_sum + fp_sum is the
+            # cumulated weight itself when no detection is ignored
+            seen = np.cumsum(weight) if fp is None else tp_sum + np.cumsum(fp[:, kept] * weight, axis=1)
             recall = tp_sum / n_gt
-            precision = tp_sum / (tp_sum + fp_sum + np.spacing(1))
+            precision = tp_sum / (seen + np.spacing(1))
             precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # the envelope
             q = np.zeros((tp.shape[0], len(self.rec_thrs)))
             for t in range(tp.shape[0]):

@@ -169,9 +169,10 @@ def test_write_sweep_without_latency_leaves_empty_cells(tmp_path):
     assert row["latency_ms"] == "" and row["random_AP"] == ""
 
 
-def _random_case(seed: int, n_images: int = 12):
+def _random_case(seed: int, n_images: int = 12, crowd: bool = False):
     """Ground truth of 3 categories (one without any box) and two detectors' results:
-    jittered true boxes, misses and false positives, every score distinct."""
+    jittered true boxes, misses and false positives, every score distinct. With `crowd`,
+    every fourth box is a crowd region (detections on it are ignored, not false)."""
     g = torch.Generator().manual_seed(seed)
     images = [{"id": 7 + 3 * i, "width": 100, "height": 100} for i in range(n_images)]
     anns, results = [], ([], [])
@@ -180,7 +181,7 @@ def _random_case(seed: int, n_images: int = 12):
             x, y = torch.randint(0, 60, (2,), generator=g).tolist()
             box = [float(x), float(y), 20.0 + x % 7, 20.0 + y % 5]
             anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": 1 + int(torch.randint(0, 2, (1,), generator=g)),
-                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+                         "bbox": box, "area": box[2] * box[3], "iscrowd": int(crowd and len(anns) % 4 == 0)})
     for det in results:
         for a in anns:
             if torch.rand(1, generator=g) < 0.75:  # found, a few pixels off
@@ -206,12 +207,13 @@ def _coco(images, anns) -> COCO:
     return gt
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_resampled_ap_equals_pycocotools_on_the_repeated_images(seed):
+@pytest.mark.parametrize("seed,crowd", [(0, False), (1, False), (2, False), (3, True), (4, True)])
+def test_resampled_ap_equals_pycocotools_on_the_repeated_images(seed, crowd):
     """The AP of a routing over a resample equals COCOeval on a dataset that holds each image
-    as many times as the resample does (copies under new ids)."""
+    as many times as the resample does (copies under new ids); with crowd regions too, whose
+    ignored detections take the other path of ResampledAP.ap."""
     from dynamicdet_cli.coco_eval import ResampledAP, evaluate_images
-    images, anns, (easy, hard) = _random_case(seed)
+    images, anns, (easy, hard) = _random_case(seed, crowd=crowd)
     gt = _coco(images, anns)
     ids = [im["id"] for im in images]
     fast = ResampledAP(evaluate_images(gt, easy, ids), evaluate_images(gt, hard, ids))
