@@ -161,6 +161,23 @@ def measure_latency(
 _LATENCY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*(ms|s)?\s*$", re.IGNORECASE)
 
 
+def target_latency_ms(text: str, easy_ms: float, hard_ms: float) -> float:
+    """A latency target in ms from '40ms' / '0.04s' (see parse_latency) or from a share of the
+    way from the easy route's latency to the hard route's: '50%' = (easy_ms + hard_ms) / 2."""
+    stripped = str(text).strip()
+    if not stripped.endswith("%"):
+        return parse_latency(stripped)
+    try:
+        share = float(stripped[:-1]) / 100.0
+    except ValueError:
+        raise DynamicDetError(f"cannot read latency {text!r}: write e.g. '50%' (of the way from the easy "
+                              "route's latency to the hard route's), '40ms' or '0.04s'") from None
+    if not 0.0 <= share <= 1.0:
+        raise DynamicDetError(f"latency {text!r}: a share of the way from the easy route to the hard one "
+                              "lies in 0% .. 100%")
+    return easy_ms + share * (hard_ms - easy_ms)
+
+
 def parse_latency(text: str) -> float:
     """Milliseconds from '40ms', '40 ms', '0.04s' or a bare number (taken as ms)."""
     match = _LATENCY_RE.match(str(text))

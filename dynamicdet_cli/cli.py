@@ -353,7 +353,7 @@ def _latency_with_unit(text: str | None) -> str | None:
 
 
 RouteLatency = Annotated[Optional[str], typer.Option("--latency", callback=_latency_with_unit,
-                                                     help="target mean latency per image, with its unit: 40ms or 0.04s")]
+                                                     help="target mean latency per image, with its unit (40ms or 0.04s), or a share of the way from the easy route's latency to the hard one's (50%)")]
 RouteRatio = Annotated[Optional[float], typer.Option("--hard-ratio", min=0.0, max=1.0, help="share of images routed hard, e.g. 0.3")]
 RouteTau = Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, help="difficulty threshold tau: phi > tau goes hard")]
 RoutePoint = Annotated[Optional[str], typer.Option("--point", help="a stored operating point (or easy / hard)")]
@@ -391,13 +391,12 @@ def calibrate(
     if not name.strip() or name in ("easy", "hard"):
         raise DynamicDetError(f"--name {name!r}: give a non-empty name other than easy / hard "
                               "(those select a whole route in --point)")
-    from dynamicdet_cli.calibrate import parse_latency
     from dynamicdet_cli.checkpoint import save_checkpoint
     from dynamicdet_cli.latency import calibrate_checkpoint
     from dynamicdet_cli.tables import calibrate_table
 
     ckpt, model, dev = _load_model(checkpoint, device)
-    result = calibrate_checkpoint(ckpt, model, dev, name, target_ms=parse_latency(latency) if latency else None,
+    result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
                                   hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
                                   repeats=repeats, reuse=reuse_latency, images=images, random_images=random_images,
                                   image_size=image_size, max_images=max_images)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dynamicdet_cli.calibrate import (expected_latency, hard_ratio_for_latency, hard_ratio_for_threshold,
-                                      measure_latency, threshold_for_hard_ratio)
+                                      measure_latency, target_latency_ms, threshold_for_hard_ratio)
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.regime import Regime, device_name, find_latency  # noqa: F401 (device_name: re-export)
 from dynamicdet_cli.timing_images import timing_images
@@ -107,7 +107,7 @@ class Calibration:
 
 
 def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "default", *,
-                         target_ms: float | None = None, hard_ratio: float | None = None,
+                         target: str | None = None, hard_ratio: float | None = None,
                          threshold: float | None = None, clamp: bool = False, batch_size: int = 8,
                          repeats: int = 5, reuse: bool = False, images: Path | None = None,
                          random_images: bool = False, image_size: int | None = None,
@@ -117,11 +117,16 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
     With a latency target, or with no option at all (measure only), both routes are timed
     in this run's regime (or the stored measurement of that regime is reused with `reuse`)
     and the measurement is stored; with a target, hard ratio or threshold the operating
-    point is stored as `name`. Image options: see timing_images.timing_images.
+    point is stored as `name`. `target`: '40ms', '0.04s' or '50%' of the way from the easy
+    route's measured latency to the hard one's (calibrate.target_latency_ms). Image
+    options: see timing_images.timing_images.
     """
+    target_ms = None
     validation_scores(ckpt)  # fail before timing anything
     result = Calibration(None, None)
-    if target_ms is not None or (hard_ratio is None and threshold is None):
+    if target is not None:
+        target_latency_ms(target, 1.0, 2.0)  # a malformed target fails before timing anything
+    if target is not None or (hard_ratio is None and threshold is None):
         regime = Regime.of_run(model, device, batch_size)
         result.measured = find_latency(ckpt, regime) if reuse else None
         if reuse and result.measured is None:
@@ -133,6 +138,8 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
                                              source=chosen.source, mixed_taus=curve_thresholds(ckpt))
             result.timed = True
+    if target is not None:
+        target_ms = target_latency_ms(target, result.measured["easy_ms"], result.measured["hard_ms"])
     if target_ms is not None or hard_ratio is not None or threshold is not None:
         result.point = operating_point(ckpt, target_ms=target_ms, hard_ratio=hard_ratio, threshold=threshold,
                                        latency=result.measured, clamp=clamp)

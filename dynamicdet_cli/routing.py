@@ -9,7 +9,7 @@ is trained, else 50% hard.
 
 from __future__ import annotations
 
-from dynamicdet_cli.calibrate import parse_latency
+from dynamicdet_cli.calibrate import target_latency_ms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.latency import operating_point
 from dynamicdet_cli.regime import Regime, find_latency, missing_latency
@@ -43,7 +43,8 @@ def resolve_route(ckpt: dict, *, latency: str | None = None, hard_ratio: float |
         measured = find_latency(ckpt, regime)
         if measured is None:
             raise DynamicDetError(missing_latency(ckpt, regime, checkpoint))
-        p = operating_point(ckpt, target_ms=parse_latency(latency), latency=measured)
+        p = operating_point(ckpt, target_ms=target_latency_ms(latency, measured["easy_ms"], measured["hard_ms"]),
+                            latency=measured)
         return p["tau"], (f"target {p['target_ms']:.1f} ms: tau {p['tau']:.4f}, {100 * p['hard_ratio']:.0f}% hard "
                           f"on val (lat1 {measured['easy_ms']:.2f}, lat2 {measured['hard_ms']:.2f} ms "
                           f"at {regime.describe()})")

@@ -12,6 +12,7 @@ from dynamicdet_cli.calibrate import (
     hard_ratio_for_threshold,
     measure_latency,
     parse_latency,
+    target_latency_ms,
     threshold_for_hard_ratio,
 )
 from dynamicdet_cli.errors import DynamicDetError
@@ -129,6 +130,17 @@ def test_parse_latency(text, ms):
 def test_parse_latency_rejects_bad_text(text):
     with pytest.raises(DynamicDetError):
         parse_latency(text)
+
+
+@pytest.mark.parametrize("text, ms", [("0%", 10.0), ("50%", 15.0), (" 25 %", 12.5), ("100%", 20.0), ("12ms", 12.0)])
+def test_target_latency_as_a_share_between_the_routes(text, ms):
+    assert target_latency_ms(text, 10.0, 20.0) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["-10%", "101%", "half%", "%"])
+def test_target_latency_share_out_of_range_or_malformed(text):
+    with pytest.raises(DynamicDetError, match="%"):
+        target_latency_ms(text, 10.0, 20.0)
 
 
 def test_measure_latency_returns_positive_median_and_syncs():

@@ -178,6 +178,20 @@ def test_calibrate_latency_midway_routes_about_k(calibrated, tmp_path, fixed_lat
     assert ckpt["operating_points"]["slowest"]["hard_ratio"] == 1.0
 
 
+def test_calibrate_latency_as_a_share_of_the_way_between_the_routes(calibrated, tmp_path, fixed_latency):
+    """'--latency 25%' is a quarter of the way from this measurement's lat1 to its lat2: one
+    timing, no second call to compute the target from the first."""
+    model = copy_of(calibrated, tmp_path)
+    ok(cli("calibrate", model, "--latency", "25%", "--name", "quarter"))
+    ckpt = load(model)
+    lat, point = ckpt["latency"][0], ckpt["operating_points"]["quarter"]
+    assert len(fixed_latency) == 1
+    assert point["target_ms"] == pytest.approx(lat["easy_ms"] + 0.25 * (lat["hard_ms"] - lat["easy_ms"]))
+    assert abs(point["hard_ratio"] - 0.25) <= 1 / N_VAL + 1e-9
+    one_error_line(cli("calibrate", model, "--latency", "150%"), "0% .. 100%")
+    assert len(fixed_latency) == 1  # refused before timing anything
+
+
 def test_calibrate_can_reuse_the_stored_latency(calibrated, tmp_path, fixed_latency):
     model = copy_of(calibrated, tmp_path)
     one_error_line(cli("calibrate", model, "--latency", "15ms", "--reuse-latency"), "no latency stored")
