@@ -190,6 +190,15 @@ def test_latency_uses_the_measurement_of_this_runs_regime():
     assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # (5.5 - 5) / (6 - 5)
 
 
+def test_latency_as_a_share_uses_this_regimes_routes():
+    """'50%' is halfway between lat1 and lat2 of the regime the run is in, not of another."""
+    batch8 = dict(LATENCY, batch_size=8, easy_ms=5.0, hard_ms=6.0)
+    for regime in (RUN, Regime("cpu", 8, 64, 2)):
+        tau, text = resolve_route(make_ckpt(latency=[LATENCY, batch8]), latency="50%", regime=regime)
+        assert hard_ratio_for_threshold(SCORES, tau) == 0.5
+    assert "target 5.5 ms" in text  # (5 + 6) / 2 at batch 8
+
+
 @pytest.mark.parametrize("other", [
     {"batch_size": 8}, {"threads": 1}, {"image_size": 128}, {"device": "cuda:NVIDIA H100"}, {"dtype": "float16"},
 ])
