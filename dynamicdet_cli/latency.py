@@ -121,7 +121,6 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
     route's measured latency to the hard one's (calibrate.target_latency_ms). Image
     options: see timing_images.timing_images.
     """
-    target_ms = None
     validation_scores(ckpt)  # fail before timing anything
     result = Calibration(None, None)
     if target is not None:
@@ -138,8 +137,8 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
                                              source=chosen.source, mixed_taus=curve_thresholds(ckpt))
             result.timed = True
-    if target is not None:
-        target_ms = target_latency_ms(target, result.measured["easy_ms"], result.measured["hard_ms"])
+    target_ms = None if target is None else target_latency_ms(target, result.measured["easy_ms"],
+                                                              result.measured["hard_ms"])
     if target_ms is not None or hard_ratio is not None or threshold is not None:
         result.point = operating_point(ckpt, target_ms=target_ms, hard_ratio=hard_ratio, threshold=threshold,
                                        latency=result.measured, clamp=clamp)
