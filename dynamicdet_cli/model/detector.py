@@ -170,10 +170,14 @@ class DynamicDetector(nn.Module):
         batch = x.shape[0]
         feats1 = self.backbone1(x)
         phi = self.difficulty(feats1, image_list)  # B
-        hard = self.route_mask(phi, route)
         results: list[dict] = [{} for _ in range(batch)]
-        easy_idx = (~hard).nonzero().flatten().tolist()
-        hard_idx = hard.nonzero().flatten().tolist()
+        if route in ("easy", "hard"):  # one whole route: no per-image mask to build (a few tensor ops)
+            everyone = list(range(batch))
+            easy_idx, hard_idx = (everyone, []) if route == "easy" else ([], everyone)
+        else:
+            hard = self.route_mask(phi, route)
+            easy_idx = (~hard).nonzero().flatten().tolist()
+            hard_idx = hard.nonzero().flatten().tolist()
         if easy_idx:
             sub = _take_images(image_list, easy_idx)
             dets, _ = self.head1(sub, _take(feats1, easy_idx, batch))
