@@ -121,6 +121,15 @@ def test_hard_route_never_runs_head1(tiny_model, images):
         assert {r["route"] for r in tiny_model.detect(images, route="hard")} == {"hard"}
 
 
+def test_split_by_route_sends_phi_above_tau_hard():
+    from dynamicdet_cli.model.detector import DynamicDetector
+    phi = torch.tensor([0.2, 0.5, 0.9, 0.5])
+    assert DynamicDetector.split_by_route(phi, 0.5) == ([0, 1, 3], [2])  # strictly above tau
+    assert DynamicDetector.split_by_route(phi, "easy") == ([0, 1, 2, 3], [])
+    assert DynamicDetector.split_by_route(phi, "hard") == ([], [0, 1, 2, 3])
+    assert DynamicDetector.split_by_route(phi, 0.0) == ([], [0, 1, 2, 3])
+
+
 def test_unknown_route_is_refused(tiny_model, images):
     with pytest.raises(ValueError, match="route"):
         tiny_model.detect(images[:1], route="medium")

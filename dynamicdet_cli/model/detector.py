@@ -19,6 +19,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from dynamicdet_cli.model.backbone import StageBackbone
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.router import Router, pool_features
+from dynamicdet_cli.model.seeding import draw_seed
 
 Route = Union[str, float]  # "easy", "hard", or a threshold tau in [0, 1]
 
@@ -145,7 +146,7 @@ class DynamicDetector(nn.Module):
         v = self.router_input(feats1, image_list)
         feats2 = self.second_backbone(x, feats1)
         batch = x.shape[0]
-        draw_seeds = [[None if seeds is None else seeds[i] * 1009 + d for d in range(draws)] for i in range(batch)]
+        draw_seeds = [[None if seeds is None else draw_seed(seeds[i], d) for d in range(draws)] for i in range(batch)]
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             l1 = self.head1.per_image_losses(image_list, feats1, targets, draw_seeds)
             l2 = self.head2.per_image_losses(image_list, feats2, targets, draw_seeds)
@@ -171,13 +172,7 @@ class DynamicDetector(nn.Module):
         feats1 = self.backbone1(x)
         phi = self.difficulty(feats1, image_list)  # B
         results: list[dict] = [{} for _ in range(batch)]
-        if route in ("easy", "hard"):  # one whole route: no per-image mask to build (a few tensor ops)
-            everyone = list(range(batch))
-            easy_idx, hard_idx = (everyone, []) if route == "easy" else ([], everyone)
-        else:
-            hard = self.route_mask(phi, route)
-            easy_idx = (~hard).nonzero().flatten().tolist()
-            hard_idx = hard.nonzero().flatten().tolist()
+        easy_idx, hard_idx = self.split_by_route(phi, route)
         if easy_idx:
             sub = _take_images(image_list, easy_idx)
             dets, _ = self.head1(sub, _take(feats1, easy_idx, batch))
@@ -206,15 +201,19 @@ class DynamicDetector(nn.Module):
         return easy, hard, phi
 
     @staticmethod
-    def route_mask(phi: Tensor, route: Route) -> Tensor:
-        """Boolean B: True where the image takes the hard route."""
-        if route == "easy":
-            return torch.zeros_like(phi, dtype=torch.bool)
-        if route == "hard":
-            return torch.ones_like(phi, dtype=torch.bool)
+    def split_by_route(phi: Tensor, route: Route) -> tuple[list[int], list[int]]:
+        """(indices of the images on the easy route, on the hard route); phi: B.
+
+        A whole route ("easy", "hard") needs no per-image comparison, and builds none: at
+        batch 1 those few tensor ops were a measurable share of the easy route's overhead
+        over a plain detector (bench/bench_easy_route.py)."""
+        if route in ("easy", "hard"):
+            everyone = list(range(phi.shape[0]))
+            return (everyone, []) if route == "easy" else ([], everyone)
         if isinstance(route, str):
             raise ValueError(f"route must be 'easy', 'hard' or a threshold, got {route!r}")
-        return phi > float(route)
+        hard = phi > float(route)
+        return (~hard).nonzero().flatten().tolist(), hard.nonzero().flatten().tolist()
 
     def _place(self, results, index, dets, sub: ImageList, original_sizes, route: str) -> None:
         dets = self.transform.postprocess(dets, sub.image_sizes, [original_sizes[i] for i in index])
