@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset, load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.model.seeding import seed_sampling  # noqa: E402
+from dynamicdet_cli.model.seeding import draw_seed, seed_sampling  # noqa: E402
 from dynamicdet_cli.router_cache import sample_seed  # noqa: E402
 from dynamicdet_cli.stats import spearman  # noqa: E402
 
@@ -43,7 +43,7 @@ def loss_terms(model, image, target, seed: int, draws: int) -> tuple[dict, dict]
     terms = ({}, {})
     for d in range(draws):
         for head, feats, out in ((model.head1, feats1, terms[0]), (model.head2, feats2, terms[1])):
-            seed_sampling(seed * 1009 + d, image_list.tensors.device)  # as per_image_losses seeds draw d
+            seed_sampling(draw_seed(seed, d), image_list.tensors.device)  # as per_image_losses seeds draw d
             for name, value in head(image_list, feats, targets)[1].items():
                 out[name] = out.get(name, 0.0) + float(value) / draws
     return terms

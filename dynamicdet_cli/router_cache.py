@@ -71,7 +71,7 @@ class RouterCache:
 
 def sample_seed(seed: int, image_id: int, view: int) -> int:
     """The seed of one image view's augmentation and loss sampling (fits torch.manual_seed
-    after per_image_losses' `seed * 1009 + draw`)."""
+    after model.seeding.draw_seed)."""
     return (int(seed) * 1_000_003 + int(image_id) * 31 + int(view)) % (2**31 - 1)
 
 

@@ -16,3 +16,9 @@ def seed_sampling(seed: int, device: torch.device) -> None:
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)  # this device's generator; CUDA is initialised by now
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of draw `draw` of an image whose sampling is seeded by `seed` (see
+    DynamicDetector.per_image_losses): distinct draws, the same for the same image."""
+    return int(seed) * 1009 + int(draw)
