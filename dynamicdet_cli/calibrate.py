@@ -161,12 +161,12 @@ def measure_latency(
 _LATENCY_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*(ms|s)?\s*$", re.IGNORECASE)
 
 
-def target_latency_ms(text: str, easy_ms: float, hard_ms: float) -> float:
-    """A latency target in ms from '40ms' / '0.04s' (see parse_latency) or from a share of the
-    way from the easy route's latency to the hard route's: '50%' = (easy_ms + hard_ms) / 2."""
+def parse_latency_target(text: str) -> tuple[float | None, float | None]:
+    """(ms, None) from '40ms' / '0.04s' (see parse_latency), or (None, share) from '50%': a
+    share of the way from the easy route's latency to the hard route's."""
     stripped = str(text).strip()
     if not stripped.endswith("%"):
-        return parse_latency(stripped)
+        return parse_latency(stripped), None
     try:
         share = float(stripped[:-1]) / 100.0
     except ValueError:
@@ -175,7 +175,14 @@ def target_latency_ms(text: str, easy_ms: float, hard_ms: float) -> float:
     if not 0.0 <= share <= 1.0:
         raise DynamicDetError(f"latency {text!r}: a share of the way from the easy route to the hard one "
                               "lies in 0% .. 100%")
-    return easy_ms + share * (hard_ms - easy_ms)
+    return None, share
+
+
+def target_latency_ms(text: str, easy_ms: float, hard_ms: float) -> float:
+    """The target in ms that `text` (see parse_latency_target) names, given the routes'
+    latencies: '50%' = (easy_ms + hard_ms) / 2."""
+    ms, share = parse_latency_target(text)
+    return ms if share is None else easy_ms + share * (hard_ms - easy_ms)
 
 
 def parse_latency(text: str) -> float:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from dynamicdet_cli.calibrate import (expected_latency, hard_ratio_for_latency, hard_ratio_for_threshold,
-                                      measure_latency, target_latency_ms, threshold_for_hard_ratio)
+                                      measure_latency, parse_latency_target, target_latency_ms,
+                                      threshold_for_hard_ratio)
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.regime import Regime, device_name, find_latency  # noqa: F401 (device_name: re-export)
 from dynamicdet_cli.timing_images import timing_images
@@ -124,7 +125,7 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
     validation_scores(ckpt)  # fail before timing anything
     result = Calibration(None, None)
     if target is not None:
-        target_latency_ms(target, 1.0, 2.0)  # a malformed target fails before timing anything
+        parse_latency_target(target)  # a malformed target fails before timing anything
     if target is not None or (hard_ratio is None and threshold is None):
         regime = Regime.of_run(model, device, batch_size)
         result.measured = find_latency(ckpt, regime) if reuse else None
