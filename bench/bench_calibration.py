@@ -13,9 +13,11 @@ records them). For each batch size:
   3. the model run under each tau over all the validation images: the mean model time per
      image (median of --repeats passes; the three taus and the all-easy / all-hard routes
      take turns on every batch), against the target. Goal: within 5% on CPU.
-     Shown alongside: lat1 / lat2 re-measured in the same passes (the drift since step 1)
-     and the linear model lat1 + share (lat2 - lat1) at the share actually routed hard,
-     which separates the calibration's error from the load's.
+     Shown alongside: lat1 / lat2 re-measured in the same passes (the drift since step 1),
+     the error against the target moved with that drift (the same share of the way from the
+     re-measured lat1 to lat2: what is left when the device's own change of speed is divided
+     out), and the linear model lat1 + share (lat2 - lat1) at the share actually routed hard.
+     The spread of the all-easy passes ((max - min) / median) is the noise floor of the run.
 
 Then the mixed-batch linearity: batches of --mixed-batch images in which each batch's own
 phi sends round(k B) images hard, k = 0, .25, .5, .75, 1, against lat1 + k (lat2 - lat1),
@@ -83,7 +85,12 @@ def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: t
                 hard[name] += sum(o["route"] == "hard" for o in out)
         for name in names:
             passes[name].append(1e3 * spent[name] / n_images)
-    return {name: (statistics.median(passes[name]), hard[name]) for name in names}
+    return {name: (statistics.median(passes[name]), hard[name], _spread(passes[name])) for name in names}
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median, in %: how much one plan's passes disagree."""
+    return 100 * (max(values) - min(values)) / statistics.median(values)
 
 
 def _batches(images: list, size: int) -> list[list]:
@@ -91,7 +98,8 @@ def _batches(images: list, size: int) -> list[list]:
 
 
 def calibration_figure(model, ckpt, images, device, batch_size: int, repeats: int) -> list[float]:
-    """Targets at 25/50/75% vs the mean latency achieved; returns the errors in %."""
+    """Targets at 25/50/75% vs the mean latency achieved; returns (errors, drift-corrected
+    errors) in %."""
     print(f"\n{batch_size=}: calibration on {len(images)} validation images ({_load()})")
     measured = measure_routes(model, device, images, batch_size, repeats=repeats, source="validation images",
                               mixed_taus=curve_thresholds(ckpt))
@@ -108,17 +116,22 @@ def calibration_figure(model, ckpt, images, device, batch_size: int, repeats: in
     result = interleaved(model, batches, plans, device, repeats)
     lat1b, lat2b = result["easy"][0], result["hard"][0]
     print(f"   re-measured in the same passes: lat1 {lat1b:.2f} ({100 * (lat1b - lat1) / lat1:+.1f}%), "
-          f"lat2 {lat2b:.2f} ({100 * (lat2b - lat2) / lat2:+.1f}%) ms per image")
-    print("   target at   target ms   k val   tau      hard here   achieved ms   error    linear model at share")
-    errors = []
+          f"lat2 {lat2b:.2f} ({100 * (lat2b - lat2) / lat2:+.1f}%) ms per image; all-easy passes "
+          f"spread {result['easy'][2]:.1f}%")
+    print("   target at   target ms   k val   tau      hard here   achieved ms   error   drift-corrected   "
+          "linear model at share")
+    errors, corrected = [], []
     for share, (target, p) in points.items():
-        ms, n_hard = result[share]
+        ms, n_hard, _ = result[share]
         here = n_hard / len(images)
         linear = lat1b + here * (lat2b - lat1b)
+        moved = lat1b + share * (lat2b - lat1b)  # the target, moved with the device's drift
         errors.append(100 * (ms - target) / target)
+        corrected.append(100 * (ms - moved) / moved)
         print(f"   {100 * share:8.0f}%   {target:9.2f}   {p['hard_ratio']:5.3f}   {p['tau']:.4f}   "
-              f"{100 * here:8.1f}%   {ms:11.2f}   {errors[-1]:+5.1f}%   {linear:.2f} ({100 * (ms - linear) / linear:+.1f}%)")
-    return errors
+              f"{100 * here:8.1f}%   {ms:11.2f}   {errors[-1]:+5.1f}%   {moved:6.2f} ({corrected[-1]:+5.1f}%)   "
+              f"{linear:.2f} ({100 * (ms - linear) / linear:+.1f}%)")
+    return errors, corrected
 
 
 @torch.inference_mode()
@@ -135,11 +148,12 @@ def linearity_figure(model, images, device, batch_size: int, repeats: int) -> li
     plans = {k: [batch_tau(model, b, k) for b in batches] for k in MIXED_RATIOS}
     result = interleaved(model, batches, plans, device, repeats)
     lat1, lat2 = result[0.0][0], result[1.0][0]
-    print(f"   {len(batches)} batches, {repeats} passes; lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image")
+    print(f"   {len(batches)} batches, {repeats} passes; lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image; "
+          f"all-easy passes spread {result[0.0][2]:.1f}%")
     print("       k   hard/batch   measured ms   lat1 + k (lat2 - lat1)   error")
     errors = []
     for k in MIXED_RATIOS:
-        ms, n_hard = result[k]
+        ms, n_hard, _ = result[k]
         share = n_hard / (len(batches) * batch_size)
         linear = lat1 + share * (lat2 - lat1)
         errors.append(100 * (ms - linear) / linear)
@@ -172,8 +186,9 @@ def main(argv=None) -> None:
         chosen = timing_images(ckpt, batch_size, args.max_images)
         if chosen.warning:
             raise SystemExit(f"{args.checkpoint}: {chosen.warning}")
-        worst[f"batch {batch_size}"] = max(map(abs, calibration_figure(model, ckpt, chosen.images, device,
-                                                                       batch_size, args.repeats)))
+        errors, corrected = calibration_figure(model, ckpt, chosen.images, device, batch_size, args.repeats)
+        worst[f"batch {batch_size}"] = max(map(abs, errors))
+        worst[f"batch {batch_size} drift-corrected"] = max(map(abs, corrected))
     if args.mixed_batch:
         chosen = timing_images(ckpt, args.mixed_batch, args.max_images)
         worst["mixed"] = max(map(abs, linearity_figure(model, chosen.images, device, args.mixed_batch,

@@ -488,17 +488,24 @@ def predict(
     """Detect objects in images; each image takes the route its difficulty asks for."""
     _set_threads(threads)
     from dynamicdet_cli import predict as engine
-    from dynamicdet_cli.regime import Regime
+    from dynamicdet_cli.regime import Regime, find_latency
     from dynamicdet_cli.routing import resolve_route
 
     ckpt, model, dev = _load_model(checkpoint, device)
+    regime = Regime.of_run(model, dev, batch_size)
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                                regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
+                                regime=regime, checkpoint=str(checkpoint))
     _say(f"route: {text}")
     paths = engine.list_images(inputs)
     summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
-                             conf=conf, render=render, device=dev, progress=progress)
+                             conf=conf, render=render, device=dev, progress=progress,
+                             calibration=find_latency(ckpt, regime))
     console.print(engine.summary_table(summary))
+    gap = summary.calibration_gap()
+    if gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE and summary.n_images >= 4 * batch_size:
+        _warn(f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
+              f"device's speed has changed (load, power state, other images); re-run "
+              f"`{regime.calibrate_command(str(checkpoint))}` to measure it again")
     _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
 
 

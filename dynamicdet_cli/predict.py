@@ -50,6 +50,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from dynamicdet_cli.atomic import atomic_path, write_text
+from dynamicdet_cli.calibrate import expected_latency
 from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import _BadImage, _load_rgb
 from dynamicdet_cli.errors import DynamicDetError
@@ -62,6 +63,10 @@ PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#808000", "#000075")
 RENDER_MIN_SIDE = 512  # px: smaller images are scaled up to this longer side before drawing
 CAPTION_HEIGHT = 28  # px: the strip above each render saying its route and difficulty
+# A run whose model time per image is further than this from what its regime's calibration
+# expects (at the run's share of hard images) is told so, when it ran 4 batches or more (the
+# first batch carries any warm-up).
+CALIBRATION_TOLERANCE = 0.10
 
 
 @dataclass
@@ -71,6 +76,8 @@ class PredictSummary:
     latency_ms: route -> mean model time per image on that route in ms (see the module
     docstring for what is measured); None for a route no image took.
     written: the JSON files; renders: the PNG files.
+    calibration: calibrate's latency measurement for this run's regime, if the checkpoint
+    stores one: what `calibration_gap` holds this run's latency against.
     """
 
     n_images: int
@@ -82,6 +89,7 @@ class PredictSummary:
     out_dir: Path
     written: list[Path] = field(default_factory=list)
     renders: list[Path] = field(default_factory=list)
+    calibration: dict | None = None
 
     @property
     def n_skipped(self) -> int:
@@ -90,6 +98,21 @@ class PredictSummary:
     @property
     def share_hard(self) -> float:
         return self.n_hard / self.n_images if self.n_images else 0.0
+
+    @property
+    def mean_ms(self) -> float:
+        """Mean model time per image over both routes, ms."""
+        counts = {"easy": self.n_images - self.n_hard, "hard": self.n_hard}
+        return sum((ms or 0.0) * counts[r] for r, ms in self.latency_ms.items()) / max(self.n_images, 1)
+
+    def calibration_gap(self) -> tuple[float, float] | None:
+        """(ms per image the calibration expects at this run's share of hard images, this run's
+        mean_ms relative to it, e.g. +0.12 for 12% slower); None without a calibration."""
+        m = self.calibration
+        if m is None or not self.n_images:
+            return None
+        expected = expected_latency(self.share_hard, m["easy_ms"], m["hard_ms"], m.get("curve_ms"))
+        return expected, self.mean_ms / expected - 1.0
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -116,8 +139,11 @@ def list_images(inputs: list[str]) -> list[Path]:
 
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
             category_ids: list[int], batch_size: int = 8, conf: float = 0.3, render: bool = True,
-            device: str | torch.device = "cpu", progress: bool = True) -> PredictSummary:
+            device: str | torch.device = "cpu", progress: bool = True,
+            calibration: dict | None = None) -> PredictSummary:
     """Run `model` (a DynamicDetector) on the image files `paths` and write the outputs.
+
+    `calibration`: the stored latency measurement of this run's regime (see PredictSummary).
 
     Files that are not images or cannot be decoded are skipped with a one-line warning and
     counted; DynamicDetError if none of them can be read. Label l is class_names[l - 1] and
@@ -183,7 +209,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     latency = {r: (s / n if n else None) for r, (s, n) in totals.items()}
     return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1], n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
-                          renders=renders)
+                          renders=renders, calibration=calibration)
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -198,6 +224,11 @@ def summary_table(summary: PredictSummary) -> Table:
     for route, ms in summary.latency_ms.items():
         table.add_row(f"{route} latency", "-" if ms is None else
                       f"{ms:.1f} ms/image (model only, batch {summary.batch_size})")
+    gap = summary.calibration_gap()
+    if gap is not None:
+        table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
+                      f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
+                      f"{100 * gap[1]:+.0f}%")
     table.add_row("detections", str(summary.n_detections))
     table.add_row("written", escape(str(summary.out_dir))
                   + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))

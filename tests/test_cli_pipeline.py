@@ -243,10 +243,27 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     out = ok(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
                  "--out", tmp_path / "pred", "--no-progress", "--no-render"))
     assert "route: target 15.0 ms" in out and "batch 8" in out
+    # held against the batch-8 measurement (10.5 / 20.5 ms, no curve), too few batches to warn
+    assert re.search(r"vs calibration .* ms/image here; \d+\.\d expected at \d+% hard", out), out
+    assert "2026-01-01" in out and "differs from its calibration" not in out
     out = ok(cli("info", model, "--no-flops"))
     assert "latency per image, by regime" in out and "operating points" in out
     assert re.search(r"cpu 1 64 1 float32 10\.00 20\.00 6 validation", out), out
     assert re.search(r"cpu 8 64 1 float32 10\.50 20\.50 8 validation", out), out
+
+
+def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(calibrated, data, tmp_path,
+                                                                               fixed_latency, monkeypatch):
+    """A calibration 1000x slower than the tiny model runs: predict says by how much, and how to re-measure."""
+    monkeypatch.setitem(globals(), "LATENCIES", [(1e4, 2e4)])
+    model = copy_of(calibrated, tmp_path)
+    ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
+    out = ok(cli("predict", data / "val", "--checkpoint", model, "--point", "easy", "--batch-size", 1,
+                 "--threads", 1, "--out", tmp_path / "pred", "--no-progress", "--no-render"))
+    assert re.search(r"10000\.0 expected at 0% hard", out), out
+    assert re.search(r"differs from its calibration by -100%", out), out
+    assert f"dynamicdet calibrate {model} --device cpu --batch-size 1 --threads 1" in out.replace("\n", "")
+    assert (tmp_path / "pred" / "predictions.jsonl").exists()
 
 
 def test_sweep_without_its_regimes_latency_says_how_to_measure_it(calibrated, data, tmp_path, fixed_latency):

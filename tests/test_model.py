@@ -228,6 +228,34 @@ def test_head_per_image_losses_equal_the_heads_forward_draw_by_draw(tiny_model, 
     assert_close(got, torch.stack(want), rtol=1e-4, atol=1e-5)
 
 
+def test_box_loss_weight_scales_the_box_term_in_training_and_in_router_targets(make_model, images):
+    """roi_heads.box_loss_weight w: the head's loss_box_reg is w times the unweighted one (the
+    other terms unchanged), and the router's per-image targets carry the same weighted sum."""
+    plain, weighted = make_model(), make_model("model.roi_heads.box_loss_weight=0.25")
+    weighted.load_state_dict(plain.state_dict())
+    batch_images, batch_targets = images[:2], _targets([3, 2])
+    terms = []
+    for model in (plain, weighted):
+        model.freeze_detectors()
+        image_list, targets, _ = model.prepare(batch_images, batch_targets)
+        with torch.no_grad():
+            feats = model.backbone1(image_list.tensors)
+            torch.manual_seed(3)
+            terms.append(model.head1(image_list, feats, targets)[1])
+    assert terms[0]["loss_box_reg"] > 0
+    assert_close(terms[1]["loss_box_reg"], 0.25 * terms[0]["loss_box_reg"])
+    for name in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier"):
+        assert_close(terms[1][name], terms[0][name])
+    with torch.no_grad():  # one image, one draw: the target is the weighted forward loss
+        one, one_targets, _ = weighted.prepare(batch_images[:1], batch_targets[:1])
+        feats = weighted.backbone1(one.tensors)
+        got = weighted.head1.per_image_losses(one, feats, one_targets, [[7]])
+        unweighted = plain.head1.per_image_losses(one, feats, one_targets, [[7]])
+        torch.manual_seed(7)
+        want = sum(weighted.head1(one, feats, one_targets)[1].values())
+    assert_close(got, want.reshape(1), rtol=1e-4, atol=1e-5)
+    assert got < unweighted
+
 def test_router_pools_each_image_over_its_own_region(make_model):
     """In a batch of mixed sizes, an image's router input stays close to what it is alone;
     pooling over the whole padded batch (the zeros of the padding included) would not."""

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 from torchvision.io import decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.predict import CAPTION_HEIGHT, list_images, predict, summary_table
+from dynamicdet_cli.predict import CAPTION_HEIGHT, PredictSummary, list_images, predict, summary_table
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
@@ -183,3 +184,18 @@ def test_bad_arguments(model, mixed_folder, tmp_path):
         _run(model, paths, tmp_path / "o", conf=2.0)
     with pytest.raises(DynamicDetError, match="route"):
         _run(model, paths, tmp_path / "o", route="medium")
+
+
+def test_the_summary_holds_the_run_against_its_calibration():
+    summary = PredictSummary(n_images=4, skipped=[], n_hard=1, n_detections=0,
+                             latency_ms={"easy": 10.0, "hard": 20.0}, batch_size=2, out_dir=Path("."))
+    assert summary.mean_ms == 12.5
+    assert summary.calibration_gap() is None  # nothing to hold it against
+    summary.calibration = {"easy_ms": 5.0, "hard_ms": 15.0, "time": "2026-01-01T00:00:00+00:00"}
+    expected, gap = summary.calibration_gap()  # the straight line at 25% hard: 7.5 ms
+    assert expected == 7.5 and abs(gap - (12.5 / 7.5 - 1)) < 1e-12
+    summary.calibration["curve_ms"] = [[0.25, 10.0]]  # a measured mixed-batch point at 25% hard
+    assert summary.calibration_gap() == (10.0, 0.25)
+    rendered = Console(width=200, record=True)
+    rendered.print(summary_table(summary))
+    assert "12.5 ms/image here; 10.0 expected at 25% hard by calibrate (2026-01-01" in rendered.export_text()

@@ -34,15 +34,18 @@ class FasterRCNNHead(nn.Module):
     """FPN neck + RPN + RoI heads over the stages `stages` of one backbone.
 
     FPN levels are named "0", "1", ... in stage order, plus "pool" (torchvision's names).
+    `box_loss_weight` scales the RoI box-regression loss (loss_box_reg) wherever the head's
+    loss is taken: in training and in the router's per-image targets alike.
     """
 
     def __init__(self, neck: FeaturePyramidNetwork, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 stages: list[int]):
+                 stages: list[int], box_loss_weight: float = 1.0):
         super().__init__()
         self.neck = neck
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.stages = list(stages)
+        self.box_loss_weight = float(box_loss_weight)
 
     def neck_features(self, feats: dict[int, Tensor]) -> "OrderedDict[str, Tensor]":
         x = OrderedDict((str(i), feats[s]) for i, s in enumerate(self.stages))
@@ -52,6 +55,8 @@ class FasterRCNNHead(nn.Module):
         fpn = self.neck_features(feats)
         proposals, rpn_losses = self.rpn(images, fpn, targets)
         detections, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
+        if "loss_box_reg" in roi_losses:
+            roi_losses["loss_box_reg"] = self.box_loss_weight * roi_losses["loss_box_reg"]
         return detections, {**rpn_losses, **roi_losses}
 
     def per_image_losses(self, images: ImageList, feats: dict[int, Tensor], targets: list[dict],
@@ -100,7 +105,8 @@ class FasterRCNNHead(nn.Module):
             counts = [len(p) for p in sampled]
             extra = self.extra_roi_losses(fpn, sampled, matched, roi_labels, targets, images.image_sizes)
             for i, (c, r) in enumerate(zip(class_logits.split(counts), box_regression.split(counts))):
-                totals[i] += rpn_loss[i] + sum(fastrcnn_loss(c, r, [roi_labels[i]], [roi_targets[i]])) + extra[i]
+                classifier, box = fastrcnn_loss(c, r, [roi_labels[i]], [roi_targets[i]])
+                totals[i] += rpn_loss[i] + classifier + self.box_loss_weight * box + extra[i]
         return totals / draws
 
     def extra_roi_losses(self, fpn, sampled: list[Tensor], matched: list[Tensor], labels: list[Tensor],
@@ -143,4 +149,4 @@ def build_faster_rcnn_head(in_channels: list[int], stages: list[int], num_classe
         bbox_reg_weights=None, score_thresh=h.score_thresh, nms_thresh=h.nms_thresh,
         detections_per_img=h.detections_per_img,
     )
-    return FasterRCNNHead(neck, rpn, roi_heads, stages)
+    return FasterRCNNHead(neck, rpn, roi_heads, stages, h.box_loss_weight)

@@ -59,4 +59,4 @@ def build_mask_rcnn_head(in_channels: list[int], stages: list[int], num_classes:
                                            canonical_scale=cfg.roi_heads.canonical_scale)
     roi.mask_head = MaskRCNNHeads(cfg.neck.out_channels, list(m.layers), m.dilation)
     roi.mask_predictor = MaskRCNNPredictor(m.layers[-1], m.predictor_channels, num_classes + 1)
-    return MaskRCNNHead(box.neck, box.rpn, roi, stages)
+    return MaskRCNNHead(box.neck, box.rpn, roi, stages, box.box_loss_weight)
