@@ -502,7 +502,8 @@ def predict(
                              calibration=find_latency(ckpt, regime))
     console.print(engine.summary_table(summary))
     gap = summary.calibration_gap()
-    if gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE and summary.n_images >= 4 * batch_size:
+    if gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE \
+            and summary.n_images >= engine.WARN_AFTER_BATCHES * batch_size:
         _warn(f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
               f"device's speed has changed (load, power state, other images); re-run "
               f"`{regime.calibrate_command(str(checkpoint))}` to measure it again")

@@ -26,8 +26,9 @@ split into the part each route runs alone (easy: detector head 1; hard: composit
 backbone 2 and detector head 2, timed with forward hooks) and the rest (resize/normalise,
 backbone 1, router, post-processing), which is shared equally among the batch's images.
 An image's latency is its share of the rest plus its route's part divided by the number of
-images on that route. Decoding, rendering and writing are not included; the first batch
-includes any one-time warm-up.
+images on that route. Decoding, rendering and writing are not included. The first batch
+carries one-time warm-up (on the demo's 48 images it made the mean 36-50% slower), so a route's
+figure leaves it out whenever later batches ran that route.
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 RENDER_MIN_SIDE = 512  # px: smaller images are scaled up to this longer side before drawing
 CAPTION_HEIGHT = 28  # px: the strip above each render saying its route and difficulty
 # A run whose model time per image is further than this from what its regime's calibration
-# expects (at the run's share of hard images) is told so, when it ran 4 batches or more (the
-# first batch carries any warm-up).
+# expects (at the run's share of hard images) is told so, when it ran WARN_AFTER_BATCHES batches
+# or more: a fresh process pays a one-time set-up for each sub-batch size a route meets (CPU
+# kernels are prepared per shape), which on the demo's 48 images at batch 8 made the run 36-50%
+# slower than calibrated, and over its 512 validation images 9%.
 CALIBRATION_TOLERANCE = 0.10
+WARN_AFTER_BATCHES = 16
 
 
 @dataclass
@@ -166,7 +170,8 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     lines, coco, images_meta, renders = [], [], [], []
     skipped: list[tuple[Path, str]] = []
     stems: dict[str, int] = {}
-    totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images]
+    totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images], after the first batch
+    first = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, first batch (warm-up)
     n_det = 0
     timer = _RouteTimer(model, device)
     try:
@@ -181,10 +186,11 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
             for batch in _read_batches(paths, batch_size, skip):
                 images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
                 dets, per_image_ms = timer.detect(images, route)
+                sums = totals if lines else first
                 for (index, path, img), det, ms in zip(batch, dets, per_image_ms):
                     det = _keep(det, conf)
-                    totals[det["route"]][0] += ms
-                    totals[det["route"]][1] += 1
+                    sums[det["route"]][0] += ms
+                    sums[det["route"]][1] += 1
                     n_det += len(det["scores"])
                     height, width = img.shape[-2:]
                     lines.append(_json_line(path, index, width, height, det, class_names, category_ids))
@@ -206,8 +212,10 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
         write_text(out_dir / "predictions_coco.json", json.dumps(coco, allow_nan=False)),
         write_text(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
     ]
-    latency = {r: (s / n if n else None) for r, (s, n) in totals.items()}
-    return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1], n_detections=n_det,
+    kept = {r: totals[r] if totals[r][1] else first[r] for r in totals}  # the first batch only for a route no later batch ran
+    latency = {r: (s / n if n else None) for r, (s, n) in kept.items()}
+    return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1] + first["hard"][1],
+                          n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
                           renders=renders, calibration=calibration)
 

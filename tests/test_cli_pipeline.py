@@ -256,6 +256,7 @@ def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(ca
                                                                                fixed_latency, monkeypatch):
     """A calibration 1000x slower than the tiny model runs: predict says by how much, and how to re-measure."""
     monkeypatch.setitem(globals(), "LATENCIES", [(1e4, 2e4)])
+    monkeypatch.setattr("dynamicdet_cli.predict.WARN_AFTER_BATCHES", 4)  # the 6 validation images at batch 1
     model = copy_of(calibrated, tmp_path)
     ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
     out = ok(cli("predict", data / "val", "--checkpoint", model, "--point", "easy", "--batch-size", 1,

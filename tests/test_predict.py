@@ -1,6 +1,7 @@
 """predict: bad and odd image files, mixed routes under a threshold, glob inputs, the outputs."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,25 @@ def test_the_summary_holds_the_run_against_its_calibration():
     rendered = Console(width=200, record=True)
     rendered.print(summary_table(summary))
     assert "12.5 ms/image here; 10.0 expected at 25% hard by calibrate (2026-01-01" in rendered.export_text()
+
+
+def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, tmp_path):
+    """The first batch carries one-time warm-up: a 300 ms stall in it must not reach the figures."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_noise(40, 40, 20 + i)).save(folder / f"img{i}.png")
+    calls = []
+
+    def stall_once(*_):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.3)
+
+    handle = model.register_forward_pre_hook(stall_once)
+    try:
+        summary = _run(model, list_images([str(folder)]), tmp_path / "out", route="easy", batch_size=1, render=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and summary.n_images == 3
+    assert summary.latency_ms["easy"] < 100  # the two later batches only; with the first, >= 100 ms
