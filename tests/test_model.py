@@ -231,7 +231,7 @@ def test_head_per_image_losses_equal_the_heads_forward_draw_by_draw(tiny_model, 
 def test_box_loss_weight_scales_the_box_term_in_training_and_in_router_targets(make_model, images):
     """roi_heads.box_loss_weight w: the head's loss_box_reg is w times the unweighted one (the
     other terms unchanged), and the router's per-image targets carry the same weighted sum."""
-    plain, weighted = make_model(), make_model("model.roi_heads.box_loss_weight=0.25")
+    plain, weighted = make_model("model.roi_heads.box_loss_weight=1"), make_model("model.roi_heads.box_loss_weight=0.25")
     weighted.load_state_dict(plain.state_dict())
     batch_images, batch_targets = images[:2], _targets([3, 2])
     terms = []
