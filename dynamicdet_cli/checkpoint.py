@@ -18,8 +18,9 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
                       (for YOLO-format data its label folder) and image folder (no `images` in
                       files written before it was recorded)
     latency           list of dict(device, threads, batch_size, image_size, dtype, easy_ms, hard_ms,
-                      images, repeats, time): one per regime (regime.py); dtype, images and
-                      repeats are absent from older files (dtype then float32)
+                      curve_ms, images, repeats, spread_pct, time): one per regime (regime.py);
+                      dtype, curve_ms, images, repeats and spread_pct are absent from older
+                      files (dtype then float32; spread_pct is None with one pass)
     operating_points  dict name -> dict(tau, hard_ratio, target_ms, expected_ms, and with a
                       latency target the regime keys of its measurement)
     provenance        dict(package, torch, torchvision, created, command)

@@ -25,6 +25,7 @@ from dynamicdet_cli.timing_images import timing_images
 
 ROUTES = ("easy", "hard")
 CURVE_SHARES = (0.1, 0.25, 0.5, 0.75, 0.9)  # shares routed hard at which calibrate also times mixed batches
+SPREAD_WARN_PCT = 10.0  # calibrate warns when a route's passes disagree by more (see measure_routes)
 
 
 @torch.inference_mode()
@@ -39,6 +40,8 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     says what the images are; it is stored with the measurement. With `mixed_taus`, the
     same passes also time the images routed by each threshold (batches that mix routes),
     stored as `curve_ms`: [share of the images routed hard, ms per image] per threshold.
+    `spread_pct` (with 2 or more repeats): how far a route's passes disagree, the larger of
+    (max - min) / median over the two routes, in %: the noise of this measurement.
     """
     if not images:
         raise DynamicDetError("no images to time the routes on")
@@ -74,8 +77,13 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
                      for tau in routes[len(ROUTES):]],
         "images": source or f"{len(images)} images",
         "repeats": repeats,
+        "spread_pct": max(_spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _spread_pct(values: list[float]) -> float:
+    return 100.0 * (max(values) - min(values)) / statistics.median(values)
 
 
 @torch.inference_mode()
@@ -138,6 +146,12 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
                                              source=chosen.source, mixed_taus=curve_thresholds(ckpt))
             result.timed = True
+            spread = result.measured.get("spread_pct")
+            if spread is not None and spread > SPREAD_WARN_PCT:
+                noisy = (f"a route's timed passes disagree by {spread:.0f}%: the device is busy or changing "
+                         "speed, and these latencies are no surer than that; calibrate on an idle device "
+                         "or with more --repeats")
+                result.warning = f"{result.warning}; {noisy}" if result.warning else noisy
     target_ms = None if target is None else target_latency_ms(target, result.measured["easy_ms"],
                                                               result.measured["hard_ms"])
     if target_ms is not None or hard_ratio is not None or threshold is not None:

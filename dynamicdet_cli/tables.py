@@ -155,6 +155,8 @@ def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Tabl
         table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms per image")
         table.add_row("regime", escape(Regime.of_record(latency).describe()))
         table.add_row("timed on", escape(str(latency.get("images") or "random images")))
+        if latency.get("spread_pct") is not None:
+            table.add_row("passes disagree by", f"{latency['spread_pct']:.1f}% ({latency.get('repeats')} passes)")
     if point is None:
         return table
     table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")

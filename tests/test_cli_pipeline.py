@@ -267,6 +267,20 @@ def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(ca
     assert (tmp_path / "pred" / "predictions.jsonl").exists()
 
 
+def test_calibrate_warns_when_its_passes_disagree(calibrated, tmp_path, monkeypatch):
+    def noisy(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=()):
+        return {**Regime.of_run(model, device, batch_size).record(), "easy_ms": 10.0, "hard_ms": 20.0,
+                "curve_ms": [], "images": source, "repeats": repeats, "spread_pct": 25.0,
+                "time": "2026-01-01T00:00:00+00:00"}
+
+    monkeypatch.setattr(latency, "measure_routes", noisy)
+    model = copy_of(calibrated, tmp_path)
+    out = ok(cli("calibrate", model, "--latency", "50%", "--name", "half", "--repeats", 3))
+    assert "a route's timed passes disagree by 25%" in out.replace("\n", " ")
+    assert re.search(r"passes disagree by\s+25\.0% \(3 passes\)", out), out
+    assert torch.load(model, weights_only=True)["operating_points"]["half"]["tau"] is not None  # stored all the same
+
+
 def test_sweep_without_its_regimes_latency_says_how_to_measure_it(calibrated, data, tmp_path, fixed_latency):
     model = copy_of(calibrated, tmp_path)
     ok(cli("calibrate", model, "--batch-size", 1))

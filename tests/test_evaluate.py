@@ -24,6 +24,7 @@ from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.evaluate import evaluate_route, sweep
+from dynamicdet_cli import latency as latency_module
 from dynamicdet_cli.latency import measure_routes, operating_point, store_latency
 from dynamicdet_cli.predict import _check_route
 from dynamicdet_cli.recipe import load_recipe
@@ -352,3 +353,32 @@ def test_mixed_batches_are_timed_at_the_shares_their_thresholds_route_hard(train
     assert shares == [0.0, float((phi > float(phi.median())).float().mean()), 1.0]
     assert all(ms > 0 for _, ms in measured["curve_ms"])
     assert "curve_ms" in measured and measure_routes(model, CPU, images, 2, 1, 1)["curve_ms"] == []
+
+
+def test_measure_routes_reports_how_far_its_passes_disagree(images, monkeypatch):
+    """spread_pct: (max - min) / median of a route's passes, the larger route's. One batch, two
+    routes: 2 warm-up calls, then pass 1 takes 1 ms per call and pass 2 takes 2 ms, so
+    (2 - 1) / 1.5 = 66.7%."""
+
+    class Model(torch.nn.Module):
+        transform = type("T", (), {"min_size": (64,)})()
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch, route):
+            return []
+
+    calls = []
+
+    def fake_latency(fn, warmup, repeats, sync):
+        fn()
+        calls.append(1)
+        return 1e-3 if len(calls) <= 4 else 2e-3
+
+    monkeypatch.setattr(latency_module, "measure_latency", fake_latency)
+    measured = measure_routes(Model(), CPU, images[:2], batch_size=2, warmup=1, repeats=2)
+    assert len(calls) == 6
+    assert abs(measured["spread_pct"] - 100 * (2 - 1) / 1.5) < 1e-9
+    assert measure_routes(Model(), CPU, images[:2], batch_size=2, warmup=1, repeats=1)["spread_pct"] is None
