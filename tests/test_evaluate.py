@@ -310,22 +310,25 @@ def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained,
     assert [m["device"] for m in ckpt["latency"]] == ["cuda:NVIDIA H100", "cpu", "cpu"]
 
 
+class _RouteRecorder(torch.nn.Module):
+    """A stand-in model for measure_routes: records (route, batch size) per call, detects nothing."""
+
+    transform = type("T", (), {"min_size": (64,)})()
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, batch, route):
+        self.calls.append((route, len(batch)))
+        return []
+
+
 def test_measure_routes_times_every_image_under_both_routes_interleaved(images):
-    calls = []
-
-    class Model(torch.nn.Module):
-        transform = type("T", (), {"min_size": (64,)})()
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, batch, route):
-            calls.append((route, len(batch)))
-            return []
-
-    measured = measure_routes(Model(), CPU, images[:3], batch_size=2, warmup=1, repeats=2)
-    timed = calls[2:]  # one warm-up batch per route first
+    model = _RouteRecorder()
+    measured = measure_routes(model, CPU, images[:3], batch_size=2, warmup=1, repeats=2)
+    timed = model.calls[2:]  # one warm-up batch per route first
     assert timed == [("easy", 2), ("hard", 2), ("hard", 1), ("easy", 1),  # pass 1
                      ("hard", 2), ("easy", 2), ("easy", 1), ("hard", 1)]  # pass 2: the other order
     assert measured["batch_size"] == 2 and measured["images"] == "3 images"
@@ -359,26 +362,14 @@ def test_measure_routes_reports_how_far_its_passes_disagree(images, monkeypatch)
     """spread_pct: (max - min) / median of a route's passes, the larger route's. One batch, two
     routes: 2 warm-up calls, then pass 1 takes 1 ms per call and pass 2 takes 2 ms, so
     (2 - 1) / 1.5 = 66.7%."""
-
-    class Model(torch.nn.Module):
-        transform = type("T", (), {"min_size": (64,)})()
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, batch, route):
-            return []
-
-    calls = []
+    model = _RouteRecorder()
 
     def fake_latency(fn, warmup, repeats, sync):
         fn()
-        calls.append(1)
-        return 1e-3 if len(calls) <= 4 else 2e-3
+        return 1e-3 if len(model.calls) <= 4 else 2e-3
 
     monkeypatch.setattr(latency_module, "measure_latency", fake_latency)
-    measured = measure_routes(Model(), CPU, images[:2], batch_size=2, warmup=1, repeats=2)
-    assert len(calls) == 6
+    measured = measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=2)
+    assert len(model.calls) == 6
     assert abs(measured["spread_pct"] - 100 * (2 - 1) / 1.5) < 1e-9
-    assert measure_routes(Model(), CPU, images[:2], batch_size=2, warmup=1, repeats=1)["spread_pct"] is None
+    assert measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=1)["spread_pct"] is None
