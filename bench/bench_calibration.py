@@ -59,7 +59,8 @@ def _load() -> str:
 @torch.inference_mode()
 def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: torch.device,
                 repeats: int) -> dict:
-    """plan name -> (median ms per image over `repeats` passes, images routed hard per pass).
+    """plan name -> (median ms per image over `repeats` passes, images routed hard per pass,
+    spread of the passes in %: (max - min) / median).
 
     A plan is a route per batch. On every batch all plans run, in an order that rotates from
     batch to batch and pass to pass, so drift and other load hit them alike. One untimed
@@ -97,7 +98,8 @@ def _batches(images: list, size: int) -> list[list]:
     return [images[i:i + size] for i in range(0, len(images), size)]
 
 
-def calibration_figure(model, ckpt, images, device, batch_size: int, repeats: int) -> list[float]:
+def calibration_figure(model, ckpt, images, device, batch_size: int,
+                       repeats: int) -> tuple[list[float], list[float]]:
     """Targets at 25/50/75% vs the mean latency achieved; returns (errors, drift-corrected
     errors) in %."""
     print(f"\n{batch_size=}: calibration on {len(images)} validation images ({_load()})")

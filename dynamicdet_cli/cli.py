@@ -324,8 +324,13 @@ def train_router(
     from dynamicdet_cli.router_training import train_router_checkpoint
     from dynamicdet_cli.train import resolve_device
 
-    ckpt = load_checkpoint(checkpoint)
     sets = list(overrides or [])
+    for item in sets:  # the detectors (and the loss their targets come from) were fixed by step 1
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith(("router.", "model.router.")):
+            raise DynamicDetError(f"--set {key}: train-router changes only the router's keys (router.*, "
+                                  "model.router.*); the detectors' keys were fixed when train-detectors trained them")
+    ckpt = load_checkpoint(checkpoint)
     sets += [f"router.epochs={epochs}"] if epochs else []
     sets += [f"router.lr={lr}"] if lr is not None else []
     recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)

@@ -27,8 +27,9 @@ backbone 2 and detector head 2, timed with forward hooks) and the rest (resize/n
 backbone 1, router, post-processing), which is shared equally among the batch's images.
 An image's latency is its share of the rest plus its route's part divided by the number of
 images on that route. Decoding, rendering and writing are not included. The first batch
-carries one-time warm-up (on the demo's 48 images it made the mean 36-50% slower), so a route's
-figure leaves it out whenever later batches ran that route.
+carries one-time warm-up, so a route's figure leaves it out whenever later batches ran that
+route (a run of one batch can only report it, and says so). A fresh process also pays a
+one-time set-up for each new sub-batch size a route meets (see WARN_AFTER_BATCHES).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class PredictSummary:
     written: list[Path] = field(default_factory=list)
     renders: list[Path] = field(default_factory=list)
     calibration: dict | None = None
+    first_batch_only: bool = False  # no later batch ran: the latency figures include warm-up
 
     @property
     def n_skipped(self) -> int:
@@ -217,7 +219,8 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1] + first["hard"][1],
                           n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
-                          renders=renders, calibration=calibration)
+                          renders=renders, calibration=calibration,
+                          first_batch_only=not (totals["easy"][1] or totals["hard"][1]))
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -236,7 +239,7 @@ def summary_table(summary: PredictSummary) -> Table:
     if gap is not None:
         table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
                       f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
-                      f"{100 * gap[1]:+.0f}%")
+                      f"{100 * gap[1]:+.0f}%" + (" (one batch: warm-up included)" if summary.first_batch_only else ""))
     table.add_row("detections", str(summary.n_detections))
     table.add_row("written", escape(str(summary.out_dir))
                   + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))

@@ -90,7 +90,8 @@ class RoIHeadsConfig:
     batch_size_per_image: int = _f(512, "proposals sampled per image for the box loss", lo=1)
     positive_fraction: float = _f(0.25, "share of positives among sampled proposals", lo=0.0, hi=1.0)
     box_loss_weight: float = _f(1.0, "weight of the box-regression loss (loss_box_reg) in the detector's loss, as in "
-                                     "training so in the router's per-image targets (torchvision's 1)", lo=0.0, hi=10.0)
+                                     "training so in the router's per-image targets (torchvision's 1; families "
+                                     "faster_rcnn / mask_rcnn only)", lo=0.0, hi=10.0)
     score_thresh: float = _f(0.05, "minimum score of a returned detection", lo=0.0, hi=1.0)
     nms_thresh: float = _f(0.5, "per-class NMS IoU threshold of the detections", lo=0.0, hi=1.0)
     detections_per_img: int = _f(100, "maximum detections per image", lo=1)

@@ -246,6 +246,8 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     # held against the batch-8 measurement (10.5 / 20.5 ms, no curve), too few batches to warn
     assert re.search(r"vs calibration .* ms/image here; \d+\.\d expected at \d+% hard", out), out
     assert "2026-01-01" in out and "differs from its calibration" not in out
+    flat = " ".join(out.replace("│", " ").split())  # the table's cells, unwrapped
+    assert "(one batch: warm-up included)" in flat, out  # the 6 images made one batch of 8
     out = ok(cli("info", model, "--no-flops"))
     assert "latency per image, by regime" in out and "operating points" in out
     assert re.search(r"cpu 1 64 1 float32 10\.00 20\.00 6 validation", out), out
@@ -254,14 +256,14 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
 
 def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(calibrated, data, tmp_path,
                                                                                fixed_latency, monkeypatch):
-    """A calibration 1000x slower than the tiny model runs: predict says by how much, and how to re-measure."""
-    monkeypatch.setitem(globals(), "LATENCIES", [(1e4, 2e4)])
+    """A calibration far slower than the tiny model runs: predict says by how much, and how to re-measure."""
+    monkeypatch.setitem(globals(), "LATENCIES", [(1e6, 2e6)])
     monkeypatch.setattr("dynamicdet_cli.predict.WARN_AFTER_BATCHES", 4)  # the 6 validation images at batch 1
     model = copy_of(calibrated, tmp_path)
     ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
     out = ok(cli("predict", data / "val", "--checkpoint", model, "--point", "easy", "--batch-size", 1,
                  "--threads", 1, "--out", tmp_path / "pred", "--no-progress", "--no-render"))
-    assert re.search(r"10000\.0 expected at 0% hard", out), out
+    assert re.search(r"1000000\.0 expected at 0% hard", out), out
     assert re.search(r"differs from its calibration by -100%", out), out
     assert f"dynamicdet calibrate {model} --device cpu --batch-size 1 --threads 1" in out.replace("\n", "")
     assert (tmp_path / "pred" / "predictions.jsonl").exists()
@@ -334,6 +336,17 @@ def test_predict_skips_bad_files_and_counts_them(calibrated, data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- user errors
+
+def test_train_router_refuses_to_change_the_detectors_keys(calibrated, data, tmp_path):
+    """The targets are the detectors' own losses: a loss weight changed after training would
+    make them another loss (and the stored recipe would lie)."""
+    model = copy_of(calibrated, tmp_path)
+    before = model.read_bytes()
+    one_error_line(cli("train-router", model, "--data", data / "data.yaml", "--set", "model.roi_heads.box_loss_weight=0.25",
+                       "--no-progress"),
+                   "--set model.roi_heads.box_loss_weight: train-router changes only the router's keys")
+    assert model.read_bytes() == before
+
 
 def test_train_router_on_fresh_detectors_is_refused(data, tmp_path):
     fresh = tmp_path / "fresh.pt"

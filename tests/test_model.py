@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
 from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, build_regnet, build_resnet
+from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.model.router import pool_features
+from dynamicdet_cli.recipe import load_recipe, with_overrides
 from dynamicdet_cli.summary import route_flops, route_params
 from helpers import routed_at_median
 
@@ -255,6 +259,15 @@ def test_box_loss_weight_scales_the_box_term_in_training_and_in_router_targets(m
         want = sum(weighted.head1(one, feats, one_targets)[1].values())
     assert_close(got, want.reshape(1), rtol=1e-4, atol=1e-5)
     assert got < unweighted
+
+
+def test_the_mask_family_keeps_the_box_loss_weight():
+    recipe = with_overrides(load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "shapes-mask-tiny.yaml"),
+                            ["model.transform.min_size=64", "model.transform.max_size=64",
+                             "model.roi_heads.box_loss_weight=0.25"])
+    model = build_model(recipe.model)
+    assert model.head1.box_loss_weight == model.head2.box_loss_weight == 0.25
+    assert model.head1.roi_heads.has_mask()
 
 def test_router_pools_each_image_over_its_own_region(make_model):
     """In a batch of mixed sizes, an image's router input stays close to what it is alone;

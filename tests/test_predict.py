@@ -203,7 +203,7 @@ def test_the_summary_holds_the_run_against_its_calibration():
 
 
 def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, tmp_path):
-    """The first batch carries one-time warm-up: a 300 ms stall in it must not reach the figures."""
+    """The first batch carries one-time warm-up: a 2 s stall in it must not reach the figures."""
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(3):
@@ -213,7 +213,7 @@ def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, t
     def stall_once(*_):
         calls.append(1)
         if len(calls) == 1:
-            time.sleep(0.3)
+            time.sleep(2.0)
 
     handle = model.register_forward_pre_hook(stall_once)
     try:
@@ -221,4 +221,5 @@ def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, t
     finally:
         handle.remove()
     assert len(calls) == 3 and summary.n_images == 3
-    assert summary.latency_ms["easy"] < 100  # the two later batches only; with the first, >= 100 ms
+    assert summary.latency_ms["easy"] < 600  # the two later batches only; with the first, >= 667 ms
+    assert not summary.first_batch_only
