@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.latency import curve_thresholds, measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.latency import curve_thresholds, measure_routes, operating_point, spread_pct  # noqa: E402
 from dynamicdet_cli.regime import Regime  # noqa: E402
 from dynamicdet_cli.timing_images import timing_images  # noqa: E402
 
@@ -86,12 +86,7 @@ def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: t
                 hard[name] += sum(o["route"] == "hard" for o in out)
         for name in names:
             passes[name].append(1e3 * spent[name] / n_images)
-    return {name: (statistics.median(passes[name]), hard[name], _spread(passes[name])) for name in names}
-
-
-def _spread(values: list[float]) -> float:
-    """(max - min) / median, in %: how much one plan's passes disagree."""
-    return 100 * (max(values) - min(values)) / statistics.median(values)
+    return {name: (statistics.median(passes[name]), hard[name], spread_pct(passes[name])) for name in names}
 
 
 def _batches(images: list, size: int) -> list[list]:

@@ -319,16 +319,16 @@ def train_router(
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
     from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
-    from dynamicdet_cli.recipe import recipe_from_dict, recipe_to_dict, with_overrides
+    from dynamicdet_cli.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
     from dynamicdet_cli.router_summary import summary_table
     from dynamicdet_cli.router_training import train_router_checkpoint
     from dynamicdet_cli.train import resolve_device
 
     sets = list(overrides or [])
     for item in sets:  # the detectors (and the loss their targets come from) were fixed by step 1
-        key = item.split("=", 1)[0].strip()
-        if not key.startswith(("router.", "model.router.")):
-            raise DynamicDetError(f"--set {key}: train-router changes only the router's keys (router.*, "
+        keys, _ = parse_override(item)
+        if keys[0] != "router" and keys[:2] != ["model", "router"]:
+            raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
                                   "model.router.*); the detectors' keys were fixed when train-detectors trained them")
     ckpt = load_checkpoint(checkpoint)
     sets += [f"router.epochs={epochs}"] if epochs else []

@@ -77,12 +77,13 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
                      for tau in routes[len(ROUTES):]],
         "images": source or f"{len(images)} images",
         "repeats": repeats,
-        "spread_pct": max(_spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
+        "spread_pct": max(spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _spread_pct(values: list[float]) -> float:
+def spread_pct(values: list[float]) -> float:
+    """How far repeated timings disagree: (max - min) / median, in %."""
     return 100.0 * (max(values) - min(values)) / statistics.median(values)
 
 
