@@ -3,8 +3,9 @@
 A dataset opened with masks (a segmenting family, such as Mask R-CNN) also gets mask AP,
 at the operating point and in every row of the sweep.
 
-One operating point: the model runs once over the dataset under the chosen route (mixed
-routes in each batch), and the model time per image is measured.
+One operating point: the model runs once over the dataset under the chosen route, each route
+on full batches gathered across input batches (model/regrouping.py), and the model time per
+image is measured.
 
 The sweep: each detector runs ONCE over the dataset (backbone 1 shared), and every point of
 the curve (hard ratios 0, 0.1, ..., 1 by default) is composed from those stored per-image
@@ -13,7 +14,6 @@ results (sweep.py), next to the same number of images routed at random.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.coco_eval import coco_metrics, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.inference import loader_for, run_both_routes
+from dynamicdet_cli.model.regrouping import Done, RouteBatcher
 from dynamicdet_cli.progress import progress_bar
 from dynamicdet_cli.regime import Regime, find_latency
 from dynamicdet_cli.sweep import compose_sweep, write_sweep
@@ -43,27 +44,28 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
     """COCO metrics of `model` on `dataset` under `route` (box, and mask when the dataset
     has masks: keys mask_AP, ...); writes detections.json (COCO results)."""
     model.eval()
-    results, n_hard, n_images, seconds = [], 0, 0, 0.0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results, n_hard, n_images, ms = [], 0, 0, 0.0
+    batcher = RouteBatcher(model, route, batch_size)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluating", total=len(dataset))
+
+        def collect(done: list[Done]) -> None:
+            nonlocal results, n_hard, n_images, ms
+            for d in done:
+                results += to_coco_results(d.detection, d.key, dataset.cat_ids)
+                n_hard += d.detection["route"] == "hard"
+                n_images += 1
+                ms += d.ms
+            bar.advance(task, len(done))
+
         for images, targets in loader_for(dataset, batch_size):
-            if not images:
-                continue
-            images = [im.to(device) for im in images]
-            sync()
-            start = time.perf_counter()
-            outputs = model(images, route=route)
-            sync()
-            seconds += time.perf_counter() - start
-            for t, out in zip(targets, outputs):
-                results += to_coco_results(out, int(t["image_id"]), dataset.cat_ids)
-                n_hard += out["route"] == "hard"
-            n_images += len(images)
-            bar.advance(task, len(images))
+            if images:
+                collect(batcher.add([im.to(device) for im in images], [int(t["image_id"]) for t in targets]))
+        collect(batcher.finish())
+    results.sort(key=lambda r: r["image_id"])  # routes finish out of input order; stable within an image
     metrics = coco_metrics(dataset.coco, results, dataset.image_ids, masks=dataset.masks)
     path = write_json(out_dir / "detections.json", results)
-    return Evaluation(metrics, n_hard / max(n_images, 1), 1000 * seconds / max(n_images, 1), n_images, path)
+    return Evaluation(metrics, n_hard / max(n_images, 1), ms / max(n_images, 1), n_images, path)
 
 
 def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir: Path,

@@ -20,6 +20,7 @@ from dynamicdet_cli.calibrate import (expected_latency, hard_ratio_for_latency, 
                                       measure_latency, parse_latency_target, target_latency_ms,
                                       threshold_for_hard_ratio)
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.regrouping import RouteBatcher
 from dynamicdet_cli.regime import Regime, device_name, find_latency  # noqa: F401 (device_name: re-export)
 from dynamicdet_cli.timing_images import timing_images
 
@@ -34,7 +35,9 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     """Mean per-image latency of each route over `images`, in ms, with its regime.
 
     `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
-    is timed too. Each of `repeats` passes times every batch under both routes, the order
+    is timed too. Each route runs through a RouteBatcher, as predict and evaluate run it
+    (each route on full batches; the last batch's time includes the partial ones left).
+    Each of `repeats` passes times every batch under both routes, the order
     alternating from batch to batch, so drift (heat, other load) hits both routes alike; a
     route's latency is its median pass time divided by the number of images. `source`
     says what the images are; it is stored with the measurement. With `mixed_taus`, the
@@ -52,19 +55,26 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
-    def time_batch(batch, route) -> float:
-        return measure_latency(lambda: model(batch, route=route), warmup=0, repeats=1, sync=sync)
+    def time_batch(batcher: RouteBatcher, batch, last: bool) -> float:
+        def run():
+            batcher.add(batch, range(len(batch)))
+            if last:
+                batcher.finish()
+        return measure_latency(run, warmup=0, repeats=1, sync=sync)
 
     routes = list(ROUTES) + [float(t) for t in mixed_taus]
     for route in routes:
-        for batch in batches[:max(warmup, 1)]:
-            time_batch(batch, route)
+        warm = batches[:max(warmup, 1)]
+        batcher = RouteBatcher(model, route, batch_size)
+        for i, batch in enumerate(warm):
+            time_batch(batcher, batch, i == len(warm) - 1)
     passes = {route: [] for route in routes}
     for rep in range(repeats):
         spent = dict.fromkeys(routes, 0.0)
+        batchers = {route: RouteBatcher(model, route, batch_size) for route in routes}
         for i, batch in enumerate(batches):
             for route in (routes if (i + rep) % 2 == 0 else routes[::-1]):
-                spent[route] += time_batch(batch, route)
+                spent[route] += time_batch(batchers[route], batch, i == len(batches) - 1)
         for route in routes:
             passes[route].append(spent[route])
     regime = Regime.of_run(model, device, batch_size)

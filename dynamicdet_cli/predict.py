@@ -21,15 +21,14 @@ image_id is the image's position in the `paths` list given to `predict` (skipped
 their number, so ids are stable whatever fails to read). Only detections scoring >= conf are
 written or drawn.
 
-Latency: the model's time per image, batched. For each batch, the time of one `detect` call is
-split into the part each route runs alone (easy: detector head 1; hard: composite connection,
-backbone 2 and detector head 2, timed with forward hooks) and the rest (resize/normalise,
-backbone 1, router, post-processing), which is shared equally among the batch's images.
-An image's latency is its share of the rest plus its route's part divided by the number of
-images on that route. Decoding, rendering and writing are not included. The first batch
-carries one-time warm-up, so a route's figure leaves it out whenever later batches ran that
-route (a run of one batch can only report it, and says so). A fresh process also pays a
-one-time set-up for each new sub-batch size a route meets (see WARN_AFTER_BATCHES).
+Latency: the model's time per image. Images are routed batch by batch, and each route runs
+on full batches of images gathered across input batches (model/regrouping.py, as calibrate
+and evaluate run them): an image's time is its share of its input batch's shared part
+(resize/normalise, backbone 1, router) plus its share of its route's call. Decoding,
+rendering and writing are not included. The first input batch and each route's first call
+carry one-time warm-up, so a route's figure leaves their images out whenever others took
+that route (a run made only of warm-up says so). A fresh process also pays a one-time set-up
+for each new batch shape a route meets (see WARN_AFTER_BATCHES).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +55,7 @@ from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import _BadImage, _load_rgb
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import Route
+from dynamicdet_cli.model.regrouping import Done, RouteBatcher
 from dynamicdet_cli.progress import progress_bar
 
 # Distinct colours, one per class (cycled when there are more classes).
@@ -95,7 +94,7 @@ class PredictSummary:
     written: list[Path] = field(default_factory=list)
     renders: list[Path] = field(default_factory=list)
     calibration: dict | None = None
-    first_batch_only: bool = False  # no later batch ran: the latency figures include warm-up
+    warmup_only: bool = False  # every image's time included warm-up, and so do the latency figures
 
     @property
     def n_skipped(self) -> int:
@@ -172,55 +171,63 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     lines, coco, images_meta, renders = [], [], [], []
     skipped: list[tuple[Path, str]] = []
     stems: dict[str, int] = {}
-    totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images], after the first batch
-    first = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, first batch (warm-up)
+    totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images], warm-up left out
+    warm = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, images whose time includes warm-up
     n_det = 0
-    timer = _RouteTimer(model, device)
-    try:
-        with progress_bar(progress) as bar, torch.inference_mode():
-            task = bar.add_task("predicting", total=len(paths))
+    read: dict[int, tuple[Path, Tensor]] = {}  # index -> (path, image): images awaiting their route
+    batcher = RouteBatcher(model, route, batch_size)
+    with progress_bar(progress) as bar, torch.inference_mode():
+        task = bar.add_task("predicting", total=len(paths))
 
-            def skip(path: Path, reason: str) -> None:
-                skipped.append((path, reason))
-                bar.console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+        def skip(path: Path, reason: str) -> None:
+            skipped.append((path, reason))
+            bar.console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+            bar.advance(task)
+
+        def write(done: list[Done]) -> None:
+            nonlocal n_det
+            for d in done:
+                path, img = read.pop(d.key)
+                det = _keep(d.detection, conf)
+                sums = warm if d.warmup else totals
+                sums[det["route"]][0] += d.ms
+                sums[det["route"]][1] += 1
+                n_det += len(det["scores"])
+                height, width = img.shape[-2:]
+                lines.append(_json_line(path, d.key, width, height, det, class_names, category_ids))
+                coco.extend(to_coco_results(det, d.key, category_ids))
+                images_meta.append({"id": d.key, "file_name": str(path), "width": width, "height": height})
+                if render:
+                    name = _unique_stem(path.stem, stems)
+                    renders.append(_render(img, det, class_names, render_dir / f"{name}.png"))
                 bar.advance(task)
 
-            for batch in _read_batches(paths, batch_size, skip):
-                images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
-                dets, per_image_ms = timer.detect(images, route)
-                sums = totals if lines else first
-                for (index, path, img), det, ms in zip(batch, dets, per_image_ms):
-                    det = _keep(det, conf)
-                    sums[det["route"]][0] += ms
-                    sums[det["route"]][1] += 1
-                    n_det += len(det["scores"])
-                    height, width = img.shape[-2:]
-                    lines.append(_json_line(path, index, width, height, det, class_names, category_ids))
-                    coco.extend(to_coco_results(det, index, category_ids))
-                    images_meta.append({"id": index, "file_name": str(path), "width": width, "height": height})
-                    if render:
-                        name = _unique_stem(path.stem, stems)
-                        renders.append(_render(img, det, class_names, render_dir / f"{name}.png"))
-                bar.advance(task, len(batch))
-    finally:
-        timer.remove()
+        for batch in _read_batches(paths, batch_size, skip):
+            read.update({index: (path, img) for index, path, img in batch})
+            images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
+            write(batcher.add(images, [index for index, _, _ in batch]))
+        write(batcher.finish())
 
     if not lines:
         raise DynamicDetError(f"no readable images among {len(paths)} files "
                               f"(e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else "no images given")
+    # routes finish out of input order: back to it (image ids are positions in `paths`)
+    lines.sort(key=lambda line: line["image_id"])
+    coco.sort(key=lambda r: r["image_id"])  # stable: an image's detections keep their order
+    images_meta.sort(key=lambda m: m["id"])
     categories = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
     written = [
         write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)),
         write_text(out_dir / "predictions_coco.json", json.dumps(coco, allow_nan=False)),
         write_text(out_dir / "images.json", json.dumps({"images": images_meta, "categories": categories}, indent=1)),
     ]
-    kept = {r: totals[r] if totals[r][1] else first[r] for r in totals}  # the first batch only for a route no later batch ran
+    kept = {r: totals[r] if totals[r][1] else warm[r] for r in totals}  # warm-up only for a route nothing else took
     latency = {r: (s / n if n else None) for r, (s, n) in kept.items()}
-    return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1] + first["hard"][1],
+    return PredictSummary(n_images=len(lines), skipped=skipped, n_hard=totals["hard"][1] + warm["hard"][1],
                           n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
                           renders=renders, calibration=calibration,
-                          first_batch_only=not (totals["easy"][1] or totals["hard"][1]))
+                          warmup_only=not (totals["easy"][1] or totals["hard"][1]))
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -239,7 +246,7 @@ def summary_table(summary: PredictSummary) -> Table:
     if gap is not None:
         table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
                       f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
-                      f"{100 * gap[1]:+.0f}%" + (" (one batch: warm-up included)" if summary.first_batch_only else ""))
+                      f"{100 * gap[1]:+.0f}%" + (" (warm-up included: too few images to leave it out)" if summary.warmup_only else ""))
     table.add_row("detections", str(summary.n_detections))
     table.add_row("written", escape(str(summary.out_dir))
                   + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))
@@ -272,60 +279,6 @@ def _check_route(route: Route) -> None:
             raise DynamicDetError(f"route must be 'easy', 'hard' or a threshold in [0, 1], got {route!r}")
     elif not 0.0 <= float(route) <= 1.0:
         raise DynamicDetError(f"route threshold must lie in [0, 1] (phi is a sigmoid), got {route}")
-
-
-# -- timing -------------------------------------------------------------------------------
-
-
-class _RouteTimer:
-    """Times `model.detect` and, through forward hooks, the part each route runs alone:
-    easy = head1, hard = from the composite connection's start to head2's end."""
-
-    _MARKS = {"head1": ("easy", "easy"), "composite": ("hard", None), "head2": (None, "hard")}
-
-    def __init__(self, model: nn.Module, device: torch.device):
-        self.model = model
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.start: dict[str, float] = {}
-        self.spent = {"easy": 0.0, "hard": 0.0}
-        self.handles = []
-        for name, (begins, ends) in self._MARKS.items():
-            module = getattr(model, name, None)
-            if module is None:
-                continue
-            if begins:
-                self.handles.append(module.register_forward_pre_hook(self._begin(begins)))
-            if ends:
-                self.handles.append(module.register_forward_hook(self._end(ends)))
-
-    def _begin(self, route: str):
-        def hook(*_):
-            self.sync()
-            self.start[route] = time.perf_counter()
-        return hook
-
-    def _end(self, route: str):
-        def hook(*_):
-            self.sync()
-            self.spent[route] += time.perf_counter() - self.start.pop(route)
-        return hook
-
-    def detect(self, images: list[Tensor], route: Route) -> tuple[list[dict], list[float]]:
-        """The model's detections and each image's latency in ms (see the module docstring)."""
-        self.spent = {"easy": 0.0, "hard": 0.0}
-        self.sync()
-        t0 = time.perf_counter()
-        dets = self.model(images, route=route)
-        self.sync()
-        total = time.perf_counter() - t0
-        shared = (total - self.spent["easy"] - self.spent["hard"]) / len(images)
-        count = {r: sum(d["route"] == r for d in dets) for r in ("easy", "hard")}
-        ms = [1000.0 * (shared + self.spent[d["route"]] / count[d["route"]]) for d in dets]
-        return dets, ms
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.io import decode_image
+from torchvision.models.detection.image_list import ImageList
 
 from dynamicdet_cli.calibrate import hard_ratio_for_threshold, threshold_for_hard_ratio
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
@@ -23,6 +24,7 @@ from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.evaluate import evaluate_route, sweep
 from dynamicdet_cli import latency as latency_module
 from dynamicdet_cli.latency import measure_routes, operating_point, store_latency
@@ -311,18 +313,35 @@ def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained,
 
 
 class _RouteRecorder(torch.nn.Module):
-    """A stand-in model for measure_routes: records (route, batch size) per call, detects nothing."""
+    """A stand-in model for measure_routes: the parts a RouteBatcher calls, recording
+    (route, batch size) per route call; it detects nothing."""
 
-    transform = type("T", (), {"min_size": (64,)})()
+    class transform:
+        min_size = (64,)
+
+        @staticmethod
+        def postprocess(dets, image_sizes, original_sizes):
+            return dets
+
+    split_by_route = staticmethod(DynamicDetector.split_by_route)
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.calls = []
 
-    def forward(self, batch, route):
-        self.calls.append((route, len(batch)))
-        return []
+    def prepare(self, images):
+        return ImageList(torch.stack(images), [tuple(im.shape[-2:]) for im in images]), None, None
+
+    def backbone1(self, x):
+        return {1: x}
+
+    def difficulty(self, feats, image_list):
+        return torch.zeros(len(image_list.image_sizes))
+
+    def run_route(self, route, image_list, feats):
+        self.calls.append((route, len(image_list.image_sizes)))
+        return [{} for _ in image_list.image_sizes]
 
 
 def test_measure_routes_times_every_image_under_both_routes_interleaved(images):

@@ -63,7 +63,8 @@ class DynamicDetector(nn.Module):
         R-CNN heads add masks FloatTensor[N,1,H,W], each box's mask probabilities in the input
         image's pixels.
         Under a threshold, images with phi > tau take the hard route; one batch may mix routes
-        and backbone 2 / detector 2 run only on the hard images.
+        and backbone 2 / detector 2 run only on the hard images. Over a stream of batches,
+        model/regrouping.py's RouteBatcher runs each route on full batches instead.
     """
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone1: StageBackbone,
@@ -173,18 +174,23 @@ class DynamicDetector(nn.Module):
         phi = self.difficulty(feats1, image_list)  # B
         results: list[dict] = [{} for _ in range(batch)]
         easy_idx, hard_idx = self.split_by_route(phi, route)
-        if easy_idx:
-            sub = _take_images(image_list, easy_idx)
-            dets, _ = self.head1(sub, _take(feats1, easy_idx, batch))
-            self._place(results, easy_idx, dets, sub, original_sizes, "easy")
-        if hard_idx:
-            sub = _take_images(image_list, hard_idx)
-            feats2 = self.second_backbone(sub.tensors, _take(feats1, hard_idx, batch))
-            dets, _ = self.head2(sub, feats2)
-            self._place(results, hard_idx, dets, sub, original_sizes, "hard")
+        for route, index in (("easy", easy_idx), ("hard", hard_idx)):
+            if index:
+                sub = _take_images(image_list, index)
+                dets = self.run_route(route, sub, _take(feats1, index, batch))
+                self._place(results, index, dets, sub, original_sizes, route)
         for i, r in enumerate(results):
             r["difficulty"] = phi[i]
         return results
+
+    def run_route(self, route: str, images: ImageList, feats1: dict[int, Tensor]) -> list[dict]:
+        """One route's detections for a batch whose backbone-1 features are known, in the
+        resized frame (before transform.postprocess). easy: D1(F1); hard: D2(B2(x, G(F1)))."""
+        if route == "easy":
+            dets, _ = self.head1(images, feats1)
+        else:
+            dets, _ = self.head2(images, self.second_backbone(images.tensors, feats1))
+        return dets
 
     def detect_both(self, images: list[Tensor]) -> tuple[list[dict], list[dict], Tensor]:
         """Both detectors' detections for every image, backbone 1 run once: (easy, hard, phi).

@@ -1,0 +1,111 @@
+"""RouteBatcher (model/regrouping.py): each route runs on full batches across input batches,
+and every image gets what model.detect gives it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dynamicdet_cli.model.regrouping import RouteBatcher
+
+
+def _phi(model, images) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])
+
+
+def _run(model, batches, route, batch_size):
+    """Every Done of a stream of (images, keys) batches, and the batcher."""
+    batcher = RouteBatcher(model, route, batch_size)
+    done = []
+    with torch.inference_mode():
+        for images, keys in batches:
+            done += batcher.add(images, keys)
+        done += batcher.finish()
+    return done, batcher
+
+
+def _same_detection(a: dict, b: dict) -> None:
+    assert a["route"] == b["route"]
+    assert float(a["difficulty"]) == pytest.approx(float(b["difficulty"]), abs=1e-6)
+    assert a["boxes"].shape == b["boxes"].shape
+    torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+    assert torch.equal(a["labels"], b["labels"])
+
+
+def test_regrouped_results_match_detect_and_each_route_runs_full_batches(tiny_model, make_images):
+    images = make_images(11, seed=3)
+    phi = _phi(tiny_model, images)
+    tau = float(phi.median())
+    n_hard = int((phi > tau).sum())
+    assert 0 < n_hard < len(images)  # the routes mix: otherwise nothing is regrouped
+    # input batches of 4, 4, 3; route calls of 3 images
+    batches = [(images[i:i + 4], range(i, min(i + 4, len(images)))) for i in range(0, len(images), 4)]
+    done, batcher = _run(tiny_model, batches, tau, batch_size=3)
+
+    assert sorted(d.key for d in done) == list(range(len(images)))  # each image exactly once
+    with torch.inference_mode():
+        for d in done:
+            _same_detection(d.detection, tiny_model.detect([images[d.key]], route=tau)[0])
+    # each route called ceil(n / 3) times: every call but the last ran 3 images
+    assert batcher.calls == {"easy": math.ceil((len(images) - n_hard) / 3), "hard": math.ceil(n_hard / 3)}
+    assert batcher.waiting == {}
+
+
+def test_a_full_batch_comes_out_of_add_and_the_rest_waits_for_finish(tiny_model, make_images):
+    images = make_images(8, seed=4)
+    phi = _phi(tiny_model, images)
+    tau = float(phi.sort().values[3])  # 4 easy, 4 hard
+    batcher = RouteBatcher(tiny_model, tau, batch_size=4)
+    with torch.inference_mode():
+        first = batcher.add(images[:4], range(4))
+        second = batcher.add(images[4:], range(4, 8))
+        rest = batcher.finish()
+    routes = ["hard" if p > tau else "easy" for p in phi.tolist()]
+    # a route's images come out as soon as 4 of them wait, never before
+    for upto, out in ((4, first), (8, first + second)):
+        seen = routes[:upto]
+        full = {r for r in ("easy", "hard") if seen.count(r) >= 4}
+        assert {d.detection["route"] for d in out} == full
+    assert len(first) + len(second) + len(rest) == 8
+    assert all(d.detection["route"] == routes[d.key] for d in first + second + rest)
+
+
+def test_images_of_different_padded_shapes_are_never_stacked(tiny_model, make_images):
+    """Wide and tall images pad to different batch shapes: each waits in its own group, and
+    the results still match model.detect's."""
+    wide = [torch.rand(3, 32, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    tall = [torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(10 + i)) for i in range(3)]
+    done, batcher = _run(tiny_model, [(wide, range(3)), (tall, range(3, 6))], "hard", batch_size=4)
+    assert batcher.calls["hard"] == 2  # 3 + 3 images, never one call of 4 across the two shapes
+    images = wide + tall
+    with torch.inference_mode():
+        for d in done:
+            _same_detection(d.detection, tiny_model.detect([images[d.key]], route="hard")[0])
+
+
+def test_times_are_shared_out_and_warmup_is_marked(tiny_model, make_images):
+    images = make_images(8, seed=5)
+    batches = [(images[:4], range(4)), (images[4:], range(4, 8))]
+    done, _ = _run(tiny_model, batches, "easy", batch_size=4)
+    assert all(d.ms > 0 for d in done)
+    warm = {d.key for d in done if d.warmup}
+    assert warm == {0, 1, 2, 3}  # the first input batch, which was also the route's first call
+
+
+def test_a_whole_route_runs_each_input_batch_at_once(tiny_model, make_images):
+    """'easy' and 'hard' need no regrouping: each full input batch is one route call."""
+    images = make_images(6, seed=6)
+    done, batcher = _run(tiny_model, [(images[:3], range(3)), (images[3:], range(3, 6))], "hard", batch_size=3)
+    assert batcher.calls == {"easy": 0, "hard": 2}
+    assert {d.detection["route"] for d in done} == {"hard"}
+
+
+def test_bad_arguments(tiny_model, make_images):
+    with pytest.raises(ValueError, match="batch size"):
+        RouteBatcher(tiny_model, "easy", 0)
+    with pytest.raises(ValueError, match="keys"), torch.inference_mode():
+        RouteBatcher(tiny_model, "easy", 2).add(make_images(2), [0])
