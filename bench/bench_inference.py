@@ -19,7 +19,9 @@ split used). Three figures, measured in the same run on this machine:
   c. wall time of `evaluate.sweep` (11 hard ratios; random draws 0, and the default 5)
      against evaluating the same 11 thresholds one by one (`evaluate_route`). Goal >= 4x.
 
-Model time only: images are decoded once up front and the clock spans the model call.
+Model time only: images are decoded once up front and the clock spans the model call. Every
+pass runs through a RouteBatcher (model/regrouping.py), as calibrate, predict and evaluate
+do; bench_calibration.py also times mixed batches split batch by batch, for comparison.
 The load average is printed before each figure: on a shared CPU, timings move with it.
 """
 
@@ -44,6 +46,7 @@ from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.errors import DynamicDetError  # noqa: E402
 from dynamicdet_cli.evaluate import evaluate_route, sweep  # noqa: E402
 from dynamicdet_cli.latency import device_name, measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.model.regrouping import RouteBatcher  # noqa: E402
 from dynamicdet_cli.timing_images import random_images  # noqa: E402
 
 RATIOS = [i / 10 for i in range(11)]
@@ -66,16 +69,20 @@ def _batches(items: list, size: int) -> list[list]:
 
 @torch.inference_mode()
 def timed_pass(model, batches: list[list[torch.Tensor]], routes: list, device) -> tuple[float, int]:
-    """One pass over `batches` (batch i under routes[i]): (mean model ms per image, hard images)."""
+    """One pass over `batches` (batch i under routes[i]) through a RouteBatcher, as the commands
+    run them (each route on full batches): (mean model ms per image, hard images)."""
     total, n_images, n_hard = 0.0, 0, 0
-    for images, route in zip(batches, routes):
+    batcher = RouteBatcher(model, routes[0], len(batches[0]))
+    for i, (images, route) in enumerate(zip(batches, routes)):
         _sync(device)
         start = time.perf_counter()
-        out = model(images, route=route)
+        out = batcher.add(images, range(len(images)), route=route)
+        if i == len(batches) - 1:
+            out += batcher.finish()
         _sync(device)
         total += time.perf_counter() - start
         n_images += len(images)
-        n_hard += sum(o["route"] == "hard" for o in out)
+        n_hard += sum(d.detection["route"] == "hard" for d in out)
     return 1e3 * total / n_images, n_hard
 
 

@@ -25,7 +25,7 @@ the share of the gap a router recovers moves by several points with the draw of 
 
 The issue's targets: d2 - d1 >= +0.02 (more on the harder half); >= 60% of the gap at 50%
 hard with the interval above zero on every seed; 9 of 9 ratios; Spearman >= 0.6 everywhere.
-Nothing here is tuned on the validation images it reports. Writes results-s<seeds>.json in
+Nothing here is tuned on the validation images it reports. Writes results-s<seeds>[-fresh<seed>-<N>].json in
 --out, and reuses a data folder (data<seed>/) or run folder (run<seed>/best.pt) found there, so
 seeds can run in parallel processes and a `make demo` run can stand in for seed 0.
 """
@@ -163,7 +163,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(HEADER, flush=True)
     rows = [row for seed in args.seeds for row in one_data_seed(seed, args, out)]
-    (out / f"results-s{'-'.join(map(str, args.seeds))}.json").write_text(json.dumps(rows, indent=1))
+    fresh = f"-fresh{args.fresh_seed}-{args.fresh_val}" if args.fresh_val else ""
+    (out / f"results-s{'-'.join(map(str, args.seeds))}{fresh}.json").write_text(json.dumps(rows, indent=1))
     print(HEADER)
     for r in rows:
         print(_line(r))

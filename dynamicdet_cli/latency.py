@@ -62,7 +62,7 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
                 batcher.finish()
         return measure_latency(run, warmup=0, repeats=1, sync=sync)
 
-    routes = list(ROUTES) + [float(t) for t in mixed_taus]
+    routes = list(ROUTES) + list(dict.fromkeys(float(t) for t in mixed_taus))  # a repeated tau is timed once
     for route in routes:
         warm = batches[:max(warmup, 1)]
         batcher = RouteBatcher(model, route, batch_size)

@@ -94,7 +94,7 @@ class PredictSummary:
     written: list[Path] = field(default_factory=list)
     renders: list[Path] = field(default_factory=list)
     calibration: dict | None = None
-    warmup_only: bool = False  # every image's time included warm-up, and so do the latency figures
+    warm_routes: tuple[str, ...] = ()  # routes whose figure includes warm-up: none of their images ran without
 
     @property
     def n_skipped(self) -> int:
@@ -174,7 +174,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images], warm-up left out
     warm = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, images whose time includes warm-up
     n_det = 0
-    read: dict[int, tuple[Path, Tensor]] = {}  # index -> (path, image): images awaiting their route
+    read: dict[int, tuple[Path, Tensor, str]] = {}  # index -> (path, image, render stem): awaiting their route
     batcher = RouteBatcher(model, route, batch_size)
     with progress_bar(progress) as bar, torch.inference_mode():
         task = bar.add_task("predicting", total=len(paths))
@@ -187,7 +187,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
         def write(done: list[Done]) -> None:
             nonlocal n_det
             for d in done:
-                path, img = read.pop(d.key)
+                path, img, stem = read.pop(d.key)
                 det = _keep(d.detection, conf)
                 sums = warm if d.warmup else totals
                 sums[det["route"]][0] += d.ms
@@ -198,12 +198,12 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                 coco.extend(to_coco_results(det, d.key, category_ids))
                 images_meta.append({"id": d.key, "file_name": str(path), "width": width, "height": height})
                 if render:
-                    name = _unique_stem(path.stem, stems)
-                    renders.append(_render(img, det, class_names, render_dir / f"{name}.png"))
+                    renders.append((d.key, _render(img, det, class_names, render_dir / f"{stem}.png")))
                 bar.advance(task)
 
         for batch in _read_batches(paths, batch_size, skip):
-            read.update({index: (path, img) for index, path, img in batch})
+            # render names in input order, whichever route finishes first
+            read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
             images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
             write(batcher.add(images, [index for index, _, _ in batch]))
         write(batcher.finish())
@@ -215,6 +215,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     lines.sort(key=lambda line: line["image_id"])
     coco.sort(key=lambda r: r["image_id"])  # stable: an image's detections keep their order
     images_meta.sort(key=lambda m: m["id"])
+    renders = [path for _, path in sorted(renders)]
     categories = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
     written = [
         write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)),
@@ -227,7 +228,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                           n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
                           renders=renders, calibration=calibration,
-                          warmup_only=not (totals["easy"][1] or totals["hard"][1]))
+                          warm_routes=tuple(r for r in totals if warm[r][1] and not totals[r][1]))
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -241,12 +242,13 @@ def summary_table(summary: PredictSummary) -> Table:
     table.add_row("hard route", f"{summary.n_hard} images ({100 * summary.share_hard:.1f}%)")
     for route, ms in summary.latency_ms.items():
         table.add_row(f"{route} latency", "-" if ms is None else
-                      f"{ms:.1f} ms/image (model only, batch {summary.batch_size})")
+                      f"{ms:.1f} ms/image (model only, batch {summary.batch_size})"
+                      + (", warm-up included: too few images to leave it out" if route in summary.warm_routes else ""))
     gap = summary.calibration_gap()
     if gap is not None:
         table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
                       f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
-                      f"{100 * gap[1]:+.0f}%" + (" (warm-up included: too few images to leave it out)" if summary.warmup_only else ""))
+                      f"{100 * gap[1]:+.0f}%" + (f" ({' and '.join(summary.warm_routes)} route: warm-up included)" if summary.warm_routes else ""))
     table.add_row("detections", str(summary.n_detections))
     table.add_row("written", escape(str(summary.out_dir))
                   + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))

@@ -28,3 +28,24 @@ def routed_at_median(model, images):
     assert set(routes) == {"easy", "hard"}
     assert [r["route"] for r in alone] == routes
     return mixed, alone, phi, tau
+
+
+def regrouped_at_median(model, images):
+    """Route images at their median difficulty through a RouteBatcher (input batches of 2,
+    route calls of 3, so images of different input batches share calls) and run each image
+    alone on its route: (regrouped in input order, alone), for every family's tests."""
+    import torch
+
+    from dynamicdet_cli.model.regrouping import RouteBatcher
+
+    _, alone, _, tau = routed_at_median(model, images)
+    batcher = RouteBatcher(model, tau, batch_size=3)
+    done = []
+    with torch.no_grad():
+        for i in range(0, len(images), 2):
+            done += batcher.add(images[i:i + 2], range(i, min(i + 2, len(images))))
+        done += batcher.finish()
+    assert sorted(d.key for d in done) == list(range(len(images)))
+    regrouped = [d.detection for d in sorted(done, key=lambda d: d.key)]
+    assert [r["route"] for r in regrouped] == [r["route"] for r in alone]
+    return regrouped, alone

@@ -13,7 +13,7 @@ from dynamicdet_cli.model.reference import torchvision_mask_rcnn
 from dynamicdet_cli.recipe import load_recipe, with_overrides
 
 from conftest import RECIPES, TINY_OVERRIDES
-from helpers import routed_at_median
+from helpers import regrouped_at_median, routed_at_median
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -76,6 +76,12 @@ def test_easy_route_is_a_plain_torchvision_mask_rcnn(make_mask_model, mask_recip
 def test_mixed_batch_matches_each_image_alone(make_mask_model, images):
     mixed, alone, _, _ = routed_at_median(make_mask_model(), images)
     for got, want in zip(mixed, alone):
+        assert_same_masks(got, want)
+
+
+def test_regrouped_routes_match_each_image_alone(make_mask_model, images):
+    regrouped, alone = regrouped_at_median(make_mask_model(), images)
+    for got, want in zip(regrouped, alone):
         assert_same_masks(got, want)
 
 

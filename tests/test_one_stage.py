@@ -19,7 +19,7 @@ from dynamicdet_cli.recipe import load_recipe, with_overrides
 from dynamicdet_cli.summary import route_flops, route_params
 
 from conftest import RECIPES, TINY_OVERRIDES
-from helpers import routed_at_median
+from helpers import regrouped_at_median, routed_at_median
 
 FAMILIES = ["fcos", "retinanet"]
 LOSS_PARTS = {"fcos": ("classification", "bbox_regression", "bbox_ctrness"),
@@ -90,6 +90,13 @@ def test_easy_route_is_the_plain_torchvision_detector(make_one_stage, images, fa
 def test_mixed_batch_matches_each_image_alone(make_one_stage, images, family):
     mixed, alone, _, _ = routed_at_median(make_one_stage(family)[0], images)
     for got, want in zip(mixed, alone):
+        assert_same_detections(got, want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_regrouped_routes_match_each_image_alone(make_one_stage, images, family):
+    regrouped, alone = regrouped_at_median(make_one_stage(family)[0], images)
+    for got, want in zip(regrouped, alone):
         assert_same_detections(got, want)
 
 

@@ -166,6 +166,38 @@ def test_threshold_route_follows_difficulty(model, tmp_path):
     assert summary.latency_ms["easy"] > 0 and summary.latency_ms["hard"] > 0
 
 
+def test_outputs_and_render_names_keep_input_order_when_routes_finish_out_of_it(model, tmp_path):
+    """Routes run on full batches, so results come out of input order: at batch 2 with input
+    batches [hard, easy], [easy, hard] the easy pair finishes first. The JSON lines, and the
+    render names of two files called x.png, still follow the input order."""
+    arrays = [_noise(48, 48, 30 + i) // (1 + 2 * i) for i in range(4)]
+    with torch.inference_mode():
+        phi = [float(model.detect([F.to_dtype(torch.from_numpy(a).permute(2, 0, 1), torch.float32, scale=True)],
+                                  route="easy")[0]["difficulty"]) for a in arrays]
+    order = sorted(range(4), key=lambda i: phi[i])  # lowest phi first
+    assert phi[order[1]] < phi[order[2]], "the images need different difficulties for this test"
+    tau = (phi[order[1]] + phi[order[2]]) / 2
+    hard1, easy1, easy2, hard2 = order[3], order[0], order[1], order[2]
+    files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "c.png", tmp_path / "d.png"]
+    for path, i in zip(files, (hard1, easy1, easy2, hard2)):
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(arrays[i]).save(path)
+
+    out = tmp_path / "out"
+    summary = _run(model, files, out, route=tau, batch_size=2, conf=1.0)  # conf 1: nothing drawn over the image
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(line["image_id"], line["file"], line["route"]) for line in lines] == [
+        (0, str(files[0]), "hard"), (1, str(files[1]), "easy"), (2, str(files[2]), "easy"), (3, str(files[3]), "hard")]
+    images = json.loads((out / "images.json").read_text())["images"]
+    assert [m["id"] for m in images] == [0, 1, 2, 3]
+    assert [p.name for p in summary.renders] == ["x.png", "x-1.png", "c.png", "d.png"]
+    # render/x.png pictures a/x.png (the hard one), though b/x.png finished first
+    picture = decode_png(read_file(str(out / "render" / "x.png")))[:, CAPTION_HEIGHT:].float()
+    scaled = [F.resize(torch.from_numpy(arrays[i]).permute(2, 0, 1), list(picture.shape[-2:]), antialias=True).float()
+              for i in (hard1, easy1)]
+    assert (picture - scaled[0]).abs().mean() < (picture - scaled[1]).abs().mean()
+
+
 def test_list_images_globs_files_and_errors(mixed_folder, tmp_path):
     assert [p.name for p in list_images([str(mixed_folder / "*.png")])] == ["a_rgb.png", "b_gray.png", "d_corrupt.png"]
     # a file named twice (directly and through a folder) is listed once, in first-seen order
@@ -200,6 +232,13 @@ def test_the_summary_holds_the_run_against_its_calibration():
     rendered = Console(width=200, record=True)
     rendered.print(summary_table(summary))
     assert "12.5 ms/image here; 10.0 expected at 25% hard by calibrate (2026-01-01" in rendered.export_text()
+    assert "warm-up" not in rendered.export_text()
+    summary.warm_routes = ("hard",)  # the hard route's only call was its first
+    rendered = Console(width=300, record=True)
+    rendered.print(summary_table(summary))
+    text = rendered.export_text()
+    assert "20.0 ms/image (model only, batch 2), warm-up included" in text
+    assert "(hard route: warm-up included)" in text
 
 
 def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, tmp_path):
@@ -223,4 +262,4 @@ def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, t
         handle.remove()
     assert len(calls) == 3 and summary.n_images == 3
     assert summary.latency_ms["easy"] < 600  # the two later batches only; with the first, >= 667 ms
-    assert not summary.warmup_only
+    assert not summary.warm_routes

@@ -4,6 +4,7 @@ and every image gets what model.detect gives it."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -109,3 +110,48 @@ def test_bad_arguments(tiny_model, make_images):
         RouteBatcher(tiny_model, "easy", 0)
     with pytest.raises(ValueError, match="keys"), torch.inference_mode():
         RouteBatcher(tiny_model, "easy", 2).add(make_images(2), [0])
+
+
+def test_fewer_than_a_batch_waits_per_route_whatever_the_shapes(tiny_model):
+    """Each input batch pads to its own shape: no group fills, and still fewer than
+    batch_size images wait per route (the oldest group runs as it is)."""
+    sizes = [(32, 64), (64, 32), (32, 32), (64, 64), (32, 64), (64, 32)]
+    batcher = RouteBatcher(tiny_model, "hard", batch_size=3)
+    done = []
+    with torch.inference_mode():
+        for i, (h, w) in enumerate(sizes):
+            images = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(10 * i + j)) for j in range(2)]
+            done += batcher.add(images, [(i, 0), (i, 1)])
+            assert sum(len(p) for parts in batcher.waiting.values() for p in parts) < 3
+        done += batcher.finish()
+    assert sorted(d.key for d in done) == [(i, j) for i in range(len(sizes)) for j in range(2)]
+
+
+def test_the_image_times_add_up_to_the_time_spent(tiny_model, make_images):
+    images = make_images(10, seed=7)
+    tau = float(_phi(tiny_model, images).median())
+    batcher = RouteBatcher(tiny_model, tau, batch_size=4)
+    done = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, 10, 4):
+            done += batcher.add(images[i:i + 4], range(i, min(i + 4, 10)))
+        done += batcher.finish()
+    spent = 1000 * (time.perf_counter() - start)
+    total = sum(d.ms for d in done)
+    assert total <= spent and total > 0.5 * spent  # only the bookkeeping between timed spans is left out
+
+
+def test_a_routes_first_call_is_warmup_even_in_a_later_batch(tiny_model, make_images):
+    """Warm-up: the first input batch, and each route's first call wherever it falls; a batch
+    can also take its own route (add's `route`)."""
+    images = make_images(6, seed=8)
+    batcher = RouteBatcher(tiny_model, "easy", batch_size=2)
+    with torch.inference_mode():
+        first = batcher.add(images[:2], [0, 1])                    # easy, first batch
+        second = batcher.add(images[2:4], [2, 3])                  # easy, a later call
+        third = batcher.add(images[4:], [4, 5], route="hard")      # hard's first call
+    assert [d.warmup for d in first] == [True, True]
+    assert [d.warmup for d in second] == [False, False]
+    assert [d.warmup for d in third] == [True, True]
+    assert {d.detection["route"] for d in third} == {"hard"}

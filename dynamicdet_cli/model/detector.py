@@ -174,11 +174,11 @@ class DynamicDetector(nn.Module):
         phi = self.difficulty(feats1, image_list)  # B
         results: list[dict] = [{} for _ in range(batch)]
         easy_idx, hard_idx = self.split_by_route(phi, route)
-        for route, index in (("easy", easy_idx), ("hard", hard_idx)):
+        for name, index in (("easy", easy_idx), ("hard", hard_idx)):
             if index:
                 sub = _take_images(image_list, index)
-                dets = self.run_route(route, sub, _take(feats1, index, batch))
-                self._place(results, index, dets, sub, original_sizes, route)
+                dets = self.run_route(name, sub, _take(feats1, index, batch))
+                self._place(results, index, dets, sub, original_sizes, name)
         for i, r in enumerate(results):
             r["difficulty"] = phi[i]
         return results
@@ -188,8 +188,10 @@ class DynamicDetector(nn.Module):
         resized frame (before transform.postprocess). easy: D1(F1); hard: D2(B2(x, G(F1)))."""
         if route == "easy":
             dets, _ = self.head1(images, feats1)
-        else:
+        elif route == "hard":
             dets, _ = self.head2(images, self.second_backbone(images.tensors, feats1))
+        else:
+            raise ValueError(f"run_route takes 'easy' or 'hard', got {route!r}")
         return dets
 
     def detect_both(self, images: list[Tensor]) -> tuple[list[dict], list[dict], Tensor]:

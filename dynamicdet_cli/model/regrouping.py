@@ -21,13 +21,15 @@ Contract:
   pixels): each image's RPN, RoI heads and post-processing do not depend on the other images
   of a call, and BatchNorm runs in eval mode, so regrouping changes only float rounding.
 - Images wait in groups of one padded input shape: features of different shapes are never
-  stacked (variable-size inputs fill their groups more slowly).
-- Memory: at most batch_size - 1 images' backbone-1 features wait per route and shape.
+  stacked. Fewer than `batch_size` images wait per route: when a route's groups of several
+  shapes hold that many between them, its oldest group runs as it is (variable-size inputs
+  run some partial batches, and memory stays bounded).
 - `ms`: the image's model time: its equal share of its input batch's shared part
-  (resize/normalise, backbone 1, router) plus its equal share of its route's call (easy:
-  detector 1; hard: composite connection, backbone 2, detector 2; both with
-  post-processing). The ms of all images add up to the model's time. `warmup`: the image's
-  input batch was the first, or its route call was that route's first (one-time set-up).
+  (resize/normalise, backbone 1, router, setting its images aside by route) plus its equal
+  share of its route's call (gathering the waiting images; easy: detector 1; hard: composite
+  connection, backbone 2, detector 2; both with post-processing). The ms of all images add
+  up to the time spent in `add` and `finish`. `warmup`: the image's input batch was the
+  first, or its route's call was that route's first (one-time set-up).
 """
 
 from __future__ import annotations
@@ -116,18 +118,23 @@ class RouteBatcher:
         feats1 = model.backbone1(image_list.tensors)
         phi = model.difficulty(feats1, image_list)
         routed = model.split_by_route(phi, self.route if route is None else route)
-        sync()
-        share = 1000.0 * (time.perf_counter() - start) / len(images)
         batch = _Waiting(keys, image_list.tensors, feats1, list(image_list.image_sizes), original_sizes, phi,
-                         [share] * len(images), [self.batches == 0] * len(images))
-        self.batches += 1
-        done = []
+                         [0.0] * len(images), [self.batches == 0] * len(images))
         shape = tuple(image_list.tensors.shape[-2:])
+        stored = []
         for name, index in zip(("easy", "hard"), routed):
             if index:
-                self.waiting.setdefault((name, shape), []).append(batch.take(index) if len(index) < len(batch)
-                                                                  else batch)
-                done += self._run_full(name, shape)
+                stored.append(batch.take(index) if len(index) < len(batch) else batch)
+                self.waiting.setdefault((name, shape), []).append(stored[-1])
+        sync()
+        share = 1000.0 * (time.perf_counter() - start) / len(images)
+        for part in stored:
+            part.ms[:] = [share] * len(part)
+        self.batches += 1
+        done = []
+        for name, index in zip(("easy", "hard"), routed):
+            if index:
+                done += self._run_ready(name, shape)
         return done
 
     def finish(self) -> list[Done]:
@@ -135,11 +142,13 @@ class RouteBatcher:
         done = []
         for (route, _), parts in list(self.waiting.items()):
             if parts:
-                done += self._run(route, _Waiting.cat(parts))
+                done += self._run(route, parts)
         self.waiting.clear()
         return done
 
-    def _run_full(self, route: str, shape: tuple[int, ...]) -> list[Done]:
+    def _run_ready(self, route: str, shape: tuple[int, ...]) -> list[Done]:
+        """Run `route` on every full batch of `shape`, then on its oldest partial groups while
+        the route's groups hold batch_size images or more between them."""
         parts = self.waiting[(route, shape)]
         done = []
         while sum(len(p) for p in parts) >= self.batch_size:
@@ -152,13 +161,19 @@ class RouteBatcher:
                     part = part.take(slice(0, need))
                 chosen.append(part)
                 count += len(part)
-            done += self._run(route, _Waiting.cat(chosen))
+            done += self._run(route, chosen)
+        if not parts:
+            del self.waiting[(route, shape)]  # so the dict's order stays the order groups began waiting
+        groups = [key for key in self.waiting if key[0] == route]  # the longest waiting first
+        while sum(len(p) for key in groups for p in self.waiting[key]) >= self.batch_size:
+            done += self._run(route, self.waiting.pop(groups.pop(0)))
         return done
 
-    def _run(self, route: str, group: _Waiting) -> list[Done]:
-        sync = _sync_for(group.tensors.device)
+    def _run(self, route: str, parts: list[_Waiting]) -> list[Done]:
+        sync = _sync_for(parts[0].tensors.device)
         sync()
         start = time.perf_counter()
+        group = _Waiting.cat(parts)
         images = ImageList(group.tensors, group.image_sizes)
         dets = self.model.run_route(route, images, group.feats)
         dets = self.model.transform.postprocess(dets, group.image_sizes, group.original_sizes)
@@ -176,4 +191,4 @@ class RouteBatcher:
 
 def _sync_for(device: torch.device):
     """What makes a wall-clock span cover the device's work: CUDA runs asynchronously."""
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
