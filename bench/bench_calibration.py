@@ -22,8 +22,9 @@ records them). For each batch size:
 Then the mixed-batch linearity: batches of --mixed-batch images in which each batch's own
 phi sends round(k B) images hard, k = 0, .25, .5, .75, 1, against lat1 + k (lat2 - lat1),
 lat1 / lat2 being the k = 0 / k = 1 batches of the same passes. Goal: within 5%. Each k runs
-twice in the same passes: regrouped (each route on full batches across input batches, as
-calibrate, predict and evaluate run it) and split batch by batch (model.detect per batch).
+twice in the same passes: regrouped (each route on full batches across input batches) and
+split batch by batch (as model.detect splits a batch); calibrate, predict and evaluate take
+the one regrouping.regroup_pays picks for the thread count and device.
 
 Every figure is a ratio against a baseline measured in the same run. Model time only:
 images are decoded once up front and the clock spans the model call. The load average is
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.latency import curve_thresholds, measure_routes, operating_point, spread_pct  # noqa: E402
-from dynamicdet_cli.model.regrouping import RouteBatcher  # noqa: E402
+from dynamicdet_cli.model.regrouping import RouteBatcher, regroup_pays  # noqa: E402
 from dynamicdet_cli.regime import Regime  # noqa: E402
 from dynamicdet_cli.timing_images import timing_images  # noqa: E402
 
@@ -65,10 +66,11 @@ def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: t
     """plan name -> (median ms per image over `repeats` passes, images routed hard per pass,
     spread of the passes in %: (max - min) / median).
 
-    A plan is (how, a route per batch): how "regrouped" runs the batches through one
-    RouteBatcher per pass (each route on full batches, as calibrate, predict and evaluate
-    run them; the last batch's time includes what is left), "per batch" calls the model on
-    each batch (each batch split by route). On every batch all plans run, in an order that
+    A plan is (how, a route per batch): the batches run through one RouteBatcher per pass
+    (the last batch's time includes what is left), which with how "regrouped" runs each route
+    on full batches, with "per batch" splits each batch by route, and with "commands" does
+    what calibrate, predict and evaluate do here (regrouping.regroup_pays). On every batch
+    all plans run, in an order that
     rotates from batch to batch and pass to pass, so drift and other load hit them alike.
     One untimed warm-up pass over the first two batches per plan first."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -78,17 +80,15 @@ def interleaved(model, batches: list[list[torch.Tensor]], plans: dict, device: t
         """Plan `name` over batches[:upto], one batch per step (its time added to spent[name]);
         the last step yields the number of images routed hard."""
         how, routes = plans[name]
-        batcher = RouteBatcher(model, routes[0], len(batches[0]))
+        batcher = RouteBatcher(model, routes[0], len(batches[0]),
+                               regroup={"regrouped": True, "per batch": False, "commands": None}[how])
         hard = 0
         for i, batch in enumerate(batches[:upto]):
             sync()
             start = time.perf_counter()
-            if how == "regrouped":
-                out = [d.detection for d in batcher.add(batch, range(len(batch)), route=routes[i])]
-                if i == upto - 1:
-                    out += [d.detection for d in batcher.finish()]
-            else:
-                out = model(batch, route=routes[i])
+            out = [d.detection for d in batcher.add(batch, range(len(batch)), route=routes[i])]
+            if i == upto - 1:
+                out += [d.detection for d in batcher.finish()]
             sync()
             spent[name] += time.perf_counter() - start
             hard += sum(o["route"] == "hard" for o in out)
@@ -131,8 +131,8 @@ def calibration_figure(model, ckpt, images, device, batch_size: int,
         target = lat1 + share * (lat2 - lat1)
         points[share] = (target, operating_point(ckpt, target_ms=target, latency=measured))
     batches = _batches(images, batch_size)
-    plans = {"easy": ("regrouped", ["easy"] * len(batches)), "hard": ("regrouped", ["hard"] * len(batches))}
-    plans.update({share: ("regrouped", [p["tau"]] * len(batches)) for share, (_, p) in points.items()})
+    plans = {"easy": ("commands", ["easy"] * len(batches)), "hard": ("commands", ["hard"] * len(batches))}
+    plans.update({share: ("commands", [p["tau"]] * len(batches)) for share, (_, p) in points.items()})
     result = interleaved(model, batches, plans, device, repeats)
     lat1b, lat2b = result["easy"][0], result["hard"][0]
     print(f"   re-measured in the same passes: lat1 {lat1b:.2f} ({100 * (lat1b - lat1) / lat1:+.1f}%), "
@@ -162,15 +162,16 @@ def batch_tau(model, images: list[torch.Tensor], k: float) -> float:
 
 
 def linearity_figure(model, images, device, batch_size: int, repeats: int) -> list[float]:
-    """Mixed batches at k against lat1 + k (lat2 - lat1), regrouped (as the commands run
-    them) and, for comparison, split batch by batch; returns the regrouped errors in %."""
+    """Mixed batches at k against lat1 + k (lat2 - lat1), regrouped and split batch by batch;
+    returns the errors in % of the way the commands run here (regrouping.regroup_pays)."""
     print(f"\nmixed-route batches of {batch_size} ({_load()})")
     batches = [b for b in _batches(images, batch_size) if len(b) == batch_size]
     taus = {k: [batch_tau(model, b, k) for b in batches] for k in MIXED_RATIOS}
     plans = {(how, k): (how, taus[k]) for k in MIXED_RATIOS for how in ("regrouped", "per batch")}
     result = interleaved(model, batches, plans, device, repeats)
     print(f"   {len(batches)} batches, {repeats} passes; all-easy passes spread "
-          f"{result[('regrouped', 0.0)][2]:.1f}%")
+          f"{result[('regrouped', 0.0)][2]:.1f}%; the commands run "
+          f"{'regrouped' if regroup_pays(device) else 'per batch'} here")
     print("       k   hard/batch   regrouped ms   line      error   |   per batch ms   line      error")
     errors = []
     for k in MIXED_RATIOS:
@@ -182,7 +183,7 @@ def linearity_figure(model, images, device, batch_size: int, repeats: int) -> li
             linear = lat1 + share * (lat2 - lat1)
             err = 100 * (ms - linear) / linear
             cells.append(f"{ms:12.2f}   {linear:6.2f}   {err:+5.1f}%")
-            if how == "regrouped":
+            if (how == "regrouped") == regroup_pays(device):
                 errors.append(err)
         print(f"   {k:5.2f}   {n_hard / len(batches):10.2f}   " + "   |   ".join(cells))
     return errors

@@ -21,9 +21,9 @@ image_id is the image's position in the `paths` list given to `predict` (skipped
 their number, so ids are stable whatever fails to read). Only detections scoring >= conf are
 written or drawn.
 
-Latency: the model's time per image. Images are routed batch by batch, and each route runs
-on full batches of images gathered across input batches (model/regrouping.py, as calibrate
-and evaluate run them): an image's time is its share of its input batch's shared part
+Latency: the model's time per image. Images are routed batch by batch, and where it pays
+(model/regrouping.py: more than one CPU thread, or CUDA) each route runs on full batches of
+images gathered across input batches, as calibrate and evaluate run them. An image's time is its share of its input batch's shared part
 (resize/normalise, backbone 1, router) plus its share of its route's call. Decoding,
 rendering and writing are not included. The first input batch and each route's first call
 carry one-time warm-up, so a route's figure leaves their images out whenever others took
@@ -145,10 +145,11 @@ def list_images(inputs: list[str]) -> list[Path]:
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
             category_ids: list[int], batch_size: int = 8, conf: float = 0.3, render: bool = True,
             device: str | torch.device = "cpu", progress: bool = True,
-            calibration: dict | None = None) -> PredictSummary:
+            calibration: dict | None = None, regroup: bool | None = None) -> PredictSummary:
     """Run `model` (a DynamicDetector) on the image files `paths` and write the outputs.
 
     `calibration`: the stored latency measurement of this run's regime (see PredictSummary).
+    `regroup`: RouteBatcher's (None: what pays on this device and thread count).
 
     Files that are not images or cannot be decoded are skipped with a one-line warning and
     counted; DynamicDetError if none of them can be read. Label l is class_names[l - 1] and
@@ -175,7 +176,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     warm = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, images whose time includes warm-up
     n_det = 0
     read: dict[int, tuple[Path, Tensor, str]] = {}  # index -> (path, image, render stem): awaiting their route
-    batcher = RouteBatcher(model, route, batch_size)
+    batcher = RouteBatcher(model, route, batch_size, regroup)
     with progress_bar(progress) as bar, torch.inference_mode():
         task = bar.add_task("predicting", total=len(paths))
 

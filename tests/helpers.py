@@ -39,7 +39,7 @@ def regrouped_at_median(model, images):
     from dynamicdet_cli.model.regrouping import RouteBatcher
 
     _, alone, _, tau = routed_at_median(model, images)
-    batcher = RouteBatcher(model, tau, batch_size=3)
+    batcher = RouteBatcher(model, tau, batch_size=3, regroup=True)
     done = []
     with torch.no_grad():
         for i in range(0, len(images), 2):

@@ -184,7 +184,7 @@ def test_outputs_and_render_names_keep_input_order_when_routes_finish_out_of_it(
         Image.fromarray(arrays[i]).save(path)
 
     out = tmp_path / "out"
-    summary = _run(model, files, out, route=tau, batch_size=2, conf=1.0)  # conf 1: nothing drawn over the image
+    summary = _run(model, files, out, route=tau, batch_size=2, conf=1.0, regroup=True)  # conf 1: nothing drawn
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [(line["image_id"], line["file"], line["route"]) for line in lines] == [
         (0, str(files[0]), "hard"), (1, str(files[1]), "easy"), (2, str(files[2]), "easy"), (3, str(files[3]), "hard")]

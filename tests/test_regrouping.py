@@ -17,9 +17,9 @@ def _phi(model, images) -> torch.Tensor:
         return torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])
 
 
-def _run(model, batches, route, batch_size):
+def _run(model, batches, route, batch_size, regroup=True):
     """Every Done of a stream of (images, keys) batches, and the batcher."""
-    batcher = RouteBatcher(model, route, batch_size)
+    batcher = RouteBatcher(model, route, batch_size, regroup)
     done = []
     with torch.inference_mode():
         for images, keys in batches:
@@ -60,7 +60,7 @@ def test_a_full_batch_comes_out_of_add_and_the_rest_waits_for_finish(tiny_model,
     images = make_images(8, seed=4)
     phi = _phi(tiny_model, images)
     tau = float(phi.sort().values[3])  # 4 easy, 4 hard
-    batcher = RouteBatcher(tiny_model, tau, batch_size=4)
+    batcher = RouteBatcher(tiny_model, tau, batch_size=4, regroup=True)
     with torch.inference_mode():
         first = batcher.add(images[:4], range(4))
         second = batcher.add(images[4:], range(4, 8))
@@ -116,7 +116,7 @@ def test_fewer_than_a_batch_waits_per_route_whatever_the_shapes(tiny_model):
     """Each input batch pads to its own shape: no group fills, and still fewer than
     batch_size images wait per route (the oldest group runs as it is)."""
     sizes = [(32, 64), (64, 32), (32, 32), (64, 64), (32, 64), (64, 32)]
-    batcher = RouteBatcher(tiny_model, "hard", batch_size=3)
+    batcher = RouteBatcher(tiny_model, "hard", batch_size=3, regroup=True)
     done = []
     with torch.inference_mode():
         for i, (h, w) in enumerate(sizes):
@@ -130,7 +130,7 @@ def test_fewer_than_a_batch_waits_per_route_whatever_the_shapes(tiny_model):
 def test_the_image_times_add_up_to_the_time_spent(tiny_model, make_images):
     images = make_images(10, seed=7)
     tau = float(_phi(tiny_model, images).median())
-    batcher = RouteBatcher(tiny_model, tau, batch_size=4)
+    batcher = RouteBatcher(tiny_model, tau, batch_size=4, regroup=True)
     done = []
     start = time.perf_counter()
     with torch.inference_mode():
@@ -146,7 +146,7 @@ def test_a_routes_first_call_is_warmup_even_in_a_later_batch(tiny_model, make_im
     """Warm-up: the first input batch, and each route's first call wherever it falls; a batch
     can also take its own route (add's `route`)."""
     images = make_images(6, seed=8)
-    batcher = RouteBatcher(tiny_model, "easy", batch_size=2)
+    batcher = RouteBatcher(tiny_model, "easy", batch_size=2, regroup=True)
     with torch.inference_mode():
         first = batcher.add(images[:2], [0, 1])                    # easy, first batch
         second = batcher.add(images[2:4], [2, 3])                  # easy, a later call
@@ -155,3 +155,28 @@ def test_a_routes_first_call_is_warmup_even_in_a_later_batch(tiny_model, make_im
     assert [d.warmup for d in second] == [False, False]
     assert [d.warmup for d in third] == [True, True]
     assert {d.detection["route"] for d in third} == {"hard"}
+
+
+def test_without_regrouping_each_input_batch_runs_at_once(tiny_model, make_images):
+    images = make_images(8, seed=9)
+    phi = _phi(tiny_model, images)
+    tau = float(phi.median())
+    batcher = RouteBatcher(tiny_model, tau, batch_size=4, regroup=False)
+    with torch.inference_mode():
+        first = batcher.add(images[:4], range(4))
+        assert sorted(d.key for d in first) == [0, 1, 2, 3] and batcher.waiting == {}
+        for d in first:
+            _same_detection(d.detection, tiny_model.detect([images[d.key]], route=tau)[0])
+        assert len(batcher.add(images[4:], range(4, 8))) == 4 and batcher.finish() == []
+
+
+def test_regrouping_is_the_default_with_more_than_one_thread(tiny_model):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert RouteBatcher(tiny_model, "easy", 8).regroup is False
+        torch.set_num_threads(2)
+        assert RouteBatcher(tiny_model, "easy", 8).regroup is True
+        assert RouteBatcher(tiny_model, "easy", 8, regroup=False).regroup is False
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,16 @@ route is a full batch:
         for done in batcher.add(images, keys): ...   # Done(key, detection, ms, warmup)
     for done in batcher.finish(): ...
 
+Whether to regroup is a trade (regroup_pays): an image's features wait through later
+batches' backbone-1 passes and are read back from colder memory. Measured on a 2-core CPU,
+demo model, batches of 8 that mix routes (bench/bench_calibration.py, mixed-route figure):
+with 2 threads, splitting batch by batch cost +17.6 / +11.9 / +6.9% over the line at a
+quarter / half / three quarters hard and regrouping +8.1 / +10.6 / +6.8%; with 1 thread,
+where a small call pays no thread start-up, splitting cost +4.3 / -0.7 / -1.2% and
+regrouping +9.2 / +4.3 / +1.6%. So by default the batcher regroups with more than one CPU
+thread (and on CUDA, where every call also pays kernel launches: not measured here), and
+with one thread runs each input batch's routes at once, as model.detect does.
+
 Contract:
 - Results come out when their route runs, not in input order; `key` says which image.
 - `detection` is what `model.detect` returns for that image (same keys, original image
@@ -87,17 +97,26 @@ class _Waiting:
                         [w for p in parts for w in p.warmup])
 
 
+def regroup_pays(device: torch.device) -> bool:
+    """Whether regrouping is the faster way on `device` with this process's thread count
+    (measured: see the module docstring)."""
+    return device.type == "cuda" or torch.get_num_threads() > 1
+
+
 class RouteBatcher:
     """Routes images batch by batch and runs each route on full batches (module docstring).
 
     model: a DynamicDetector in eval mode; route: "easy", "hard" or a threshold tau;
-    batch_size: images per route call (at least 1). Call under torch.inference_mode().
+    batch_size: images per route call (at least 1); regroup: False runs each input batch's
+    routes as soon as it is routed (the split model.detect makes); None: regroup_pays() on
+    the model's device. Call under torch.inference_mode().
     """
 
-    def __init__(self, model, route, batch_size: int):
+    def __init__(self, model, route, batch_size: int, regroup: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.route, self.batch_size = model, route, batch_size
+        self.regroup = regroup_pays(next(model.parameters()).device) if regroup is None else regroup
         self.waiting: dict[tuple[str, tuple[int, ...]], list[_Waiting]] = {}  # (route, shape) -> parts
         self.calls = {"easy": 0, "hard": 0}
         self.batches = 0
@@ -134,7 +153,7 @@ class RouteBatcher:
         done = []
         for name, index in zip(("easy", "hard"), routed):
             if index:
-                done += self._run_ready(name, shape)
+                done += self._run_ready(name, shape) if self.regroup else self._run(name, self.waiting.pop((name, shape)))
         return done
 
     def finish(self) -> list[Done]:
