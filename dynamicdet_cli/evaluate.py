@@ -3,9 +3,9 @@
 A dataset opened with masks (a segmenting family, such as Mask R-CNN) also gets mask AP,
 at the operating point and in every row of the sweep.
 
-One operating point: the model runs once over the dataset under the chosen route, each route
-on full batches gathered across input batches (model/regrouping.py), and the model time per
-image is measured.
+One operating point: the model runs once over the dataset under the chosen route (where it
+pays, each route on full batches gathered across input batches: model/regrouping.py), and
+the model time per image is measured.
 
 The sweep: each detector runs ONCE over the dataset (backbone 1 shared), and every point of
 the curve (hard ratios 0, 0.1, ..., 1 by default) is composed from those stored per-image

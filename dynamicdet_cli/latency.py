@@ -36,7 +36,9 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
 
     `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
     is timed too. Each route runs through a RouteBatcher, as predict and evaluate run it
-    (each route on full batches; the last batch's time includes the partial ones left).
+    (where it pays, each route on full batches; the last batch's time includes what waited).
+    The regime (thread count, device) decides whether it regroups, so a measurement holds for
+    the way its regime runs.
     Each of `repeats` passes times every batch under both routes, the order
     alternating from batch to batch, so drift (heat, other load) hits both routes alike; a
     route's latency is its median pass time divided by the number of images. `source`

@@ -23,8 +23,9 @@ written or drawn.
 
 Latency: the model's time per image. Images are routed batch by batch, and where it pays
 (model/regrouping.py: more than one CPU thread, or CUDA) each route runs on full batches of
-images gathered across input batches, as calibrate and evaluate run them. An image's time is its share of its input batch's shared part
-(resize/normalise, backbone 1, router) plus its share of its route's call. Decoding,
+images gathered across input batches, as calibrate and evaluate run them. An image's time is
+its share of its input batch's shared part (resize/normalise, backbone 1, router) plus its
+share of its route's call. Decoding,
 rendering and writing are not included. The first input batch and each route's first call
 carry one-time warm-up, so a route's figure leaves their images out whenever others took
 that route (a run made only of warm-up says so). A fresh process also pays a one-time set-up
@@ -66,9 +67,9 @@ RENDER_MIN_SIDE = 512  # px: smaller images are scaled up to this longer side be
 CAPTION_HEIGHT = 28  # px: the strip above each render saying its route and difficulty
 # A run whose model time per image is further than this from what its regime's calibration
 # expects (at the run's share of hard images) is told so, when it ran WARN_AFTER_BATCHES batches
-# or more: a fresh process pays a one-time set-up for each sub-batch size a route meets (CPU
-# kernels are prepared per shape), which on the demo's 48 images at batch 8 made the run 36-50%
-# slower than calibrated, and over its 512 validation images 9%.
+# or more: a fresh process pays a one-time set-up for each batch shape a route meets (CPU
+# kernels are prepared per shape), which on the demo's 48 images at batch 8 made the run 14-41%
+# slower than calibrated (three runs, 2 threads), and over its 512 validation images -2 to +0%.
 CALIBRATION_TOLERANCE = 0.10
 WARN_AFTER_BATCHES = 16
 

@@ -5,7 +5,7 @@ regrouped into full batches.
 tau, detector 1 runs on 5 images and backbone 2 + detector 2 on 3, and each sub-batch pays
 its call's fixed cost at a smaller size. Over a stream that makes the mean time per image at
 a share k of hard images exceed lat1 + k (lat2 - lat1), the line a latency target is turned
-into a threshold with (measured at batch 8 on a 2-core CPU: +7 to +20%). A RouteBatcher
+into a threshold with (figures below). A RouteBatcher
 keeps backbone 1's features of the images that wait for their route, and runs a route only
 when `batch_size` images wait for it (or at `finish`), so every call but the last of each
 route is a full batch:
