@@ -57,11 +57,11 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
-    def time_batch(batcher: RouteBatcher, batch, last: bool) -> float:
+    def time_batch(batcher: RouteBatcher, batch, last: bool, done: list) -> float:
         def run():
-            batcher.add(batch, range(len(batch)))
+            done.extend(batcher.add(batch, range(len(batch))))
             if last:
-                batcher.finish()
+                done.extend(batcher.finish())
         return measure_latency(run, warmup=0, repeats=1, sync=sync)
 
     routes = list(ROUTES) + list(dict.fromkeys(float(t) for t in mixed_taus))  # a repeated tau is timed once
@@ -69,24 +69,24 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
         warm = batches[:max(warmup, 1)]
         batcher = RouteBatcher(model, route, batch_size)
         for i, batch in enumerate(warm):
-            time_batch(batcher, batch, i == len(warm) - 1)
+            time_batch(batcher, batch, i == len(warm) - 1, [])
     passes = {route: [] for route in routes}
     for rep in range(repeats):
         spent = dict.fromkeys(routes, 0.0)
         batchers = {route: RouteBatcher(model, route, batch_size) for route in routes}
+        done = {route: [] for route in routes}  # this pass's results: the share each route sent hard
         for i, batch in enumerate(batches):
             for route in (routes if (i + rep) % 2 == 0 else routes[::-1]):
-                spent[route] += time_batch(batchers[route], batch, i == len(batches) - 1)
+                spent[route] += time_batch(batchers[route], batch, i == len(batches) - 1, done[route])
         for route in routes:
             passes[route].append(spent[route])
     regime = Regime.of_run(model, device, batch_size)
-    phi = _difficulties(model, batches) if mixed_taus else None
     return {
         **regime.record(),
         "easy_ms": statistics.median(passes["easy"]) / len(images),
         "hard_ms": statistics.median(passes["hard"]) / len(images),
-        "curve_ms": [[float((phi > tau).float().mean()), statistics.median(passes[tau]) / len(images)]
-                     for tau in routes[len(ROUTES):]],
+        "curve_ms": [[sum(d.detection["route"] == "hard" for d in done[tau]) / len(images),
+                      statistics.median(passes[tau]) / len(images)] for tau in routes[len(ROUTES):]],
         "images": source or f"{len(images)} images",
         "repeats": repeats,
         "spread_pct": max(spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
@@ -97,16 +97,6 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
 def spread_pct(values: list[float]) -> float:
     """How far repeated timings disagree: (max - min) / median, in %."""
     return 100.0 * (max(values) - min(values)) / statistics.median(values)
-
-
-@torch.inference_mode()
-def _difficulties(model, batches) -> torch.Tensor:
-    """phi of every timed image: backbone 1 and the router only, as a route decision sees it. N"""
-    phis = []
-    for batch in batches:
-        image_list, _, _ = model.prepare(batch)
-        phis.append(model.difficulty(model.backbone1(image_list.tensors), image_list))
-    return torch.cat(phis).float().cpu()
 
 
 def store_latency(ckpt: dict, measured: dict) -> int:
