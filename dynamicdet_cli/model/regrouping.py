@@ -17,11 +17,12 @@ route is a full batch:
 
 Whether to regroup is a trade (regroup_pays): an image's features wait through later
 batches' backbone-1 passes and are read back from colder memory. Measured on a 2-core CPU,
-demo model, batches of 8 that mix routes (bench/bench_calibration.py, mixed-route figure):
-with 2 threads, splitting batch by batch cost +17.6 / +11.9 / +6.9% over the line at a
-quarter / half / three quarters hard and regrouping +8.1 / +10.6 / +6.8%; with 1 thread,
-where a small call pays no thread start-up, splitting cost +4.3 / -0.7 / -1.2% and
-regrouping +9.2 / +4.3 / +1.6%. So by default the batcher regroups with more than one CPU
+demo model, batches of 8 that mix routes (bench/bench_calibration.py, mixed-route figure;
+ranges over 3 runs with 2 threads, 4 with 1): with 2 threads, splitting batch by batch cost
++17.6..+19.5 / +10.2..+12.4 / +5.6..+8.2% over the line at a quarter / half / three quarters
+hard and regrouping +5.6..+8.1 / +8.9..+11.2 / +3.6..+6.8%; with 1 thread, where a small call
+pays no thread start-up, splitting cost +4.3..+7.5 / -3.6..-0.6 / -6.4..-1.2% and regrouping
++9.2..+12.4 / +3.8..+11.0 / +1.6..+9.7%. So by default the batcher regroups with more than one CPU
 thread (and on CUDA, where every call also pays kernel launches: not measured here), and
 with one thread runs each input batch's routes at once, as model.detect does.
 
