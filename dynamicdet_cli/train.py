@@ -16,6 +16,8 @@ exactly what the killed one would have done. A run killed mid-epoch loses at mos
 
 Several processes: run under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA);
 each process sees its share of the data; only rank 0 writes files and evaluates.
+`train.batch_size` is the images of one optimizer step in all, split evenly across the
+processes, so a recipe means the same steps and learning rate on one process or several.
 """
 
 from __future__ import annotations
@@ -201,15 +203,25 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
 # ----------------------------------------------------------------------------- the run
 
 def _train_loader(dataset, cfg, env: Dist, epoch: int) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): what makes resume exact."""
+    """A loader whose order depends only on (seed, epoch): what makes resume exact.
+    Each process loads its share of the recipe's batch (see process_batch_size)."""
     if env.enabled:
         sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+    return DataLoader(dataset, batch_size=process_batch_size(cfg.batch_size, env), sampler=sampler,
+                      num_workers=cfg.workers,
                       collate_fn=collate, drop_last=False,
                       generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+
+
+def process_batch_size(batch_size: int, env: Dist) -> int:
+    """Images per step on this process: the recipe's batch split evenly across processes."""
+    if batch_size % env.world_size:
+        raise DynamicDetError(f"train.batch_size={batch_size} (images per step in all) does not split evenly "
+                              f"across {env.world_size} processes; use a multiple of {env.world_size}")
+    return batch_size // env.world_size
 
 
 def _save_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, best: float,
@@ -271,6 +283,20 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run: Path, epoch: int, epochs_done: int):
         super().__init__(run, epoch, epochs_done)
         self.run, self.epoch, self.epochs_done = run, epoch, epochs_done
+
+
+@contextmanager
+def _evaluation_threads(env: Dist, device: torch.device):
+    """Rank 0 evaluates alone while the other processes wait at the barrier: on CPU it borrows
+    their threads (torchrun's LOCAL_WORLD_SIZE processes share this machine's cores)."""
+    threads = torch.get_num_threads()
+    borrowed = threads * int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env.enabled else threads
+    if device.type == "cpu" and borrowed > threads:
+        torch.set_num_threads(borrowed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -374,8 +400,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             record = {"epoch": epoch + 1, "step": step, **{k: v for k, v in stats.items() if k != "complete"}}
             last_epoch = epoch + 1 == cfg.epochs
             if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                last_val = evaluate_both(model, val_set, device, batch_size=cfg.batch_size,
-                                         show_progress=False)
+                with _evaluation_threads(env, device):
+                    last_val = evaluate_both(model, val_set, device, batch_size=cfg.batch_size,
+                                             show_progress=False)
                 record["val"] = last_val
             if env.is_main:
                 metric = (last_val["d1"]["AP"] + last_val["d2"]["AP"]) / 2 if "val" in record else None
@@ -383,7 +410,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 ckpt["training"] = {"epochs": epoch + 1, "steps": step, "run": str(run),
                                     "val": _flat_val(record.get("val")), "router_image_ids": router_ids}
                 save_checkpoint(ckpt, run / "last.pt")
-                if metric is None or metric >= best:
+                # best.pt: the best evaluated epoch; until an epoch is evaluated (or without
+                # validation data), the last one
+                if (metric is None and best < 0) or (metric is not None and metric >= best):
                     best = metric if metric is not None else best
                     save_checkpoint(ckpt, run / "best.pt")
                 _write_metrics(run, record)  # before state.pt: a resume trims lines past its epoch

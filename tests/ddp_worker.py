@@ -2,8 +2,9 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py DATA_YAML RUN OUT
 
-Trains the tiny recipe for 2 epochs (one step each per process with 4 images, batch 2,
-2 processes) and writes this rank's final parameters to OUT/rank{RANK}.pt.
+Trains the tiny recipe for 2 epochs (4 images, train.batch_size 2 in all: one image per
+process per step, two steps per epoch) and writes this rank's final parameters to
+OUT/rank{RANK}.pt.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.train import train_detectors
+from dynamicdet_cli.train import Dist, process_batch_size, train_detectors
 from helpers import one_error_line
 
 TESTS = Path(__file__).resolve().parent
@@ -286,7 +286,9 @@ def test_two_ddp_processes_agree_on_the_parameters(data, tmp_path):
         env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert rank0["steps"] == rank1["steps"] == 2  # each process: 2 of the 4 images per epoch
+    # train.batch_size 2 is the batch of all processes: one image each, so the 4 images take
+    # 2 steps per epoch (with 2 images per process it would be 1)
+    assert rank0["steps"] == rank1["steps"] == 4
     assert list(rank0["params"]) == list(rank1["params"])
     for key, value in rank0["params"].items():
         assert torch.equal(rank1["params"][key], value), key
@@ -295,6 +297,32 @@ def test_two_ddp_processes_agree_on_the_parameters(data, tmp_path):
     for key, value in rank0["params"].items():
         if not key.startswith("router."):
             assert torch.equal(saved[key], value), key
+
+
+def test_the_recipe_batch_is_split_across_processes():
+    assert process_batch_size(8, Dist()) == 8
+    assert process_batch_size(8, Dist(rank=1, world_size=2)) == 4
+    with pytest.raises(DynamicDetError, match="does not split evenly across 3 processes"):
+        process_batch_size(8, Dist(world_size=3))
+
+
+def test_best_pt_is_the_best_evaluated_epoch(data, tmp_path, monkeypatch):
+    """Epochs 2 and 4 are evaluated (AP 0.5, then 0.1): best.pt stays epoch 2, not the
+    unevaluated epoch 3 nor the worse epoch 4."""
+    aps = iter([0.5, 0.1])
+
+    def fake_evaluate(model, val_set, device, batch_size, show_progress):
+        ap = next(aps)
+        return {d: {"AP": ap, "AP50": ap} for d in ("d1", "d2")}
+
+    monkeypatch.setattr("dynamicdet_cli.train.evaluate_both", fake_evaluate)
+    run = tmp_path / "run"
+    train_detectors(recipe("train.epochs=4", "train.eval_every=2"), train_set(data), train_set(data), run,
+                    show_progress=False, max_steps=None)
+    best = torch.load(run / "best.pt", weights_only=True)["training"]
+    last = torch.load(run / "last.pt", weights_only=True)["training"]
+    assert (best["epochs"], best["val"]["d1_AP"]) == (2, 0.5)
+    assert last["epochs"] == 4
 
 
 # ----------------------------------------------------------------------------- router holdout
