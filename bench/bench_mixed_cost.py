@@ -9,8 +9,9 @@ all-hard passes of the same run, and against the first way:
 
   whole batches       batches alternate between the routes, each batch run whole at once:
                       what no splitting and no waiting cost;
-  + copy              the same, each batch's features and images copied twice first (as a
-                      RouteBatcher sets waiting images aside, then gathers them);
+  + copy              the same, each batch's features (and a hard batch's pixels) copied
+                      twice first (as a RouteBatcher sets waiting images aside, then gathers
+                      them; easy images wait without their pixels, which detector 1 never reads);
   + wait              each easy batch run only after the next batch's backbone 1 (as a
                       regrouped image waits for its route's batch to fill);
   + copy + wait       both: what regrouping costs;
@@ -57,10 +58,10 @@ def main(argv=None) -> None:
         feats = model.backbone1(image_list.tensors)
         return image_list, feats, model.difficulty(feats, image_list)
 
-    def copied(image_list, feats):
+    def copied(image_list, feats, pixels: bool):
         """Set aside in two halves and gathered again: two copies, as a RouteBatcher makes."""
         halves = [list(range(BATCH // 2)), list(range(BATCH // 2, BATCH))]
-        x = torch.cat([image_list.tensors[h] for h in halves])
+        x = torch.cat([image_list.tensors[h] for h in halves]) if pixels else image_list.tensors
         return ImageList(x, image_list.image_sizes), {k: torch.cat([v[h] for h in halves]) for k, v in feats.items()}
 
     def whole(route):
@@ -71,13 +72,13 @@ def main(argv=None) -> None:
     def alternating(copy: bool, wait: bool):
         for j in range(0, len(batches), 2):
             easy = backbone1(batches[j])[:2]
-            easy = copied(*easy) if copy else easy
+            easy = copied(*easy, pixels=False) if copy else easy
             if not wait:
                 model.run_route("easy", *easy)
             hard = backbone1(batches[j + 1])[:2]
             if wait:
                 model.run_route("easy", *easy)
-            model.run_route("hard", *(copied(*hard) if copy else hard))
+            model.run_route("hard", *(copied(*hard, pixels=True) if copy else hard))
 
     with torch.inference_mode():
         taus = [threshold_for_hard_ratio(backbone1(b)[2], 0.5) for b in batches]

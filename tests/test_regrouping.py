@@ -180,3 +180,23 @@ def test_regrouping_is_the_default_with_more_than_one_thread(tiny_model):
         assert RouteBatcher(tiny_model, "easy", 8, regroup=False).regroup is False
     finally:
         torch.set_num_threads(before)
+
+
+def test_images_waiting_for_the_easy_route_keep_no_pixels(tiny_model, make_images):
+    """Detector 1 reads the batch's shape only: easy images wait with their features alone,
+    hard ones (backbone 2 reads the pixels) with their pixels too."""
+    images = make_images(4, seed=5)
+    phi = _phi(tiny_model, images)
+    tau = float(phi.median())
+    batcher = RouteBatcher(tiny_model, tau, batch_size=8, regroup=True)
+    with torch.inference_mode():
+        assert batcher.add(images, range(4)) == []  # fewer than 8 per route: everything waits
+    waiting = {route: parts[0] for (route, _), parts in batcher.waiting.items()}
+    easy, hard = waiting["easy"], waiting["hard"]
+    assert easy.tensors.shape == (len(easy), *hard.tensors.shape[1:])
+    assert easy.tensors.untyped_storage().nbytes() == easy.tensors.element_size()  # one zero
+    assert hard.tensors.untyped_storage().nbytes() >= hard.tensors.numel() * hard.tensors.element_size()
+    with torch.inference_mode():
+        done = batcher.finish()
+        for d in done:
+            _same_detection(d.detection, tiny_model.detect([images[d.key]], route=tau)[0])

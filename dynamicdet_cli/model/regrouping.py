@@ -31,6 +31,8 @@ Contract:
 - `detection` is what `model.detect` returns for that image (same keys, original image
   pixels): each image's RPN, RoI heads and post-processing do not depend on the other images
   of a call, and BatchNorm runs in eval mode, so regrouping changes only float rounding.
+- What waits: backbone 1's features, and the resized pixels only for the hard route
+  (backbone 2 reads them; detector 1 reads the batch's shape alone, see _no_pixels).
 - Images wait in groups of one padded input shape: features of different shapes are never
   stacked. Fewer than `batch_size` images wait per route: when a route's groups of several
   shapes hold that many between them, its oldest group runs as it is (variable-size inputs
@@ -70,7 +72,8 @@ class _Waiting:
     """Images routed one way, waiting for their route to run: everything that route needs."""
 
     keys: list
-    tensors: Tensor                  # n,3,H,W: the resized, normalised, padded images
+    tensors: Tensor                  # n,3,H,W: the resized, normalised, padded images (a
+                                     # stride-0 view of one zero for the easy route: see _no_pixels)
     feats: dict[int, Tensor]         # backbone 1's features, stage -> n,C,h,w
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
@@ -83,19 +86,39 @@ class _Waiting:
 
     def take(self, index: list[int] | slice) -> _Waiting:
         pick = (lambda xs: [xs[i] for i in index]) if isinstance(index, list) else (lambda xs: xs[index])
-        return _Waiting(pick(self.keys), self.tensors[index], {k: v[index] for k, v in self.feats.items()},
+        keys = pick(self.keys)
+        tensors = _no_pixels(self.tensors, len(keys)) if self.tensors.stride(0) == 0 else self.tensors[index]
+        return _Waiting(keys, tensors, {k: v[index] for k, v in self.feats.items()},
                         pick(self.image_sizes), pick(self.original_sizes), self.phi[index], pick(self.ms),
                         pick(self.warmup))
+
+    def without_pixels(self) -> _Waiting:
+        """The same images for the easy route, which reads the batch's shape only."""
+        return _Waiting(self.keys, _no_pixels(self.tensors, len(self)), self.feats, self.image_sizes,
+                        self.original_sizes, self.phi, self.ms, self.warmup)
 
     @staticmethod
     def cat(parts: list[_Waiting]) -> _Waiting:
         if len(parts) == 1:
             return parts[0]
-        return _Waiting([k for p in parts for k in p.keys], torch.cat([p.tensors for p in parts]),
+        n = sum(len(p) for p in parts)
+        tensors = (_no_pixels(parts[0].tensors, n) if parts[0].tensors.stride(0) == 0
+                   else torch.cat([p.tensors for p in parts]))
+        return _Waiting([k for p in parts for k in p.keys], tensors,
                         {k: torch.cat([p.feats[k] for p in parts]) for k in parts[0].feats},
                         [s for p in parts for s in p.image_sizes], [s for p in parts for s in p.original_sizes],
                         torch.cat([p.phi for p in parts]), [m for p in parts for m in p.ms],
                         [w for p in parts for w in p.warmup])
+
+
+def _no_pixels(tensors: Tensor, n: int) -> Tensor:
+    """An n,C,H,W stand-in for an image batch, no memory behind it (one zero, stride 0).
+
+    Detector 1 (run_route "easy": RPN or anchor heads, RoI heads) reads the image batch's
+    shape, dtype and device only (anchors and image sizes), not its pixels; images that wait
+    for the easy route need not keep theirs (about 3/4 of the bytes a waiting image would
+    otherwise copy at 128 px, twice). The family tests hold regrouped results to model.detect's."""
+    return tensors.new_zeros(()).expand(n, *tensors.shape[1:])
 
 
 def regroup_pays(device: torch.device) -> bool:
@@ -144,7 +167,8 @@ class RouteBatcher:
         stored = []
         for name, index in zip(("easy", "hard"), routed):
             if index:
-                stored.append(batch.take(index) if len(index) < len(batch) else batch)
+                part = batch.without_pixels() if name == "easy" else batch
+                stored.append(part.take(index) if len(index) < len(batch) else part)
                 self.waiting.setdefault((name, shape), []).append(stored[-1])
         sync()
         share = 1000.0 * (time.perf_counter() - start) / len(images)
