@@ -2,10 +2,11 @@
 
     python bench/bench_router_seeds.py [--seeds 0 1 2] [--router-seeds 0 1 2]
         [--recipe recipes/shapes-tiny.yaml] [--train 2048] [--val 512] [--router-split 0]
-        [--set KEY=VALUE ...] [--threads 2] [--fresh-val 2048 [--fresh-seed 21]]
+        [--set KEY=VALUE ...] [--threads 2] [--processes 1] [--fresh-val 2048 [--fresh-seed 21]]
         [--out bench/out/router_seeds]
 
-For each data seed: make-shapes (the demo's sizes), train-detectors with the recipe, both
+For each data seed: make-shapes (the demo's sizes), train-detectors with the recipe (in
+--processes torchrun processes, as `make demo` trains: --processes 2), both
 detectors run once over the validation images; then for each router seed, train-router
 and the sweep composed from that one run. One table, one row per (data seed, router seed):
 
@@ -38,7 +39,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -91,7 +94,9 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
     router_set = CocoDataset(dc.router_ann, dc.router_images, plain) if dc.has_router else None
     run = out / f"run{seed}"
     start = time.perf_counter()
-    if not (run / "best.pt").exists():
+    if not (run / "best.pt").exists() and args.processes > 1:
+        _train_under_torchrun(args, folder / "data.yaml", run)
+    elif not (run / "best.pt").exists():
         recipe_eval_last = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, eval_every=10_000))
         train_detectors(recipe_eval_last, train_aug, val, run, show_progress=False)
     train_seconds = time.perf_counter() - start
@@ -127,6 +132,17 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
         })
         print(_line(rows[-1]), flush=True)
     return rows
+
+
+def _train_under_torchrun(args, data_yaml: Path, run: Path) -> None:
+    """train-detectors as `make demo` runs it: --processes torchrun processes sharing --threads
+    (evaluated once, at the end; the recipe's train.batch_size is split between them)."""
+    sets = [a for kv in args.set for a in ("--set", kv)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.processes),
+               "-m", "dynamicdet_cli", "train-detectors", args.recipe, "--data", str(data_yaml), "--out", str(run),
+               "--no-progress", *sets, "--set", "train.eval_every=10000"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(args.threads // args.processes, 1))}
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def _flat(results: dict, image_ids: list[int]) -> list[dict]:
@@ -188,6 +204,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=512)
     ap.add_argument("--router-split", type=int, default=0, help="images of a make-shapes router split (0: none)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="train the detectors in this many torchrun processes sharing --threads (make demo: 2)")
     ap.add_argument("--fresh-val", type=int, default=0,
                     help="measure every pair on this many validation images of --fresh-seed (0: each seed's own)")
     ap.add_argument("--fresh-seed", type=int, default=21)
