@@ -27,7 +27,7 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.train import Dist, process_batch_size, train_detectors
+from dynamicdet_cli.train import Dist, _evaluation_threads, process_batch_size, train_detectors
 from helpers import one_error_line
 
 TESTS = Path(__file__).resolve().parent
@@ -304,6 +304,20 @@ def test_the_recipe_batch_is_split_across_processes():
     assert process_batch_size(8, Dist(rank=1, world_size=2)) == 4
     with pytest.raises(DynamicDetError, match="does not split evenly across 3 processes"):
         process_batch_size(8, Dist(world_size=3))
+
+
+def test_rank_0_evaluates_with_the_threads_of_the_processes_waiting_for_it(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with _evaluation_threads(Dist(world_size=2), torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with _evaluation_threads(Dist(), torch.device("cpu")):  # one process: nothing to borrow
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_best_pt_is_the_best_evaluated_epoch(data, tmp_path, monkeypatch):
