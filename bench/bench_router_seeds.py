@@ -87,16 +87,19 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
         fresh = load_data_config(_fresh_val(args, out))
         dc = dataclasses.replace(dc, val_ann=fresh.val_ann, val_images=fresh.val_images)
     recipe = load_recipe(args.recipe, args.set)
-    aug = recipe.train.augment
-    train_aug = CocoDataset(dc.train_ann, dc.train_images, build_transforms(True, aug.hflip, aug.photometric, aug.zoom_out))
     plain = build_transforms(False)
     train, val = CocoDataset(dc.train_ann, dc.train_images, plain), CocoDataset(dc.val_ann, dc.val_images, plain)
     router_set = CocoDataset(dc.router_ann, dc.router_images, plain) if dc.has_router else None
     run = out / f"run{seed}"
     start = time.perf_counter()
-    if not (run / "best.pt").exists() and args.processes > 1:
+    if (run / "best.pt").exists():
+        pass  # reused
+    elif args.processes > 1:
         _train_under_torchrun(args, folder / "data.yaml", run)
-    elif not (run / "best.pt").exists():
+    else:
+        aug = recipe.train.augment
+        train_aug = CocoDataset(dc.train_ann, dc.train_images, build_transforms(True, aug.hflip, aug.photometric,
+                                                                                 aug.zoom_out))
         recipe_eval_last = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, eval_every=10_000))
         train_detectors(recipe_eval_last, train_aug, val, run, show_progress=False)
     train_seconds = time.perf_counter() - start

@@ -15,12 +15,12 @@ echo "== 2/6 train-detectors: both detectors jointly (step 1)"
 # Two torchrun processes with half the cores each (one thread on 2 cores): the tiny model's
 # operators are too short for torch's threads to pay (1.05x with 2 threads), two processes
 # train 1.34x faster (bench/bench_processes.py). train.batch_size is the batch of all processes.
+train=(train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run")
 CORES=$(nproc 2>/dev/null || echo 1)
 if [ "$CORES" -ge 2 ]; then
-  OMP_NUM_THREADS=$((CORES / 2)) "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
-    -m dynamicdet_cli train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run"
+  OMP_NUM_THREADS=$((CORES / 2)) "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m dynamicdet_cli "${train[@]}"
 else
-  dd train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run"
+  dd "${train[@]}"
 fi
 
 echo "== 3/6 train-router: frozen detectors, cached losses (step 2)"

@@ -87,7 +87,7 @@ class _Waiting:
     def take(self, index: list[int] | slice) -> _Waiting:
         pick = (lambda xs: [xs[i] for i in index]) if isinstance(index, list) else (lambda xs: xs[index])
         keys = pick(self.keys)
-        tensors = _no_pixels(self.tensors, len(keys)) if self.tensors.stride(0) == 0 else self.tensors[index]
+        tensors = _no_pixels(self.tensors, len(keys)) if _is_stand_in(self.tensors) else self.tensors[index]
         return _Waiting(keys, tensors, {k: v[index] for k, v in self.feats.items()},
                         pick(self.image_sizes), pick(self.original_sizes), self.phi[index], pick(self.ms),
                         pick(self.warmup))
@@ -102,7 +102,7 @@ class _Waiting:
         if len(parts) == 1:
             return parts[0]
         n = sum(len(p) for p in parts)
-        tensors = (_no_pixels(parts[0].tensors, n) if parts[0].tensors.stride(0) == 0
+        tensors = (_no_pixels(parts[0].tensors, n) if _is_stand_in(parts[0].tensors)
                    else torch.cat([p.tensors for p in parts]))
         return _Waiting([k for p in parts for k in p.keys], tensors,
                         {k: torch.cat([p.feats[k] for p in parts]) for k in parts[0].feats},
@@ -119,6 +119,11 @@ def _no_pixels(tensors: Tensor, n: int) -> Tensor:
     for the easy route need not keep theirs (about 3/4 of the bytes a waiting image would
     otherwise copy at 128 px, twice). The family tests hold regrouped results to model.detect's."""
     return tensors.new_zeros(()).expand(n, *tensors.shape[1:])
+
+
+def _is_stand_in(tensors: Tensor) -> bool:
+    """Whether `tensors` is a _no_pixels stand-in (indexing it would build real pixels)."""
+    return tensors.stride(0) == 0
 
 
 def regroup_pays(device: torch.device) -> bool:
