@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from dynamicdet_cli import __version__
+from dynamicdet_cli import __version__, allocator
 from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.checksum import content_checksum
 from dynamicdet_cli.errors import DynamicDetError, warn
@@ -235,6 +235,7 @@ def _check_latency(latency, bad) -> None:
         ok = (isinstance(m, dict) and isinstance(m.get("device"), str)
               and all(_is_int(m.get(k)) and m[k] > 0 for k in ("threads", "batch_size", "image_size"))
               and all(_is_number(m.get(k)) and m[k] > 0 for k in ("easy_ms", "hard_ms"))
+              and m.get("malloc", allocator.DEFAULT) in (allocator.DEFAULT, allocator.KEEP_FREED)
               and isinstance(m.get("curve_ms", []), list)
               and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p)
                       for p in m.get("curve_ms", [])))

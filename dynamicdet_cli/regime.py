@@ -2,8 +2,8 @@
 
 A route's latency per image is a property of how the model runs, not of the model alone:
 the device, the batch size (a batch of 8 costs far less than 8 batches of 1), the input size
-(the recipe's test size, which every image is resized to), the CPU thread count, and the
-dtype. A measurement, and every operating point derived from it, holds for its regime only.
+(the recipe's test size, which every image is resized to), the CPU thread count, the dtype,
+and on the CPU how malloc treats freed memory (allocator.py: 10-16% on the demo model). A measurement, and every operating point derived from it, holds for its regime only.
 So `predict` / `evaluate --latency` look up the measurement of the regime they run in, and
 when none is stored they say which are and how to measure this one: never another's.
 """
@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynamicdet_cli import allocator
+
 # The keys a latency measurement and a latency-bound operating point store.
-REGIME_KEYS = ("device", "batch_size", "image_size", "threads", "dtype")
+REGIME_KEYS = ("device", "batch_size", "image_size", "threads", "dtype", "malloc")
 
 
 def device_name(device: torch.device) -> str:
@@ -30,7 +32,8 @@ class Regime:
 
     device: device_name(), "cpu" or "cuda:<GPU name>"; image_size: the model's test input
     side (transform.min_size[-1]); threads: torch.get_num_threads(), None when unknown (a
-    point stored without it); dtype: the model's parameter dtype. device_arg is how
+    point stored without it); dtype: the model's parameter dtype; malloc: allocator.setting(),
+    "default" for records stored before it was (they were measured so). device_arg is how
     `--device` asks for this device; it is not part of the regime's identity.
     """
 
@@ -39,6 +42,7 @@ class Regime:
     image_size: int
     threads: int | None
     dtype: str = "float32"
+    malloc: str = allocator.DEFAULT
     device_arg: str = field(default="cpu", compare=False)
 
     @classmethod
@@ -46,7 +50,7 @@ class Regime:
         """The regime `model` runs in on `device` at `batch_size`, with the current thread count."""
         dtype = next(model.parameters()).dtype
         return cls(device_name(device), int(batch_size), int(model.transform.min_size[-1]),
-                   torch.get_num_threads(), str(dtype).removeprefix("torch."), str(device))
+                   torch.get_num_threads(), str(dtype).removeprefix("torch."), allocator.setting(), str(device))
 
     @classmethod
     def of_record(cls, record: dict) -> Regime:
@@ -54,17 +58,19 @@ class Regime:
         stored are float32: inference had no other dtype then."""
         device = record["device"]
         return cls(device, int(record["batch_size"]), int(record["image_size"]), record.get("threads"),
-                   record.get("dtype") or "float32", "cpu" if device == "cpu" else "cuda")
+                   record.get("dtype") or "float32", record.get("malloc") or allocator.DEFAULT,
+                   "cpu" if device == "cpu" else "cuda")
 
     def record(self) -> dict:
         """The keys stored with a measurement or a latency-bound operating point."""
         return {k: getattr(self, k) for k in REGIME_KEYS}
 
     def key(self) -> tuple:
-        """What must be equal for a latency to carry over. Threads count on the CPU only: on a
-        GPU they run the little host-side work, not the model."""
-        return (self.device, self.batch_size, self.image_size, self.threads if self.device == "cpu" else None,
-                self.dtype)
+        """What must be equal for a latency to carry over. Threads and malloc count on the CPU
+        only: on a GPU they run the little host-side work, not the model."""
+        cpu = self.device == "cpu"
+        return (self.device, self.batch_size, self.image_size, self.threads if cpu else None, self.dtype,
+                self.malloc if cpu else None)
 
     def matches(self, record: dict) -> bool:
         return all(k in record for k in ("device", "batch_size", "image_size")) and \
@@ -72,13 +78,15 @@ class Regime:
 
     def describe(self) -> str:
         threads = "? threads" if self.threads is None else f"{self.threads} thread{'s' * (self.threads != 1)}"
-        return f"{self.device}, batch {self.batch_size}, {self.image_size} px, {threads}, {self.dtype}"
+        malloc = f", malloc {self.malloc}" if self.device == "cpu" else ""
+        return f"{self.device}, batch {self.batch_size}, {self.image_size} px, {threads}, {self.dtype}{malloc}"
 
     def calibrate_command(self, checkpoint: str) -> str:
         """The `calibrate` command that measures this regime (and stores only the measurement)."""
         threads = f" --threads {self.threads}" if self.threads else ""
         dtype = "" if self.dtype == "float32" else f"  # in {self.dtype}"
-        return (f"dynamicdet calibrate {checkpoint} --device {self.device_arg} "
+        env = f"{allocator.ENV}={self.malloc} " if self.device == "cpu" and self.malloc != allocator.KEEP_FREED else ""
+        return (f"{env}dynamicdet calibrate {checkpoint} --device {self.device_arg} "
                 f"--batch-size {self.batch_size}{threads}{dtype}")
 
 

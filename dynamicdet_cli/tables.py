@@ -104,15 +104,22 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
 
 
 def latency_table(measurements: list[dict]) -> Table:
-    """The stored route latencies, one row per regime they were measured in."""
+    """The stored route latencies, one row per regime they were measured in. How malloc
+    treated freed memory (allocator.py) is a column when CPU rows differ in it, else the caption."""
     table = Table(title="latency per image, by regime (predict / evaluate --latency use their own regime's)")
-    for col in ("device", "batch", "px", "threads", "dtype", "lat1 ms", "lat2 ms"):
-        table.add_column(col, justify="left" if col in ("device", "dtype") else "right", no_wrap=True)
+    mallocs = {m.get("malloc") or "default" for m in measurements if m["device"] == "cpu"}
+    columns = ("device", "batch", "px", "threads", "dtype", *(("malloc",) if len(mallocs) > 1 else ()),
+               "lat1 ms", "lat2 ms")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("device", "dtype", "malloc") else "right", no_wrap=True)
     table.add_column("timed on", overflow="fold")
     for m in measurements:
+        malloc = (escape(m.get("malloc") or "default") if m["device"] == "cpu" else "-",) if len(mallocs) > 1 else ()
         table.add_row(escape(str(m["device"])), str(m["batch_size"]), str(m["image_size"]), _fmt(m.get("threads")),
-                      escape(str(m.get("dtype") or "float32")), f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
+                      escape(str(m.get("dtype") or "float32")), *malloc, f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
                       escape(f"{m.get('images') or 'random images'}, {m.get('time', '?')}"))
+    if len(mallocs) == 1:
+        table.caption = f"CPU rows measured with malloc {escape(mallocs.pop())}"
     return table
 
 

@@ -235,8 +235,8 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
     line = one_error_line(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
                               "--out", tmp_path / "pred", "--no-progress"),
-                          "no latency measured for this run (cpu, batch 8, 64 px, 1 thread, float32)",
-                          "stored: cpu, batch 1, 64 px, 1 thread, float32",
+                          "no latency measured for this run (cpu, batch 8, 64 px, 1 thread, float32, malloc keep-freed)",
+                          "stored: cpu, batch 1, 64 px, 1 thread, float32, malloc keep-freed",
                           f"dynamicdet calibrate {model} --device cpu --batch-size 8 --threads 1")
     assert not (tmp_path / "pred" / "predictions.jsonl").exists()
     ok(cli("calibrate", *line.split("`")[1].split()[2:]))  # the very command the message gives
@@ -252,6 +252,7 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     assert "latency per image, by regime" in out and "operating points" in out
     assert re.search(r"cpu 1 64 1 float32 10\.00 20\.00 6 validation", out), out
     assert re.search(r"cpu 8 64 1 float32 10\.50 20\.50 8 validation", out), out
+    assert "CPU rows measured with malloc keep-freed" in out
 
 
 def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(calibrated, data, tmp_path,

@@ -30,7 +30,7 @@ from dynamicdet_cli import latency as latency_module
 from dynamicdet_cli.latency import measure_routes, operating_point, store_latency
 from dynamicdet_cli.predict import _check_route
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.regime import Regime, find_latency
+from dynamicdet_cli.regime import REGIME_KEYS, Regime, find_latency
 from dynamicdet_cli.routing import resolve_route
 from dynamicdet_cli.train import train_detectors
 
@@ -204,6 +204,7 @@ def test_latency_as_a_share_uses_this_regimes_routes():
 
 @pytest.mark.parametrize("other", [
     {"batch_size": 8}, {"threads": 1}, {"image_size": 128}, {"device": "cuda:NVIDIA H100"}, {"dtype": "float16"},
+    {"malloc": "keep-freed"},
 ])
 def test_latency_of_another_regime_is_never_used(other):
     ckpt = make_ckpt(latency=[dict(LATENCY, **other)])
@@ -212,9 +213,22 @@ def test_latency_of_another_regime_is_never_used(other):
     assert find_latency(ckpt, RUN) is None
 
 
-def test_threads_do_not_split_gpu_regimes():
+def test_threads_and_malloc_do_not_split_gpu_regimes():
     gpu = dict(LATENCY, device="cuda:NVIDIA H100", threads=8)
     assert find_latency(make_ckpt(latency=[gpu]), Regime("cuda:NVIDIA H100", 1, 64, 2, device_arg="cuda")) is gpu
+    run = Regime("cuda:NVIDIA H100", 1, 64, 2, malloc="keep-freed", device_arg="cuda")
+    assert find_latency(make_ckpt(latency=[gpu]), run) is gpu
+
+
+def test_a_record_from_before_malloc_was_stored_holds_for_the_default_malloc_only():
+    """Latencies stored before the package kept freed memory were measured with glibc's
+    default, 10-16% slower on the demo model: a run that keeps freed memory must not use them."""
+    keeping = Regime("cpu", batch_size=1, image_size=64, threads=2, malloc="keep-freed")
+    with pytest.raises(DynamicDetError) as err:
+        resolve_route(make_ckpt(latency=[LATENCY]), latency="15ms", regime=keeping, checkpoint="m.pt")
+    assert "stored: cpu, batch 1, 64 px, 2 threads, float32, malloc default." in str(err.value)
+    assert "`dynamicdet calibrate m.pt --device cpu --batch-size 1 --threads 2`" in str(err.value)
+    assert find_latency(make_ckpt(latency=[dict(LATENCY, malloc="keep-freed")]), keeping)["easy_ms"] == 10.0
 
 
 def test_the_missing_regime_message_names_the_stored_ones_and_the_command():
@@ -224,9 +238,10 @@ def test_the_missing_regime_message_names_the_stored_ones_and_the_command():
         resolve_route(ckpt, latency="15ms", regime=run, checkpoint="runs/model.pt")
     line = str(err.value)
     assert "\n" not in line
-    assert "this run (cpu, batch 8, 64 px, 2 threads, float32)" in line
-    assert "stored: cpu, batch 1, 64 px, 2 threads, float32; cuda:NVIDIA H100, batch 1" in line
-    assert "`dynamicdet calibrate runs/model.pt --device cpu --batch-size 8 --threads 2`" in line
+    assert "this run (cpu, batch 8, 64 px, 2 threads, float32, malloc default)" in line
+    assert "stored: cpu, batch 1, 64 px, 2 threads, float32, malloc default; cuda:NVIDIA H100, batch 1" in line
+    assert "`DYNAMICDET_MALLOC=default dynamicdet calibrate runs/model.pt --device cpu --batch-size 8 --threads 2`" \
+        in line
     with pytest.raises(DynamicDetError, match="stored: none"):
         resolve_route(make_ckpt(), latency="15ms", regime=run)
 
@@ -256,7 +271,7 @@ def test_operating_point_from_a_latency(target, k):
     assert p["tau"] == threshold_for_hard_ratio(SCORES, k)
     assert p["target_ms"] == target
     assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
-    assert {k: p[k] for k in ("device", "batch_size", "image_size", "threads", "dtype")} == RUN.record()
+    assert {k: p[k] for k in REGIME_KEYS} == RUN.record()
 
 
 def test_an_all_hard_point_with_a_score_of_zero_is_accepted_by_predict():
@@ -392,3 +407,20 @@ def test_measure_routes_reports_how_far_its_passes_disagree(images, monkeypatch)
     assert len(model.calls) == 6
     assert abs(measured["spread_pct"] - 100 * (2 - 1) / 1.5) < 1e-9
     assert measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=1)["spread_pct"] is None
+
+
+def test_the_latency_table_shows_malloc_as_a_column_only_when_cpu_rows_differ():
+    from rich.console import Console
+
+    from dynamicdet_cli.tables import latency_table
+
+    def shown(records):
+        console = Console(width=200, record=True)
+        console.print(latency_table(records))
+        return console.export_text()
+
+    kept = dict(LATENCY, malloc="keep-freed")
+    text = shown([kept, dict(kept, batch_size=8)])
+    assert "CPU rows measured with malloc keep-freed" in text and "│ malloc" not in text
+    text = shown([kept, LATENCY])  # LATENCY: a record from before malloc was stored
+    assert "malloc" in text.splitlines()[2] and "keep-freed" in text and "default" in text

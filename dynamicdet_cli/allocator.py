@@ -1,0 +1,64 @@
+"""Keeping freed memory in the process: what CPU inference latency depends on most after
+the model.
+
+glibc's malloc hands large blocks (above a threshold that starts at 128 KiB) to the kernel
+with mmap, and gives the top of its heap back once more than a trim threshold is free. A
+detector's forward pass allocates and frees many feature maps of a few hundred KiB to a
+few MiB, so with those defaults a large share of its allocations get pages the kernel must
+map and zero afresh, and how many depends on which tensors happen to be alive: images
+waiting for their route (regrouping.py) changed it. Measured on a 2-core CPU, demo model,
+batches of 8, 2 threads (bench/bench_malloc.py: bench_mixed_cost.py in fresh processes, four
+of each setting alternated): with this setting the all-easy and all-hard passes took 0.79 and
+0.82 of the time per image they take under the default, and the processes spent 2.8 s in the
+kernel against 21.2 s (about 190-210 s of user time either way). Setting either threshold
+alone was slower than the default (the other stops adapting). Training speed did not change
+(bench/bench_train.py).
+
+So on glibc the package raises the mmap threshold to its maximum (32 MiB on 64-bit) and
+keeps up to 1 GiB free at the heap's top, as jemalloc or tcmalloc would (PyTorch's CPU
+tuning guide recommends those for the same reason). The price: the process keeps memory
+it freed, up to its peak. DYNAMICDET_MALLOC=default leaves malloc as it is (for a process
+that embeds the package and wants its own settings, or to measure against). Latencies are
+stored with the setting they were measured under (regime.py), since it moves them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+
+ENV = "DYNAMICDET_MALLOC"
+KEEP_FREED, DEFAULT = "keep-freed", "default"
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc refuses more on 64-bit (HEAP_MAX_SIZE / 2)
+_TRIM_THRESHOLD = 1024 * 1024 * 1024
+_TOP_PAD = 64 * 1024 * 1024
+
+_state = DEFAULT
+
+
+def keep_freed_memory() -> str:
+    """Apply the setting above, once per process, unless DYNAMICDET_MALLOC=default or the C
+    library is not glibc. Returns the setting now in force (also `setting()`)."""
+    global _state
+    asked = os.environ.get(ENV, KEEP_FREED)
+    if _state == KEEP_FREED or asked == DEFAULT:
+        return _state
+    if asked != KEEP_FREED:  # at import, where an exception would be a traceback
+        sys.stderr.write(f"warning: {ENV}={asked!r} is neither {KEEP_FREED} nor {DEFAULT}; using {KEEP_FREED}\n")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return _state
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # Order matters: each call stops glibc's own adjustment of both thresholds.
+    if all(libc.mallopt(option, value) == 1 for option, value in
+           ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))):
+        _state = KEEP_FREED
+    return _state
+
+
+def setting() -> str:
+    """"keep-freed" when keep_freed_memory() took effect in this process, else "default"."""
+    return _state

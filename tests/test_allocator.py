@@ -1,0 +1,58 @@
+"""allocator.py: the package keeps freed memory on glibc, unless asked not to.
+
+Each case runs in a fresh interpreter, since the setting is per process and this one has
+already imported the package. Whether a block of 1 MiB is served by mmap (glibc's default
+for blocks over 128 KiB) is read from mallinfo2's count of mmapped blocks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the setting applies to glibc only")
+
+PROBE = """
+import ctypes
+import dynamicdet_cli.allocator as allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)
+print(allocator.setting(), libc.mallinfo2().hblks - before)
+libc.free(ctypes.c_void_p(block))
+"""
+
+
+def probe(value: str | None) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DYNAMICDET_MALLOC"}
+    if value is not None:
+        env["DYNAMICDET_MALLOC"] = value
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip(), out.stderr.strip()
+
+
+def test_importing_the_package_keeps_large_blocks_off_mmap():
+    assert probe(None) == ("keep-freed 0", "")
+    assert probe("keep-freed") == ("keep-freed 0", "")
+
+
+def test_default_leaves_glibc_as_it_is():
+    assert probe("default") == ("default 1", "")
+
+
+def test_an_unknown_value_is_named_in_one_line_and_the_setting_still_applies():
+    out, err = probe("defualt")
+    assert out == "keep-freed 0"
+    assert err == "warning: DYNAMICDET_MALLOC='defualt' is neither keep-freed nor default; using keep-freed"
