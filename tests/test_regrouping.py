@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from dynamicdet_cli import allocator
 from dynamicdet_cli.model.regrouping import RouteBatcher
 
 
@@ -170,13 +171,17 @@ def test_without_regrouping_each_input_batch_runs_at_once(tiny_model, make_image
         assert len(batcher.add(images[4:], range(4, 8))) == 4 and batcher.finish() == []
 
 
-def test_regrouping_is_the_default_with_more_than_one_thread(tiny_model):
+@pytest.mark.parametrize("malloc, threads, regroups", [
+    ("keep-freed", 1, True), ("keep-freed", 2, True), ("default", 1, False), ("default", 2, True),
+])
+def test_regrouping_is_the_default_where_it_was_measured_to_pay(tiny_model, monkeypatch, malloc, threads, regroups):
+    """On the CPU it pays at any thread count when malloc keeps freed memory; under glibc's
+    default malloc only with more than one thread (regrouping.py's figures)."""
+    monkeypatch.setattr(allocator, "_state", malloc)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        assert RouteBatcher(tiny_model, "easy", 8).regroup is False
-        torch.set_num_threads(2)
-        assert RouteBatcher(tiny_model, "easy", 8).regroup is True
+        torch.set_num_threads(threads)
+        assert RouteBatcher(tiny_model, "easy", 8).regroup is regroups
         assert RouteBatcher(tiny_model, "easy", 8, regroup=False).regroup is False
     finally:
         torch.set_num_threads(before)

@@ -16,15 +16,18 @@ route is a full batch:
     for done in batcher.finish(): ...
 
 Whether to regroup is a trade (regroup_pays): an image's features wait through later
-batches' backbone-1 passes and are read back from colder memory. Measured on a 2-core CPU,
-demo model, batches of 8 that mix routes (bench/bench_calibration.py, mixed-route figure;
-ranges over 3 runs with 2 threads, 4 with 1): with 2 threads, splitting batch by batch cost
-+17.6..+19.5 / +10.2..+12.4 / +5.6..+8.2% over the line at a quarter / half / three quarters
-hard and regrouping +5.6..+8.1 / +8.9..+11.2 / +3.6..+6.8%; with 1 thread, where a small call
-pays no thread start-up, splitting cost +4.3..+7.5 / -3.6..-0.6 / -6.4..-1.2% and regrouping
-+9.2..+12.4 / +3.8..+11.0 / +1.6..+9.7%. So by default the batcher regroups with more than one CPU
-thread (and on CUDA, where every call also pays kernel launches: not measured here), and
-with one thread runs each input batch's routes at once, as model.detect does.
+batches' backbone-1 passes and are copied twice (set aside, gathered). With the malloc
+setting the package applies (allocator.py) that costs little. Measured on a 2-core CPU, demo
+model, batches of 8 that mix routes, against the line lat1 + k (lat2 - lat1) at a quarter /
+half / three quarters hard (bench/bench_calibration.py, mixed-route figure): with 2 threads,
+three runs, regrouped +3.0 / +2.0 / +4.3%, +3.1 / +4.9 / +4.7%, +0.3 / +2.8 / +0.6% and split
+batch by batch +16.9..+32.8%; with 1 thread, two runs, regrouped +3.9 / +4.4 / +3.6%, +3.0 /
++0.8 / +0.7% and split +8.7..+17.6%. So it regroups on the CPU at any thread count (and on
+CUDA, where every call also pays kernel launches: not measured here). Under glibc's default
+malloc (DYNAMICDET_MALLOC=default) the waiting tensors cost page faults: there, regrouped
+ran +3.6..+11.2% with 2 threads against split's +5.6..+19.5%, and with 1 thread split
+(-6.4..+7.5%) beat regrouping (+1.6..+12.4%), so with that malloc and one thread it splits,
+as model.detect does.
 
 Contract:
 - Results come out when their route runs, not in input order; `key` says which image.
@@ -54,6 +57,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
+
+from dynamicdet_cli import allocator
 
 
 @dataclass
@@ -127,9 +132,9 @@ def _is_stand_in(tensors: Tensor) -> bool:
 
 
 def regroup_pays(device: torch.device) -> bool:
-    """Whether regrouping is the faster way on `device` with this process's thread count
-    (measured: see the module docstring)."""
-    return device.type == "cuda" or torch.get_num_threads() > 1
+    """Whether regrouping is the faster way on `device` with this process's thread count and
+    malloc setting (measured: see the module docstring)."""
+    return device.type == "cuda" or allocator.setting() == allocator.KEEP_FREED or torch.get_num_threads() > 1
 
 
 class RouteBatcher:
