@@ -1,6 +1,6 @@
 """Bench: where does the extra cost of batches that mix routes come from?
 
-    python bench/bench_mixed_cost.py CKPT [--threads 2] [--repeats 8] [--max-images 128]
+    python bench/bench_mixed_cost.py CKPT [--threads 2] [--repeats 8] [--max-images 128] [--json OUT]
 
 CKPT: a checkpoint whose validation images are recorded (train-router records them). Over
 those images in batches of 8, half of them taking each route, the mean model time per image
@@ -17,12 +17,14 @@ all-hard passes of the same run, and against the first way:
   + copy + wait       both: what regrouping costs;
   split per batch     every batch half easy, half hard, split by route (model.detect).
 
-Passes take turns, the order reversed every repeat; medians over --repeats passes.
+Passes take turns, the order reversed every repeat; medians over --repeats passes (also
+written to OUT as JSON, name -> ms per image, with --json; bench_malloc.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -46,6 +48,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--max-images", type=int, default=128)
+    ap.add_argument("--json", type=Path, help="write the medians here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
@@ -102,6 +105,8 @@ def main(argv=None) -> None:
                 plans[name]()
                 times[name].append(1000 * (time.perf_counter() - start) / n_images)
     median = {name: statistics.median(t) for name, t in times.items()}
+    if args.json:
+        args.json.write_text(json.dumps(median))
     line = (median["all easy"] + median["all hard"]) / 2
     print(f"{args.checkpoint}: {n_images} validation images, batches of {BATCH}, half hard; "
           f"{args.threads} threads, {args.repeats} passes")
