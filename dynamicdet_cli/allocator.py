@@ -25,9 +25,7 @@ stored with the setting they were measured under (regime.py), since it moves the
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 import sys
 
 ENV = "DYNAMICDET_MALLOC"
@@ -49,14 +47,23 @@ def keep_freed_memory() -> str:
         return _state
     if asked != KEEP_FREED:  # at import, where an exception would be a traceback
         sys.stderr.write(f"warning: {ENV}={asked!r} is neither {KEEP_FREED} nor {DEFAULT}; using {KEEP_FREED}\n")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return _state
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's mallopt among them
     # Order matters: each call stops glibc's own adjustment of both thresholds.
     if all(libc.mallopt(option, value) == 1 for option, value in
            ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))):
         _state = KEEP_FREED
     return _state
+
+
+def _is_glibc() -> bool:
+    """Without platform.libc_ver() or ctypes.util.find_library, which read the interpreter's
+    binary or start ldconfig: this runs on every import of the package."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system, or no such name
+        return False
 
 
 def setting() -> str:

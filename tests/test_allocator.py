@@ -7,14 +7,22 @@ for blocks over 128 KiB) is read from mallinfo2's count of mmapped blocks."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the setting applies to glibc only")
+from dynamicdet_cli import allocator
+
+def _glibc_with_mallinfo2() -> bool:
+    if not allocator._is_glibc():
+        return False
+    major, minor = os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[:2]
+    return (int(major), int(minor)) >= (2, 33)
+
+
+pytestmark = pytest.mark.skipif(not _glibc_with_mallinfo2(),
+                                reason="the setting applies to glibc only; the probe needs mallinfo2 (2.33)")
 
 PROBE = """
 import ctypes
@@ -25,7 +33,7 @@ class MallInfo2(ctypes.Structure):
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                  "keepcost")]
 
-libc = ctypes.CDLL("libc.so.6")
+libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 before = libc.mallinfo2().hblks
