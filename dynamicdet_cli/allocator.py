@@ -20,6 +20,10 @@ tuning guide recommends those for the same reason). The price: the process keeps
 it freed, up to its peak. DYNAMICDET_MALLOC=default leaves malloc as it is (for a process
 that embeds the package and wants its own settings, or to measure against). Latencies are
 stored with the setting they were measured under (regime.py), since it moves them.
+
+Not detected: a malloc preloaded in glibc's place (LD_PRELOAD of jemalloc or tcmalloc). The
+mallopt calls then still succeed on glibc's unused allocator and the setting reads
+keep-freed; such an allocator keeps freed memory too, which is what the name records.
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ def keep_freed_memory() -> str:
         sys.stderr.write(f"warning: {ENV}={asked!r} is neither {KEEP_FREED} nor {DEFAULT}; using {KEEP_FREED}\n")
     if not _is_glibc():
         return _state
-    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's mallopt among them
-    # Order matters: each call stops glibc's own adjustment of both thresholds.
-    if all(libc.mallopt(option, value) == 1 for option, value in
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, glibc's among them
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # The mmap threshold first: it is the one glibc may refuse (32-bit, other limits), and
+    # then nothing is changed.
+    if all(mallopt(option, value) == 1 for option, value in
            ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))):
         _state = KEEP_FREED
     return _state
@@ -64,6 +70,11 @@ def _is_glibc() -> bool:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):  # not a POSIX system, or no such name
         return False
+
+
+def opted_out() -> bool:
+    """Whether this process was asked to leave malloc alone (DYNAMICDET_MALLOC=default)."""
+    return os.environ.get(ENV) == DEFAULT
 
 
 def setting() -> str:

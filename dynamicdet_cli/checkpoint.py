@@ -17,10 +17,11 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
                       the router's difficulty scores on the validation set, its annotation file
                       (for YOLO-format data its label folder) and image folder (no `images` in
                       files written before it was recorded)
-    latency           list of dict(device, threads, batch_size, image_size, dtype, easy_ms, hard_ms,
-                      curve_ms, images, repeats, spread_pct, time): one per regime (regime.py);
-                      dtype, curve_ms, images, repeats and spread_pct are absent from older
-                      files (dtype then float32; spread_pct is None with one pass)
+    latency           list of dict(device, threads, batch_size, image_size, dtype, malloc, easy_ms,
+                      hard_ms, curve_ms, images, repeats, spread_pct, time): one per regime
+                      (regime.py); dtype, malloc, curve_ms, images, repeats and spread_pct are
+                      absent from older files (dtype then float32, malloc "default" (allocator.py);
+                      spread_pct is None with one pass)
     operating_points  dict name -> dict(tau, hard_ratio, target_ms, expected_ms, and with a
                       latency target the regime keys of its measurement)
     provenance        dict(package, torch, torchvision, created, command)
@@ -235,12 +236,13 @@ def _check_latency(latency, bad) -> None:
         ok = (isinstance(m, dict) and isinstance(m.get("device"), str)
               and all(_is_int(m.get(k)) and m[k] > 0 for k in ("threads", "batch_size", "image_size"))
               and all(_is_number(m.get(k)) and m[k] > 0 for k in ("easy_ms", "hard_ms"))
-              and m.get("malloc", allocator.DEFAULT) in (allocator.DEFAULT, allocator.KEEP_FREED)
+              and m.get("malloc") in (None, allocator.DEFAULT, allocator.KEEP_FREED)
               and isinstance(m.get("curve_ms", []), list)
               and all(isinstance(p, list) and len(p) == 2 and all(_is_number(x) for x in p)
                       for p in m.get("curve_ms", [])))
         if not ok:
-            bad(f"latency[{i}]", "is not a measurement (device, threads, batch_size, image_size, easy_ms, hard_ms)")
+            bad(f"latency[{i}]", "is not a measurement (device, threads, batch_size, image_size, easy_ms, hard_ms; "
+                                 "malloc, if given, default or keep-freed)")
 
 
 def _check_points(points, bad) -> None:

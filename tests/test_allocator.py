@@ -21,8 +21,8 @@ def _glibc_with_mallinfo2() -> bool:
     return (int(major), int(minor)) >= (2, 33)
 
 
-pytestmark = pytest.mark.skipif(not _glibc_with_mallinfo2(),
-                                reason="the setting applies to glibc only; the probe needs mallinfo2 (2.33)")
+on_glibc = pytest.mark.skipif(not _glibc_with_mallinfo2(),
+                              reason="the setting applies to glibc only; the probe needs mallinfo2 (2.33)")
 
 PROBE = """
 import ctypes
@@ -51,16 +51,27 @@ def probe(value: str | None) -> tuple[str, str]:
     return out.stdout.strip(), out.stderr.strip()
 
 
+@on_glibc
 def test_importing_the_package_keeps_large_blocks_off_mmap():
     assert probe(None) == ("keep-freed 0", "")
     assert probe("keep-freed") == ("keep-freed 0", "")
 
 
+@on_glibc
 def test_default_leaves_glibc_as_it_is():
     assert probe("default") == ("default 1", "")
 
 
+@on_glibc
 def test_an_unknown_value_is_named_in_one_line_and_the_setting_still_applies():
     out, err = probe("defualt")
     assert out == "keep-freed 0"
     assert err == "warning: DYNAMICDET_MALLOC='defualt' is neither keep-freed nor default; using keep-freed"
+
+
+def test_without_glibc_malloc_is_left_alone(monkeypatch):
+    monkeypatch.setattr(allocator, "_state", allocator.DEFAULT)
+    monkeypatch.setattr(allocator, "_is_glibc", lambda: False)
+    monkeypatch.delenv("DYNAMICDET_MALLOC", raising=False)
+    assert allocator.keep_freed_memory() == "default" and allocator.setting() == "default"
+    assert not allocator.opted_out()

@@ -20,7 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dynamicdet_cli import latency
+from dynamicdet_cli import allocator, latency
 from dynamicdet_cli.cli import typer_app
 from dynamicdet_cli.regime import Regime
 from helpers import one_error_line
@@ -235,11 +235,13 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     ok(cli("calibrate", model, "--batch-size", 1, "--threads", 1))
     line = one_error_line(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
                               "--out", tmp_path / "pred", "--no-progress"),
-                          "no latency measured for this run (cpu, batch 8, 64 px, 1 thread, float32, malloc keep-freed)",
-                          "stored: cpu, batch 1, 64 px, 1 thread, float32, malloc keep-freed",
+                          "no latency measured for this run (cpu, batch 8, 64 px, 1 thread, float32, "
+                          f"malloc {allocator.setting()})",
+                          f"stored: cpu, batch 1, 64 px, 1 thread, float32, malloc {allocator.setting()}",
                           f"dynamicdet calibrate {model} --device cpu --batch-size 8 --threads 1")
     assert not (tmp_path / "pred" / "predictions.jsonl").exists()
-    ok(cli("calibrate", *line.split("`")[1].split()[2:]))  # the very command the message gives
+    command = line.split("`")[1].split()
+    ok(cli("calibrate", *command[command.index("calibrate") + 1:]))  # the very command the message gives
     out = ok(cli("predict", data / "val", "--checkpoint", model, "--latency", "15ms", "--threads", 1,
                  "--out", tmp_path / "pred", "--no-progress", "--no-render"))
     assert "route: target 15.0 ms" in out and "batch 8" in out
@@ -252,7 +254,7 @@ def test_latency_of_another_regime_is_refused_with_the_command(calibrated, data,
     assert "latency per image, by regime" in out and "operating points" in out
     assert re.search(r"cpu 1 64 1 float32 10\.00 20\.00 6 validation", out), out
     assert re.search(r"cpu 8 64 1 float32 10\.50 20\.50 8 validation", out), out
-    assert "CPU rows measured with malloc keep-freed" in out
+    assert f"CPU rows measured with malloc {allocator.setting()}" in out
 
 
 def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(calibrated, data, tmp_path,
