@@ -21,7 +21,7 @@ import torch
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.summary import route_flops, route_params
+from dynamicdet_cli.route_cost import route_flops, route_params
 
 
 def _ms(fn) -> float:

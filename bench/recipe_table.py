@@ -1,7 +1,7 @@
 """The README's table of recipes: parameters and GMACs per route, beside torchvision's figures.
 
 For every recipe (default: recipes/*.yaml) the model is built with fresh weights and costed as
-`dynamicdet info RECIPE` costs it (summary.py: FlopCounterMode on one random square image of the
+`dynamicdet info RECIPE` costs it (route_cost.py: FlopCounterMode on one random square image of the
 recipe's test size; convolutions and matrix products counted; GMACs = FLOPs / 2, the unit of
 torchvision's "GFLOPS"). The plain torchvision detector of the family, built from detector 1's
 modules (model/reference.py), is counted the same way, so its column can be checked against
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import REFERENCES, torchvision_reference
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.summary import route_flops, route_params
+from dynamicdet_cli.route_cost import route_flops, route_params
 
 # family -> torchvision's single R50-FPN model on COCO val2017: (name, its "GFLOPS" (GMACs), AP).
 TORCHVISION = {

@@ -27,8 +27,8 @@ def _backbone_text(b: dict) -> str:
 
 
 def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int | None) -> None:
-    """Family, architecture, input size, and parameters and FLOPs of each route (summary.py)."""
-    from dynamicdet_cli.summary import route_flops, route_params
+    """Family, architecture, input size, and parameters and FLOPs of each route (route_cost.py)."""
+    from dynamicdet_cli.route_cost import route_flops, route_params
 
     params = route_params(model)
     side = image_size or m["transform"]["min_size"][-1]

@@ -14,7 +14,7 @@ from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import torchvision_faster_rcnn
 from dynamicdet_cli.model.router import pool_features
 from dynamicdet_cli.recipe import load_recipe, with_overrides
-from dynamicdet_cli.summary import route_flops, route_params
+from dynamicdet_cli.route_cost import route_flops, route_params
 from helpers import routed_at_median
 
 LOSS_PARTS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")

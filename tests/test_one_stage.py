@@ -16,7 +16,7 @@ from dynamicdet_cli.model.one_stage_heads import FCOSDetectorHead, RetinaNetDete
 from dynamicdet_cli.starting_weights import load_init_weights
 from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.recipe import load_recipe, with_overrides
-from dynamicdet_cli.summary import route_flops, route_params
+from dynamicdet_cli.route_cost import route_flops, route_params
 
 from conftest import RECIPES, TINY_OVERRIDES
 from helpers import regrouped_at_median, routed_at_median
