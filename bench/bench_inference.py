@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config  # noqa: E402
+from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
+from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.errors import DynamicDetError  # noqa: E402
 from dynamicdet_cli.evaluate import evaluate_route, sweep  # noqa: E402

@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.coco_eval import ResampledAP, coco_evaluate, evaluate_images  # noqa: E402
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config  # noqa: E402
+from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
+from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.inference import run_both_routes  # noqa: E402

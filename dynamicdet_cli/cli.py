@@ -208,7 +208,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _data_config(data, train_ann, train_images, val_ann, val_images):
-    from dynamicdet_cli.data.coco import DataConfig, load_data_config
+    from dynamicdet_cli.data.config import DataConfig, load_data_config
     if data is not None:
         if train_ann or train_images or val_ann or val_images:
             raise DynamicDetError("give either --data or --train-ann/--train-images/--val-ann/--val-images, not both")

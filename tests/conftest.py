@@ -75,7 +75,8 @@ def images() -> list[torch.Tensor]:
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory):
     """12 training and 8 validation shapes images of 64 px, opened without augmentation."""
-    from dynamicdet_cli.data.coco import CocoDataset, load_data_config
+    from dynamicdet_cli.data.coco import CocoDataset
+    from dynamicdet_cli.data.config import load_data_config
     from dynamicdet_cli.data.shapes import make_shapes
     from dynamicdet_cli.data.transforms import build_transforms
     cfg = load_data_config(make_shapes(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=8, size=64, seed=0))

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import dynamicdet_cli.train as train_module
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.recipe import load_recipe
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dynamicdet_cli.checkpoint import model_from_checkpoint
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError

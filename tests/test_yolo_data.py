@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from dynamicdet_cli.cli import typer_app
-from dynamicdet_cli.data.coco import CocoDataset, load_data_config
+from dynamicdet_cli.data.coco import CocoDataset
+from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.data.yolo import YoloLabels
 from dynamicdet_cli.errors import DynamicDetError

@@ -1,4 +1,5 @@
-"""COCO-format detection data: the dataset, its collate function and the data YAML.
+"""COCO-format detection data: the dataset and its collate function (the annotation file's
+checks are in coco_json.py, the data YAML in config.py).
 
 Contracts (torchvision's detection format):
   image   tv_tensors.Image, float32 in [0, 1], shape [3, H, W] (always RGB)
@@ -14,17 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import io
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch import Tensor
@@ -32,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
+from dynamicdet_cli.data.coco_json import check_coco, is_segmentation, read_coco_json
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.stats import held_out
 
@@ -87,8 +84,8 @@ class CocoDataset(torch.utils.data.Dataset):
         if hasattr(ann_file, "to_coco"):
             data, self.skipped = ann_file.to_coco(skip_bad_images)
         else:
-            data = _read_json(self.ann_file)
-        _validate(data, self.ann_file.name)
+            data = read_coco_json(self.ann_file)
+        check_coco(data, self.ann_file.name)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -145,7 +142,7 @@ class CocoDataset(torch.utils.data.Dataset):
         """Every annotation must carry a mask pycocotools can decode: the kept ones become
         training targets, and mask AP reads them all (crowd and dropped ones included)."""
         for ann in self.coco.dataset["annotations"]:
-            if not _is_segmentation(ann.get("segmentation")):
+            if not is_segmentation(ann.get("segmentation")):
                 raise DynamicDetError(
                     f"{self.ann_file.name}: annotation {ann['id']} has no instance mask (COCO "
                     "'segmentation': polygons or RLE), and this model segments (family mask_rcnn); "
@@ -327,156 +324,3 @@ def _pil_to_rgb(im: Image.Image) -> Tensor:
         return gray.expand(3, *gray.shape).clone()
     arr = np.asarray(im.convert("RGB"))  # H,W,3
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-# -- annotation file checks ------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DynamicDetError(f"annotation file {path} does not exist")
-    try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise DynamicDetError(f"{path.name}: not valid JSON (line {err.lineno}): {err.msg}") from None
-    except (UnicodeDecodeError, OSError) as err:
-        raise DynamicDetError(f"{path.name}: cannot read: {err}") from None
-    if not isinstance(data, dict):
-        raise DynamicDetError(f"{path.name}: expected a COCO object with images/annotations/categories")
-    return data
-
-
-_REQUIRED = {
-    "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "category_id", "bbox"),
-    "categories": ("id", "name"),
-}
-
-
-def _validate(data: dict, name: str) -> None:
-    """Raise DynamicDetError on anything that would break pycocotools or the targets later."""
-    for section, keys in _REQUIRED.items():
-        if not isinstance(data.get(section), list):
-            raise DynamicDetError(f"{name}: missing list '{section}' (a COCO file needs images, "
-                                  "annotations and categories)")
-        for k, rec in enumerate(data[section]):
-            missing = [key for key in keys if not isinstance(rec, dict) or key not in rec]
-            if missing:
-                raise DynamicDetError(f"{name}: {section}[{k}] lacks key(s) {', '.join(missing)}")
-    image_ids = _unique_ids(data["images"], "image", name)
-    cat_ids = _unique_ids(data["categories"], "category", name)
-    if not cat_ids:
-        raise DynamicDetError(f"{name}: 'categories' is empty")
-    for img in data["images"]:
-        if not all(_is_int(img[k]) and img[k] > 0 for k in ("width", "height")):
-            raise DynamicDetError(f"{name}: image id {img['id']} has no positive integer width/height")
-    for ann in data["annotations"]:
-        if ann["image_id"] not in image_ids:
-            raise DynamicDetError(
-                f"{name}: annotation {ann['id']} names unknown image id {ann['image_id']!r}"
-            )
-        if ann["category_id"] not in cat_ids:
-            raise DynamicDetError(
-                f"{name}: annotation {ann['id']} names unknown category id {ann['category_id']!r}"
-            )
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite(v) for v in bbox)):
-            raise DynamicDetError(f"{name}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
-
-
-def _is_segmentation(seg: Any) -> bool:
-    """Polygons (a non-empty list of [x1, y1, x2, y2, ...], 3+ points each) or an RLE dict."""
-    if isinstance(seg, dict):
-        return "counts" in seg and isinstance(seg.get("size"), list) and len(seg["size"]) == 2
-    return (isinstance(seg, list) and bool(seg) and all(
-        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite(v) for v in p) for p in seg))
-
-
-def _unique_ids(records: list[dict], what: str, name: str) -> set[int]:
-    ids: set[int] = set()
-    for rec in records:
-        if not _is_int(rec["id"]):
-            raise DynamicDetError(f"{name}: {what} id {rec['id']!r} is not an integer")
-        if rec["id"] in ids:
-            raise DynamicDetError(f"{name}: duplicate {what} id {rec['id']}")
-        ids.add(rec["id"])
-    return ids
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# -- data YAML -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where a dataset lives. Paths are absolute or relative to the data YAML's folder
-    (resolved at load). For YOLO-format data (data/yolo.py) each `*_ann` is a YoloLabels (the
-    split's label folder and class names) instead of a COCO JSON path. `val_ann`/`val_images` are both set or both None, and so are
-    `router_ann`/`router_images`: an optional split of images the detectors never train on,
-    whose losses are the router's targets (train-router)."""
-
-    train_ann: Path | Any
-    train_images: Path
-    val_ann: Path | Any | None = None
-    val_images: Path | None = None
-    router_ann: Path | Any | None = None
-    router_images: Path | None = None
-
-    @property
-    def has_val(self) -> bool:
-        return self.val_ann is not None
-
-    @property
-    def has_router(self) -> bool:
-        return self.router_ann is not None
-
-
-_DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images", "router_ann", "router_images")
-
-
-def load_data_config(path: str | Path) -> DataConfig:
-    """Read a data YAML (keys train_ann, train_images, optional val_ann, val_images and
-    router_ann, router_images) and check that every path it names exists. A YOLO-format
-    data YAML (path, train, val, names) is read by data/yolo.py."""
-    path = Path(path)
-    if not path.is_file():
-        raise DynamicDetError(f"data file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise DynamicDetError(f"{path.name}: not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise DynamicDetError(f"{path.name}: expected a mapping with keys {', '.join(_DATA_KEYS)}")
-    from dynamicdet_cli.data.yolo import is_yolo_yaml, yolo_data_config  # yolo.py builds on this module
-    if is_yolo_yaml(raw):
-        return yolo_data_config(path, raw)
-    for key in raw:
-        if key not in _DATA_KEYS:
-            close = difflib.get_close_matches(str(key), _DATA_KEYS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(_DATA_KEYS)}"
-            raise DynamicDetError(f"{path.name}: unknown key '{key}'{hint}")
-    for key in ("train_ann", "train_images"):
-        if raw.get(key) is None:
-            raise DynamicDetError(f"{path.name}: missing key '{key}'")
-    for split in ("val", "router"):
-        if (raw.get(f"{split}_ann") is None) != (raw.get(f"{split}_images") is None):
-            raise DynamicDetError(f"{path.name}: give both {split}_ann and {split}_images, or neither")
-    resolved = {}
-    for key in _DATA_KEYS:
-        if raw.get(key) is None:
-            continue
-        if not isinstance(raw[key], str):
-            raise DynamicDetError(f"{path.name}: '{key}' must be a path string")
-        p = Path(raw[key]).expanduser()
-        p = p if p.is_absolute() else path.parent / p
-        if not p.exists():
-            raise DynamicDetError(f"{path.name}: {key} points to {p}, which does not exist")
-        resolved[key] = p
-    return DataConfig(**resolved)

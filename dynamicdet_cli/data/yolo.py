@@ -29,7 +29,8 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from dynamicdet_cli.data.coco import _TURNED, SKIP_HINT, DataConfig
+from dynamicdet_cli.data.coco import _TURNED, SKIP_HINT
+from dynamicdet_cli.data.config import DataConfig
 from dynamicdet_cli.errors import DynamicDetError
 
 # What Pillow or torchvision decode among Ultralytics' image suffixes.

@@ -1,0 +1,91 @@
+"""Reading a COCO annotation file and checking it before pycocotools sees it: every error a
+user's file can cause (missing keys, unknown ids, duplicate ids, malformed boxes or
+segmentations) is one DynamicDetError line naming the file and the record."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from dynamicdet_cli.errors import DynamicDetError
+
+
+def read_coco_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DynamicDetError(f"annotation file {path} does not exist")
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise DynamicDetError(f"{path.name}: not valid JSON (line {err.lineno}): {err.msg}") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise DynamicDetError(f"{path.name}: cannot read: {err}") from None
+    if not isinstance(data, dict):
+        raise DynamicDetError(f"{path.name}: expected a COCO object with images/annotations/categories")
+    return data
+
+
+_REQUIRED = {
+    "images": ("id", "file_name", "width", "height"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "categories": ("id", "name"),
+}
+
+
+def check_coco(data: dict, name: str) -> None:
+    """Raise DynamicDetError on anything that would break pycocotools or the targets later."""
+    for section, keys in _REQUIRED.items():
+        if not isinstance(data.get(section), list):
+            raise DynamicDetError(f"{name}: missing list '{section}' (a COCO file needs images, "
+                                  "annotations and categories)")
+        for k, rec in enumerate(data[section]):
+            missing = [key for key in keys if not isinstance(rec, dict) or key not in rec]
+            if missing:
+                raise DynamicDetError(f"{name}: {section}[{k}] lacks key(s) {', '.join(missing)}")
+    image_ids = _unique_ids(data["images"], "image", name)
+    cat_ids = _unique_ids(data["categories"], "category", name)
+    if not cat_ids:
+        raise DynamicDetError(f"{name}: 'categories' is empty")
+    for img in data["images"]:
+        if not all(_is_int(img[k]) and img[k] > 0 for k in ("width", "height")):
+            raise DynamicDetError(f"{name}: image id {img['id']} has no positive integer width/height")
+    for ann in data["annotations"]:
+        if ann["image_id"] not in image_ids:
+            raise DynamicDetError(
+                f"{name}: annotation {ann['id']} names unknown image id {ann['image_id']!r}"
+            )
+        if ann["category_id"] not in cat_ids:
+            raise DynamicDetError(
+                f"{name}: annotation {ann['id']} names unknown category id {ann['category_id']!r}"
+            )
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_finite(v) for v in bbox)):
+            raise DynamicDetError(f"{name}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+
+
+def is_segmentation(seg: Any) -> bool:
+    """Polygons (a non-empty list of [x1, y1, x2, y2, ...], 3+ points each) or an RLE dict."""
+    if isinstance(seg, dict):
+        return "counts" in seg and isinstance(seg.get("size"), list) and len(seg["size"]) == 2
+    return (isinstance(seg, list) and bool(seg) and all(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(_is_finite(v) for v in p) for p in seg))
+
+
+def _unique_ids(records: list[dict], what: str, name: str) -> set[int]:
+    ids: set[int] = set()
+    for rec in records:
+        if not _is_int(rec["id"]):
+            raise DynamicDetError(f"{name}: {what} id {rec['id']!r} is not an integer")
+        if rec["id"] in ids:
+            raise DynamicDetError(f"{name}: duplicate {what} id {rec['id']}")
+        ids.add(rec["id"])
+    return ids
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
