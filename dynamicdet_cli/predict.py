@@ -54,7 +54,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.calibrate import expected_latency
 from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
-from dynamicdet_cli.data.coco import _BadImage, _load_rgb
+from dynamicdet_cli.data.coco import BadImage, load_rgb
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import Route
 from dynamicdet_cli.model.regrouping import Done, RouteBatcher
@@ -268,8 +268,8 @@ def _read_batches(paths: list[Path], batch_size: int,
     batch = []
     for index, path in enumerate(paths):
         try:
-            batch.append((index, path, _load_rgb(Path(path))))
-        except _BadImage as err:
+            batch.append((index, path, load_rgb(Path(path))))
+        except BadImage as err:
             skip(path, str(err))
             continue
         if len(batch) == batch_size:

@@ -84,7 +84,7 @@ def validation_images(ckpt: dict, batch_size: int, limit: int = 128) -> TimingIm
 
 def folder_images(folder: Path, batch_size: int, limit: int = 128) -> TimingImages:
     """Up to `limit` of the images in `folder` (files that are not images are left out)."""
-    from dynamicdet_cli.data.coco import _BadImage, _load_rgb
+    from dynamicdet_cli.data.coco import BadImage, load_rgb
     from dynamicdet_cli.predict import list_images
 
     if not Path(folder).is_dir():
@@ -93,8 +93,8 @@ def folder_images(folder: Path, batch_size: int, limit: int = 128) -> TimingImag
     decoded = []
     for path in _spread(paths, min(len(paths), limit)):
         try:
-            decoded.append(F.to_dtype(_load_rgb(path), torch.float32, scale=True))  # 3,H,W in [0, 1]
-        except _BadImage:
+            decoded.append(F.to_dtype(load_rgb(path), torch.float32, scale=True))  # 3,H,W in [0, 1]
+        except BadImage:
             continue  # not an image: predict would skip it too
     if not decoded:
         raise DynamicDetError(f"--images {folder}: no readable images in it")

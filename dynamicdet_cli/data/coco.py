@@ -35,7 +35,7 @@ from dynamicdet_cli.stats import held_out
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
 
 
-class _BadImage(Exception):
+class BadImage(Exception):
     """An image file that cannot be used; the message says why."""
 
 
@@ -201,7 +201,7 @@ class CocoDataset(torch.utils.data.Dataset):
                 im.verify()
             with Image.open(path) as im:  # verify() leaves the image unusable
                 size = im.size
-                if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
+                if im.getexif().get(ExifTags.Base.Orientation, 1) in TURNED:
                     size = size[::-1]  # shown turned by a quarter: the JSON gives the size as shown
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
             return f"cannot open image: {err}"
@@ -219,13 +219,13 @@ class CocoDataset(torch.utils.data.Dataset):
         info = self.coco.imgs[image_id]
         path = self.image_path_of(image_id)
         try:
-            image = _load_rgb(path)  # 3,H,W uint8 or uint16
+            image = load_rgb(path)  # 3,H,W uint8 or uint16
             if tuple(image.shape[-2:]) != (info["height"], info["width"]):
-                raise _BadImage(
+                raise BadImage(
                     f"image is {image.shape[-1]}x{image.shape[-2]} but "
                     f"{self.ann_file.name} says {info['width']}x{info['height']}"
                 )
-        except _BadImage as err:
+        except BadImage as err:
             if self.skip_bad_images:
                 return None
             raise DynamicDetError(f"{path}: {err}; {SKIP_HINT}") from None
@@ -296,16 +296,16 @@ def collate(batch: list) -> tuple[list[Tensor], list[dict]]:
 # -- image decoding --------------------------------------------------------------------
 
 
-_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def _load_rgb(path: Path) -> Tensor:
+def load_rgb(path: Path) -> Tensor:
     """Decode to a [3, H, W] uint8 (or uint16 for 16-bit PNG) tensor, whatever the mode, turned
     as its EXIF orientation says (as image viewers and annotation tools show it)."""
     try:
         data = read_file(str(path))
     except (RuntimeError, OSError) as err:
-        raise _BadImage("file not found" if not path.exists() else f"cannot read file: {err}")
+        raise BadImage("file not found" if not path.exists() else f"cannot read file: {err}")
     try:
         return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
@@ -314,7 +314,7 @@ def _load_rgb(path: Path) -> Tensor:
         with Image.open(path) as im:
             return _pil_to_rgb(ImageOps.exif_transpose(im))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise _BadImage(f"cannot decode image: {err}") from None
+        raise BadImage(f"cannot decode image: {err}") from None
 
 
 def _pil_to_rgb(im: Image.Image) -> Tensor:

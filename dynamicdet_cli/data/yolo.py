@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from dynamicdet_cli.data.coco import _TURNED, SKIP_HINT
+from dynamicdet_cli.data.coco import TURNED, SKIP_HINT
 from dynamicdet_cli.data.config import DataConfig
 from dynamicdet_cli.errors import DynamicDetError
 
@@ -96,7 +96,7 @@ def _image_size(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as im:
             size = im.size
-            if im.getexif().get(ExifTags.Base.Orientation, 1) in _TURNED:
+            if im.getexif().get(ExifTags.Base.Orientation, 1) in TURNED:
                 size = size[::-1]
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         return f"cannot open image: {err}"
