@@ -322,7 +322,7 @@ def train_router(
     from dynamicdet_cli.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
     from dynamicdet_cli.router_summary import summary_table
     from dynamicdet_cli.router_training import train_router_checkpoint
-    from dynamicdet_cli.train import resolve_device
+    from dynamicdet_cli.distributed import resolve_device
 
     sets = list(overrides or [])
     for item in sets:  # the detectors (and the loss their targets come from) were fixed by step 1
@@ -367,7 +367,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per b
 
 def _load_model(checkpoint: Path, device_name: str):
     from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from dynamicdet_cli.train import resolve_device
+    from dynamicdet_cli.distributed import resolve_device
     device = resolve_device(device_name)
     ckpt = load_checkpoint(checkpoint)
     return ckpt, model_from_checkpoint(ckpt, device).eval(), device

@@ -14,8 +14,8 @@ Resume is epoch-exact: state.pt is written (atomically) after each epoch, and th
 state is re-seeded from (seed, epoch) at the start of every epoch, so a resumed epoch replays
 exactly what the killed one would have done. A run killed mid-epoch loses at most that epoch.
 
-Several processes: run under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA);
-each process sees its share of the data; only rank 0 writes files and evaluates.
+Several processes: run under torchrun (DistributedDataParallel; distributed.py joins the
+processes); each process sees its share of the data; only rank 0 writes files and evaluates.
 `train.batch_size` is the images of one optimizer step in all, split evenly across the
 processes, so a recipe means the same steps and learning rate on one process or several.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -39,6 +38,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
+from dynamicdet_cli.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
+                                        process_batch_size)
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.inference import evaluate_both
 from dynamicdet_cli.model.build import build_model, needs_masks
@@ -47,50 +48,6 @@ from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with
 from dynamicdet_cli.starting_weights import initialise
 
 STATE_FORMAT = "dynamicdet-run-state"
-
-
-# ----------------------------------------------------------------------------- processes
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place among the training processes (one when not under torchrun)."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> a device that exists, or a clear error."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if not name.startswith("cuda"):
-        raise DynamicDetError(f"--device {name}: expected cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise DynamicDetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    index = int(name.split(":")[1]) if ":" in name else local_rank
-    if index >= torch.cuda.device_count():
-        raise DynamicDetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device("cuda", index)
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group if launched by torchrun; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    env = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name, env.local_rank)
-    if env.enabled and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return env, device
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -132,16 +89,6 @@ def seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------- one epoch
 
-def _reduce(losses: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:
-    """Mean of each loss part over processes, as floats (one all_reduce for all parts)."""
-    keys = sorted(losses)
-    values = torch.stack([losses[k].detach().float() for k in keys])
-    if env.enabled:
-        dist.all_reduce(values)
-        values /= env.world_size
-    return dict(zip(keys, values.tolist()))
-
-
 def amp_dtype(device: torch.device) -> torch.dtype:
     """--amp: float16 with a GradScaler on CUDA; bfloat16 on CPU (float32's range, no scaler)."""
     return torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -169,7 +116,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             losses = model(images, targets)
-        logged = _reduce(losses, env)
+        logged = mean_over_processes(losses, env)
         if not math.isfinite(logged["loss"]):
             bad = next((k for k, v in logged.items() if not math.isfinite(v) and k != "loss"), "loss")
             raise DynamicDetError(
@@ -214,14 +161,6 @@ def _train_loader(dataset, cfg, env: Dist, epoch: int) -> DataLoader:
                       num_workers=cfg.workers,
                       collate_fn=collate, drop_last=False,
                       generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-
-
-def process_batch_size(batch_size: int, env: Dist) -> int:
-    """Images per step on this process: the recipe's batch split evenly across processes."""
-    if batch_size % env.world_size:
-        raise DynamicDetError(f"train.batch_size={batch_size} (images per step in all) does not split evenly "
-                              f"across {env.world_size} processes; use a multiple of {env.world_size}")
-    return batch_size // env.world_size
 
 
 def _save_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, best: float,
@@ -283,20 +222,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run: Path, epoch: int, epochs_done: int):
         super().__init__(run, epoch, epochs_done)
         self.run, self.epoch, self.epochs_done = run, epoch, epochs_done
-
-
-@contextmanager
-def _evaluation_threads(env: Dist, device: torch.device):
-    """Rank 0 evaluates alone while the other processes wait at the barrier: on CPU it borrows
-    their threads (torchrun's LOCAL_WORLD_SIZE processes share this machine's cores)."""
-    threads = torch.get_num_threads()
-    borrowed = threads * int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env.enabled else threads
-    if device.type == "cpu" and borrowed > threads:
-        torch.set_num_threads(borrowed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -400,7 +325,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             record = {"epoch": epoch + 1, "step": step, **{k: v for k, v in stats.items() if k != "complete"}}
             last_epoch = epoch + 1 == cfg.epochs
             if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                with _evaluation_threads(env, device):
+                with evaluation_threads(env, device):
                     last_val = evaluate_both(model, val_set, device, batch_size=cfg.batch_size,
                                              show_progress=False)
                 record["val"] = last_val

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from dynamicdet_cli.train import Dist, train_one_epoch
+from dynamicdet_cli.distributed import Dist
+from dynamicdet_cli.train import train_one_epoch
 
 
 class DeviceCheckingModel(nn.Module):

@@ -27,7 +27,8 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.train import Dist, _evaluation_threads, process_batch_size, train_detectors
+from dynamicdet_cli.distributed import Dist, evaluation_threads, process_batch_size
+from dynamicdet_cli.train import train_detectors
 from helpers import one_error_line
 
 TESTS = Path(__file__).resolve().parent
@@ -311,10 +312,10 @@ def test_rank_0_evaluates_with_the_threads_of_the_processes_waiting_for_it(monke
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        with _evaluation_threads(Dist(world_size=2), torch.device("cpu")):
+        with evaluation_threads(Dist(world_size=2), torch.device("cpu")):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 1
-        with _evaluation_threads(Dist(), torch.device("cpu")):  # one process: nothing to borrow
+        with evaluation_threads(Dist(), torch.device("cpu")):  # one process: nothing to borrow
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
