@@ -13,6 +13,7 @@ from dynamicdet_cli.errors import DynamicDetError
 
 
 def read_coco_json(path: Path) -> dict:
+    """The parsed object of a COCO annotation file (not yet checked: check_coco)."""
     if not path.is_file():
         raise DynamicDetError(f"annotation file {path} does not exist")
     try:
