@@ -9,10 +9,12 @@ map and zero afresh, and how many depends on which tensors happen to be alive: i
 waiting for their route (regrouping.py) changed it. Measured on a 2-core CPU, demo model,
 batches of 8, 2 threads (bench/bench_malloc.py: bench_mixed_cost.py in fresh processes, four
 of each setting alternated): with this setting the all-easy and all-hard passes took 0.79 and
-0.82 of the time per image they take under the default, and the processes spent 2.8 s in the
-kernel against 21.2 s (about 190-210 s of user time either way). Setting either threshold
-alone was slower than the default (the other stops adapting). Training speed did not change
-(bench/bench_train.py).
+0.82 of the time per image they take under the default (medians; per process, all-hard
+4.99-6.22 ms against 6.39-7.96, all-easy 3.41-4.58 against 4.41-5.25), and the processes spent
+2.8 s in the kernel against 21.2 s (188 and 208 s of user time). Setting either threshold
+alone was slower than the default (the other stops adapting). Training speed moved within
+run-to-run noise (bench/bench_train.py, two alternated pairs: 39.7 / 42.1 against 39.9 / 36.5
+images/s).
 
 So on glibc the package raises the mmap threshold to its maximum (32 MiB on 64-bit) and
 keeps up to 1 GiB free at the heap's top, as jemalloc or tcmalloc would (PyTorch's CPU

@@ -1,8 +1,10 @@
 """allocator.py: the package keeps freed memory on glibc, unless asked not to.
 
 Each case runs in a fresh interpreter, since the setting is per process and this one has
-already imported the package. Whether a block of 1 MiB is served by mmap (glibc's default
-for blocks over 128 KiB) is read from mallinfo2's count of mmapped blocks."""
+already imported the package. Whether a block of 16 MiB is served by mmap is read from
+mallinfo2's count of mmapped blocks: glibc's default mmaps blocks over 128 KiB, a threshold
+it raises after freeing an mmapped block (up to 32 MiB), so the block is large enough to stay
+over it whatever the interpreter freed at start-up, and under the setting's 32 MiB."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 before = libc.mallinfo2().hblks
-block = libc.malloc(1 << 20)
+block = libc.malloc(16 << 20)
 print(allocator.setting(), libc.mallinfo2().hblks - before)
 libc.free(ctypes.c_void_p(block))
 """
