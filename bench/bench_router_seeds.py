@@ -93,16 +93,12 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
     router_set = CocoDataset(dc.router_ann, dc.router_images, plain) if dc.has_router else None
     run = out / f"run{seed}"
     start = time.perf_counter()
-    if (run / "best.pt").exists():
-        pass  # reused
+    if (run / "best.pt").exists():  # trained by an earlier run of the bench: reused
+        pass
     elif args.processes > 1:
         _train_under_torchrun(args, folder / "data.yaml", run)
     else:
-        aug = recipe.train.augment
-        train_aug = CocoDataset(dc.train_ann, dc.train_images, build_transforms(True, aug.hflip, aug.photometric,
-                                                                                 aug.zoom_out))
-        recipe_eval_last = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, eval_every=10_000))
-        train_detectors(recipe_eval_last, train_aug, val, run, show_progress=False)
+        _train_in_process(recipe, dc, val, run)
     train_seconds = time.perf_counter() - start
     ckpt = load_checkpoint(run / "best.pt")
     routes = run_both_routes(model_from_checkpoint(ckpt), val, torch.device("cpu"), show_progress=False)
@@ -136,6 +132,15 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
         })
         print(_line(rows[-1]), flush=True)
     return rows
+
+
+def _train_in_process(recipe, dc, val, run: Path) -> None:
+    """train-detectors in this process, with the recipe's augmentation, evaluated once at the end."""
+    aug = recipe.train.augment
+    train_aug = CocoDataset(dc.train_ann, dc.train_images, build_transforms(True, aug.hflip, aug.photometric,
+                                                                             aug.zoom_out))
+    recipe_eval_last = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, eval_every=10_000))
+    train_detectors(recipe_eval_last, train_aug, val, run, show_progress=False)
 
 
 def _train_under_torchrun(args, data_yaml: Path, run: Path) -> None:
