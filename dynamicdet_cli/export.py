@@ -20,7 +20,9 @@ dynamicdet.json says what a runtime needs besides the graphs:
     onnx / torchscript       the files and, for ONNX, each graph's inputs, outputs and batch size
     provenance               dynamicdet, torch, torchvision and opset versions, source checkpoint
 
-Only the Faster R-CNN family exports; other families stop with one line saying so.
+ONNX exports the Faster R-CNN and YOLO families, TorchScript the Faster R-CNN family; others
+stop with one line saying so. For YOLO the route graphs end before NMS, and dynamicdet.json's
+`postprocess` gives the runtime its settings.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.errors import DynamicDetError, warn
 
 FORMATS = ("onnx", "torchscript")
-EXPORTABLE_FAMILIES = ("faster_rcnn",)
+EXPORTABLE_FAMILIES = {"onnx": ("faster_rcnn", "yolo"), "torchscript": ("faster_rcnn",)}  # format -> families
 META_FILE = "dynamicdet.json"
 TORCHSCRIPT_FILE = "dynamicdet.torchscript.pt"
 
@@ -59,8 +61,9 @@ def check_exportable(ckpt: dict, fmt: str, out_dir: Path | None = None) -> None:
     if fmt not in FORMATS:
         raise DynamicDetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     family = ckpt["recipe"].get("model", {}).get("family", "faster_rcnn")
-    if family not in EXPORTABLE_FAMILIES:
-        raise DynamicDetError(f"export supports the {', '.join(EXPORTABLE_FAMILIES)} family only; "
+    families = EXPORTABLE_FAMILIES[fmt]
+    if family not in families:
+        raise DynamicDetError(f"export --format {fmt} supports {', '.join(families)} only; "
                               f"this checkpoint's detectors are {family}")
     if out_dir is not None:
         _check_folder(Path(out_dir), fmt)
@@ -90,6 +93,14 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
         from dynamicdet_cli.export_onnx import OPSET, export_onnx
         graphs = export_onnx(model, out_dir, example)
         meta["onnx"] = {"opset": OPSET, "graphs": graphs}
+        if meta["family"] == "yolo":
+            y = ckpt["recipe"]["model"].get("yolo", {})
+            meta["postprocess"] = {
+                "where": "outside the graphs: the route graphs give every point's boxes and class scores",
+                "score_thresh": y.get("score_thresh"), "topk_candidates": y.get("topk_candidates"),
+                "nms": "per class", "nms_thresh": y.get("nms_thresh"),
+                "detections_per_img": y.get("detections_per_img"),
+                "labels": "column c of scores is label c + 1"}
         meta["provenance"]["onnx_opset"] = OPSET
         files = [out_dir / g["file"] for g in graphs.values()]
     else:

@@ -22,7 +22,10 @@ Graph inputs and outputs (float32 unless said; H, W any size; batch B any size i
                        out: boxes N,4 x1y1x2y2 in the input image's pixels, labels int64 N
                             (1-based), scores N
 
-Graph 1 takes any batch. The detector graphs take one image: torchvision's RPN and RoI heads
+The yolo family's route graphs differ (YOLORoute below): they take any batch and end before
+NMS, with every point's box and class probabilities.
+
+Graph 1 takes any batch. The other families' detector graphs take one image: torchvision's RPN and RoI heads
 filter proposals and detections image by image in Python loops, which ONNX export by tracing
 unrolls to the batch it traced (torchvision's own ONNX tests export its detectors on a list
 of one image and vary only the image size). Image sizes are free in all three graphs.
@@ -138,6 +141,37 @@ class HardRoute(_RouteGraph):
         return self.detections(self.model.head2, image, image_size, original_size, feats2)
 
 
+class YOLORoute(nn.Module):
+    """A YOLO detector graph (easy or hard) for a batch of one image size: every point's box and
+    class probabilities, NMS left to the runtime. The YOLO head has no per-image step before
+    NMS, so the batch stays free in the graph.
+
+    in:  image B,3,Hp,Wp; image_size int64 2; original_size int64 2 (H, W); f1_<l> B,C_l,..
+    out: boxes B,A,4 x1y1x2y2 in the input image's pixels (clipped to it); scores B,A,C class
+         probabilities (label l is column l - 1). A = the points of all levels.
+    The runtime keeps, per image, the (point, class) pairs with score > score_thresh, at most
+    topk_candidates of them, runs NMS per class at nms_thresh and keeps detections_per_img
+    (dynamicdet.json's `postprocess`; YOLOHead.postprocess does the same in PyTorch).
+    """
+
+    def __init__(self, model: DynamicDetector, route: str):
+        super().__init__()
+        self.model, self.route = model, route
+
+    def forward(self, image: Tensor, image_size: Tensor, original_size: Tensor, *f1: Tensor):
+        if self.route == "easy":
+            head, feats = self.model.head1, dict(zip(self.model.head1.stages, f1))
+        else:
+            head, feats = self.model.head2, self.model.second_backbone(image, dict(zip(STAGES, f1)))
+        out = head.dense(image, feats)
+        size = image_size.to(out.boxes.dtype)  # h, w
+        scale = original_size.to(out.boxes.dtype) / size
+        limit = torch.stack([size[1], size[0], size[1], size[0]])
+        boxes = torch.minimum(out.boxes.clamp(min=0), limit)
+        boxes = boxes * torch.stack([scale[1], scale[0], scale[1], scale[0]])
+        return boxes, out.cls.sigmoid()
+
+
 def _dynamic_hw(names: list[str], batch: bool) -> dict:
     axes = {n: {2: f"{n}_height", 3: f"{n}_width"} for n in names}
     if batch:
@@ -172,18 +206,25 @@ def export_onnx(model: DynamicDetector, out_dir: Path, example: Tensor) -> dict[
     all_feats = [f"f1_{s}" for s in STAGES]
     sizes = ["image_size", "original_size"]
     per_detection = {n: {0: "detections"} for n in DETECTION_OUTPUTS}
+    yolo = hasattr(model.head1, "dense")  # the yolo family: batch-free route graphs, NMS outside
+    if yolo:
+        dense_axes = {"boxes": {0: "batch", 1: "points"}, "scores": {0: "batch", 1: "points"}}
+        per_detection = dense_axes
+    route_outputs = ["boxes", "scores"] if yolo else DETECTION_OUTPUTS
+    easy_module = YOLORoute(model, "easy") if yolo else EasyRoute(model)
+    hard_module = YOLORoute(model, "hard") if yolo else HardRoute(model)
     specs = {
         "backbone1_router": (graph1, (example[None],), ["images"], ["phi", "image", "image_size", *all_feats],
                              {**_dynamic_hw(["images", "image", *all_feats], batch=True), "phi": {0: "batch"}}),
-        "easy": (EasyRoute(model).eval(), (x, size, original, *[feats[s] for s in model.head1.stages]),
-                 ["image", *sizes, *easy_feats], DETECTION_OUTPUTS,
-                 {**_dynamic_hw(["image", *easy_feats], batch=False), **per_detection}),
-        "hard": (HardRoute(model).eval(), (x, size, original, *f1), ["image", *sizes, *all_feats], DETECTION_OUTPUTS,
-                 {**_dynamic_hw(["image", *all_feats], batch=False), **per_detection}),
+        "easy": (easy_module.eval(), (x, size, original, *[feats[s] for s in model.head1.stages]),
+                 ["image", *sizes, *easy_feats], route_outputs,
+                 {**_dynamic_hw(["image", *easy_feats], batch=yolo), **per_detection}),
+        "hard": (hard_module.eval(), (x, size, original, *f1), ["image", *sizes, *all_feats], route_outputs,
+                 {**_dynamic_hw(["image", *all_feats], batch=yolo), **per_detection}),
     }
     graphs = {}
     for name, (module, args, inputs, outputs, axes) in specs.items():
         _export(module, args, out_dir / GRAPH_FILES[name], inputs, outputs, axes)
         graphs[name] = {"file": GRAPH_FILES[name], "inputs": inputs, "outputs": outputs,
-                        "batch": "any" if name == "backbone1_router" else 1}
+                        "batch": "any" if name == "backbone1_router" or yolo else 1}
     return graphs

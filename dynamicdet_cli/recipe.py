@@ -28,9 +28,9 @@ import yaml
 from dynamicdet_cli.errors import DynamicDetError
 
 
-def _f(default, help: str, lo=None, hi=None, choices=None):
-    """A recipe field: default, meaning, and the allowed range or choices."""
-    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices}
+def _f(default, help: str, lo=None, hi=None, choices=None, empty_ok: bool = False):
+    """A recipe field: default, meaning, and the allowed range or choices (empty_ok: a list may be [])."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "empty_ok": empty_ok}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,7 +38,9 @@ def _f(default, help: str, lo=None, hi=None, choices=None):
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    kind: str = _f("resnet", "backbone family of both backbones", choices=("resnet", "regnet"))
+    kind: str = _f("resnet", "backbone family of both backbones: torchvision's ResNet or RegNet, or csp (the "
+                             "real-time CSP/ELAN backbone of model/csp_backbone.py, scaled by depth_multiple and "
+                             "width_multiple)", choices=("resnet", "regnet", "csp"))
     depth: int = _f(50, "ResNet depth of both backbones (resnet only)", choices=(10, 18, 34, 50, 101))
     depths: tuple[int, ...] = _f((1, 1, 2, 2), "RegNet blocks per stage, 4 values (regnet only)", lo=1, hi=64)
     widths: tuple[int, ...] = _f((24, 48, 96, 192), "RegNet output channels per stage, 4 values (regnet only)", lo=8, hi=4096)
@@ -46,7 +48,14 @@ class BackboneConfig:
     bottleneck: float = _f(1.0, "RegNet inner width / output width of a block (regnet only)", lo=0.125, hi=4.0)
     se_ratio: float = _f(0.25, "RegNet squeeze-and-excitation ratio, 0 = none (regnet only)", lo=0.0, hi=1.0)
     stem_width: int = _f(24, "RegNet stem channels (regnet only)", lo=8, hi=256)
-    norm: str = _f("frozen_bn", "backbone normalisation", choices=("bn", "frozen_bn"))
+    depth_multiple: float = _f(0.33, "CSP blocks per stage = round((3, 6, 6, 3) x this), at least 1; the YOLO neck's "
+                                     "blocks = round(3 x this) (csp backbone and yolo family only; n and s: 0.33, m: 0.67)",
+                               lo=0.01, hi=4.0)
+    width_multiple: float = _f(0.5, "CSP channels = min((64, 128, 256, 512, 1024), max_channels) x this, a multiple "
+                                    "of 8 (csp only; n: 0.25, s: 0.5, m: 0.75)", lo=0.01, hi=4.0)
+    max_channels: int = _f(1024, "CSP channel cap before width_multiple (csp only; n and s: 1024, m: 768)", lo=8, hi=4096)
+    norm: str = _f("frozen_bn", "backbone normalisation (ResNet and RegNet; the csp backbone always uses BatchNorm)",
+                   choices=("bn", "frozen_bn"))
     stages: tuple[int, ...] = _f((1, 2, 3, 4), "ResNet stages (1-4) that feed the neck and the router")
     share_stem: bool = _f(False, "backbone 2 reuses backbone 1's stem and stage 1 (CBNetV2 style)")
     weights: str = _f("", "starting weights of both backbones, loaded when training starts: torchvision:NAME "
@@ -130,6 +139,21 @@ class RetinaNetConfig:
 
 
 @dataclass(frozen=True)
+class YOLOConfig:
+    reg_max: int = _f(16, "distance bins per box side (distribution focal loss): sides reach (reg_max - 1) strides", lo=2, hi=64)
+    assign_topk: int = _f(10, "task-aligned assigner: positives per box (its best candidates by alignment)", lo=1, hi=100)
+    assign_alpha: float = _f(0.5, "task-aligned assigner: exponent of the class score in the alignment metric", lo=0.0, hi=10.0)
+    assign_beta: float = _f(6.0, "task-aligned assigner: exponent of the IoU in the alignment metric", lo=0.0, hi=20.0)
+    cls_gain: float = _f(0.5, "weight of the class loss (BCE on the aligned targets)", lo=0.0, hi=100.0)
+    box_gain: float = _f(7.5, "weight of the box loss (1 - CIoU)", lo=0.0, hi=100.0)
+    dfl_gain: float = _f(1.5, "weight of the distribution focal loss", lo=0.0, hi=100.0)
+    score_thresh: float = _f(0.001, "minimum class probability of a returned detection (low, for COCO AP)", lo=0.0, hi=1.0)
+    nms_thresh: float = _f(0.7, "per-class NMS IoU threshold of the detections", lo=0.0, hi=1.0)
+    detections_per_img: int = _f(300, "maximum detections per image", lo=1)
+    topk_candidates: int = _f(1000, "best-scoring (point, class) pairs kept per image before NMS", lo=1)
+
+
+@dataclass(frozen=True)
 class TransformConfig:
     min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference")
     max_size: int = _f(1333, "longest image side after resizing", lo=16)
@@ -140,11 +164,13 @@ class TransformConfig:
 @dataclass(frozen=True)
 class RouterConfig:
     reduction: int = _f(4, "router hidden width = floor(d / reduction), d = sum of pooled stage channels", lo=1, hi=1024)
+    stages: tuple[int, ...] = _f((), "backbone-1 stages (1-4) the router pools; [] = model.backbone.stages "
+                                     "(Dy-YOLO pools every stage: [1, 2, 3, 4])", lo=1, hi=4, empty_ok=True)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn", "fcos", "retinanet"))
+    family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn", "fcos", "retinanet", "yolo"))
     num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1)
     loss_weight1: float = _f(1.0, "weight w1 of detector 1's loss in joint training", lo=0.0)
     loss_weight2: float = _f(1.0, "weight w2 of detector 2's loss in joint training", lo=0.0)
@@ -156,6 +182,7 @@ class ModelConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
+    yolo: YOLOConfig = field(default_factory=YOLOConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
 
@@ -165,6 +192,9 @@ class AugmentConfig:
     hflip: float = _f(0.5, "probability of a horizontal flip", lo=0.0, hi=1.0)
     photometric: float = _f(0.5, "probability of photometric distortion (brightness, contrast, saturation, hue)", lo=0.0, hi=1.0)
     zoom_out: float = _f(0.0, "probability of zooming out onto a larger canvas (smaller objects)", lo=0.0, hi=1.0)
+    mosaic: float = _f(0.0, "probability that a training image is a mosaic of four (it and three others, each "
+                            "a quadrant around a random centre): more objects, more scales and contexts per image", lo=0.0, hi=1.0)
+    mosaic_off_epochs: int = _f(0, "the last N epochs train without mosaic, on images as the model will see them", lo=0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,10 @@ class TrainConfig:
     milestones: tuple[float, ...] = _f((0.67, 0.89), "step schedule: fractions of training where lr drops x0.1")
     warmup_iters: int = _f(500, "linear warm-up steps", lo=0)
     grad_clip: float = _f(0.0, "max gradient norm; 0 disables clipping", lo=0.0)
+    ema_decay: float = _f(0.0, "exponential moving average of the weights (evaluation, best.pt, last.pt and the router's "
+                               "step use it): weight of the average at each step once ramped up; 0 = off", lo=0.0, hi=0.99999)
+    ema_ramp: float = _f(0.1, "the average's warm-up: decay = ema_decay x (1 - exp(-step / (ema_ramp x total steps))), "
+                              "a share of the run, so short and long runs ramp alike", lo=0.001, hi=1.0)
     eval_every: int = _f(1, "evaluate on the validation set every N epochs", lo=1)
     workers: int = _f(2, "data-loader worker processes", lo=0, hi=64)
     seed: int = _f(0, "random seed", lo=0)
@@ -217,7 +251,7 @@ def _check_value(key: str, value: Any, tp, meta: dict) -> Any:
         (item_tp, _) = get_args(tp)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # a single number where a list is expected
-        if not isinstance(value, (list, tuple)) or not value:
+        if not isinstance(value, (list, tuple)) or (not value and not meta.get("empty_ok")):
             raise DynamicDetError(f"recipe key {key}: expected a non-empty list, got {value!r}")
         return tuple(_check_value(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value))
     if tp is bool:
@@ -292,6 +326,13 @@ def _check_one_stage(m) -> None:
                               "may not exceed the foreground one")
 
 
+def _check_yolo(m) -> None:
+    stages = list(m.backbone.stages)
+    if len(stages) < 2 or stages != list(range(stages[0], stages[0] + len(stages))):
+        raise DynamicDetError(f"recipe key model.backbone.stages: the yolo family's PAN neck needs two or more "
+                              f"consecutive stages (e.g. [2, 3, 4]), got {stages}")
+
+
 def _check_consistency(recipe: Recipe) -> None:
     """Rules that involve more than one key."""
     m = recipe.model
@@ -300,7 +341,12 @@ def _check_consistency(recipe: Recipe) -> None:
         raise DynamicDetError("recipe keys model.backbone.depths/widths: need 4 values each, one per stage")
     if sorted(set(stages)) != list(stages) or not all(1 <= s <= 4 for s in stages):
         raise DynamicDetError(f"recipe key model.backbone.stages: {list(stages)} must be increasing stage numbers from 1 to 4")
-    if m.family in ONE_STAGE_FAMILIES:
+    if any(not 1 <= s <= 4 for s in m.router.stages) or sorted(set(m.router.stages)) != list(m.router.stages):
+        raise DynamicDetError(f"recipe key model.router.stages: {list(m.router.stages)} must be increasing stage "
+                              "numbers from 1 to 4, or [] for model.backbone.stages")
+    if m.family == "yolo":
+        _check_yolo(m)
+    elif m.family in ONE_STAGE_FAMILIES:
         _check_one_stage(m)
     elif len(m.rpn.anchor_sizes) != len(stages) + 1:
         raise DynamicDetError(
@@ -308,6 +354,9 @@ def _check_consistency(recipe: Recipe) -> None:
             f"{len(stages) + 1} levels ({len(stages)} stages + 1 pooled level)")
     if len(m.transform.image_mean) != 3 or len(m.transform.image_std) != 3:
         raise DynamicDetError("recipe keys model.transform.image_mean/image_std: need 3 values each (RGB)")
+    if m.backbone.kind == "csp" and m.backbone.share_stem:
+        raise DynamicDetError("recipe key model.backbone.share_stem: the csp backbone re-reads the image through "
+                              "its own stem (Dy-YOLO); set it to false")
     if m.backbone.kind != "resnet" and m.backbone.weights:
         raise DynamicDetError(f"recipe key model.backbone.weights: {m.backbone.weights!r} are ResNet weights, but "
                               f"model.backbone.kind is {m.backbone.kind}; set model.backbone.weights: ''")

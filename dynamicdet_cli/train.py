@@ -3,8 +3,11 @@
 A run folder holds everything about one run:
     recipe.yaml      the recipe used (with the data's classes)
     metrics.jsonl    one JSON line per epoch: mean losses, lr, images/s, COCO metrics
-    state.pt         resume state: model, optimizer, scheduler, grad scaler, epoch, step
+    state.pt         resume state: model, optimizer, scheduler, grad scaler, weight average, epoch, step
     last.pt, best.pt model checkpoints in the one dynamicdet format (best = mean AP of d1, d2)
+
+With `train.ema_decay` > 0, an exponential moving average of the weights (ema.py) is what is
+evaluated and saved in last.pt and best.pt (and so what the router's step starts from).
 
 With `train.router_holdout` > 0, a seeded share of the training images is kept out of
 step 1 entirely; the checkpoints list them (`training.router_image_ids`) and train-router
@@ -38,6 +41,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
+from dynamicdet_cli.data.mosaic import Mosaic
+from dynamicdet_cli.ema import weight_average
 from dynamicdet_cli.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
                                         process_batch_size)
 from dynamicdet_cli.errors import DynamicDetError
@@ -96,8 +101,10 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: int, env: Dist,
                     amp: bool = False, grad_clip: float = 0.0, bar=None, max_steps: int | None = None,
-                    first_step: int = 0) -> dict:
+                    first_step: int = 0, ema=None) -> dict:
     """One pass over `loader`. Returns mean loss parts, lr, images/s and steps done.
+
+    `ema` (an AveragedModel, ema.py) is updated from the model after every optimizer step.
 
     Raises DynamicDetError on a non-finite loss, naming the step and the loss part.
     `max_steps` stops after that many global steps (an interrupted run, for tests and
@@ -131,6 +138,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(getattr(model, "module", model))  # DDP wraps the model
         steps += 1
         images_seen += len(images) * env.world_size
         for k, v in logged.items():
@@ -163,11 +172,21 @@ def _train_loader(dataset, cfg, env: Dist, epoch: int) -> DataLoader:
                       generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
 
 
+def _augmented(dataset, cfg, epoch: int):
+    """The training set as epoch `epoch` sees it: with mosaics (data/mosaic.py) at the recipe's
+    probability, except in the last `augment.mosaic_off_epochs` epochs."""
+    a = cfg.augment
+    if a.mosaic > 0 and epoch < cfg.epochs - a.mosaic_off_epochs:
+        return Mosaic(dataset, a.mosaic)
+    return dataset
+
+
 def _save_state(path: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, best: float,
-                recipe: dict, classes, category_ids) -> None:
+                recipe: dict, classes, category_ids, ema=None) -> None:
     state = {
         "format": STATE_FORMAT, "version": 1, "epoch": epoch, "step": step, "best": best,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": model.state_dict(), "ema": None if ema is None else ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "recipe": recipe, "classes": list(classes), "category_ids": list(category_ids),
     }
@@ -289,6 +308,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
+    ema = weight_average(model, cfg.ema_decay, cfg.ema_ramp, total_steps) if cfg.ema_decay > 0 else None
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -296,6 +316,11 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        elif ema is not None:  # a state from a run without the average: start it from here
+            ema.update_parameters(model)
+    saved = model if ema is None else ema.module  # what is evaluated and saved
     train_model = model
     if env.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -314,10 +339,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history):
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(cfg.seed * 1000 + epoch)
-            loader = _train_loader(train_set, cfg, env, epoch)
+            loader = _train_loader(_augmented(train_set, cfg, epoch), cfg, env, epoch)
             stats = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, env,
                                     amp=amp, grad_clip=cfg.grad_clip, bar=bar, max_steps=max_steps,
-                                    first_step=step)
+                                    first_step=step, ema=ema)
             step += stats["steps"]
             if not stats["complete"]:
                 complete = False
@@ -326,12 +351,12 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             last_epoch = epoch + 1 == cfg.epochs
             if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
                 with evaluation_threads(env, device):
-                    last_val = evaluate_both(model, val_set, device, batch_size=cfg.batch_size,
+                    last_val = evaluate_both(saved, val_set, device, batch_size=cfg.batch_size,
                                              show_progress=False)
                 record["val"] = last_val
             if env.is_main:
                 metric = (last_val["d1"]["AP"] + last_val["d2"]["AP"]) / 2 if "val" in record else None
-                ckpt = new_checkpoint(recipe_data, train_set.classes, train_set.cat_ids, model)
+                ckpt = new_checkpoint(recipe_data, train_set.classes, train_set.cat_ids, saved)
                 ckpt["training"] = {"epochs": epoch + 1, "steps": step, "run": str(run),
                                     "val": _flat_val(record.get("val")), "router_image_ids": router_ids}
                 save_checkpoint(ckpt, run / "last.pt")
@@ -342,7 +367,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                     save_checkpoint(ckpt, run / "best.pt")
                 _write_metrics(run, record)  # before state.pt: a resume trims lines past its epoch
                 _save_state(run / "state.pt", model, optimizer, scheduler, scaler, epoch + 1, step, best,
-                            recipe_data, train_set.classes, train_set.cat_ids)
+                            recipe_data, train_set.classes, train_set.cat_ids, ema)
                 if on_epoch is not None:
                     on_epoch(record)
             history.append(record)

@@ -208,7 +208,7 @@ def test_cli_exports_torchscript_and_refuses_bad_requests(ckpt_and_model, tmp_pa
 def test_other_families_are_refused_with_one_line(ckpt_and_model):
     ckpt, _ = ckpt_and_model
     other = dict(ckpt, recipe={**ckpt["recipe"], "model": {**ckpt["recipe"]["model"], "family": "retinanet"}})
-    with pytest.raises(DynamicDetError, match="export supports the faster_rcnn family only; .* retinanet"):
+    with pytest.raises(DynamicDetError, match="export --format torchscript supports faster_rcnn only; .* retinanet"):
         check_exportable(other, "torchscript")
 
 

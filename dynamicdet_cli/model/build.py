@@ -6,11 +6,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, StageBackbone, build_regnet, build_resnet
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
+from dynamicdet_cli.model.csp_backbone import CSPBackbone
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.model.heads import build_faster_rcnn_head
 from dynamicdet_cli.model.mask_rcnn_head import build_mask_rcnn_head
 from dynamicdet_cli.model.one_stage_heads import build_fcos_head, build_retinanet_head
 from dynamicdet_cli.model.router import Router
+from dynamicdet_cli.model.yolo_head import build_yolo_head
 
 # Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
 HEAD_BUILDERS = {
@@ -18,6 +20,7 @@ HEAD_BUILDERS = {
     "mask_rcnn": build_mask_rcnn_head,
     "fcos": build_fcos_head,
     "retinanet": build_retinanet_head,
+    "yolo": build_yolo_head,
 }
 # Families whose training and evaluation need instance masks in the data.
 SEGMENTING_FAMILIES = ("mask_rcnn",)
@@ -36,6 +39,8 @@ def build_transform(cfg) -> GeneralizedRCNNTransform:
 
 def build_backbone(b, first_stage: int) -> StageBackbone:
     """One backbone from the recipe's BackboneConfig `b`, fresh weights."""
+    if b.kind == "csp":
+        return CSPBackbone(b.depth_multiple, b.width_multiple, b.max_channels, first_stage)
     if b.kind == "regnet":
         net = build_regnet(b.depths, b.widths, b.group_width, b.bottleneck, b.se_ratio, b.stem_width, b.norm)
         return RegNetBackbone(net, first_stage)
@@ -59,10 +64,11 @@ def build_model(cfg, num_classes: int | None = None) -> DynamicDetector:
     stages = list(b.stages)
     in_channels = [backbone1.out_channels[s] for s in stages]
     build_head = HEAD_BUILDERS[cfg.family]
-    router = Router(sum(in_channels), cfg.router.reduction)
+    router_stages = list(cfg.router.stages) or stages
+    router = Router(sum(backbone1.out_channels[s] for s in router_stages), cfg.router.reduction)
     return DynamicDetector(
         transform=build_transform(cfg), backbone1=backbone1, backbone2=backbone2, composite=composite,
         router=router, head1=build_head(in_channels, stages, num_classes, cfg),
-        head2=build_head(in_channels, stages, num_classes, cfg), router_stages=stages,
+        head2=build_head(in_channels, stages, num_classes, cfg), router_stages=router_stages,
         loss_weights=(cfg.loss_weight1, cfg.loss_weight2),
     )

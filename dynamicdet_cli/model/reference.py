@@ -1,14 +1,18 @@
-"""Detector 1 as a plain torchvision detector (FasterRCNN, MaskRCNN, FCOS, RetinaNet) built from the same modules.
+"""Detector 1 as a plain single-route detector built from the same modules: torchvision's
+FasterRCNN, MaskRCNN, FCOS or RetinaNet, and for the yolo family (which torchvision lacks)
+`YOLODetector` below.
 
 The reference the easy route is checked against (tests) and timed against (bench/): it
 shares detector 1's weights and the recipe's settings, so any difference in detections or
-speed is the dynamic plumbing's.
+speed is the dynamic plumbing's. `plain_detector(cfg)` builds the same detector with fresh
+weights of its own: the single-route baseline a recipe is compared with, like with like.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 
 class _BackboneWithNeck(nn.Module):
@@ -78,11 +82,42 @@ def torchvision_retinanet(model, cfg) -> RetinaNet:
                      detections_per_img=r.detections_per_img, topk_candidates=r.topk_candidates).eval()
 
 
+class YOLODetector(nn.Module):
+    """A plain one-route YOLO: transform, backbone, head (model/yolo_head.py), in torchvision's
+    detector contract. eval: forward(images) -> list of dict(boxes in input pixels, labels 1..C,
+    scores); training: forward(images, targets) -> dict(loss_cls, loss_box, loss_dfl)."""
+
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.transform, self.backbone, self.head = transform, backbone, head
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        image_list, targets = self.transform(images, targets)
+        dets, losses = self.head(image_list, self.backbone(image_list.tensors), targets)
+        if self.training:
+            return losses
+        return self.transform.postprocess(dets, image_list.image_sizes, original_sizes)
+
+
+def yolo_detector(model, cfg) -> YOLODetector:
+    """Detector 1 of a Dy-YOLO as a plain YOLODetector (shared modules, eval mode)."""
+    return YOLODetector(model.transform, model.backbone1, model.head1).eval()
+
+
+def plain_detector(cfg, num_classes: int | None = None) -> nn.Module:
+    """The single-route detector of a recipe's ModelConfig with fresh weights (eval mode): what
+    its detector 1 would be without the cascade, for benches that compare like with like."""
+    from dynamicdet_cli.model.build import build_model
+
+    return torchvision_reference(build_model(cfg, num_classes), cfg)
+
+
 REFERENCES = {"faster_rcnn": torchvision_faster_rcnn, "mask_rcnn": torchvision_mask_rcnn, "fcos": torchvision_fcos,
-              "retinanet": torchvision_retinanet}
+              "retinanet": torchvision_retinanet, "yolo": yolo_detector}
 
 
 def torchvision_reference(model, cfg):
-    """Detector 1 of `model` as the plain torchvision detector of the recipe's family (eval mode)."""
+    """Detector 1 of `model` as the plain detector of the recipe's family (eval mode)."""
     return REFERENCES[cfg.family](model, cfg)
 
