@@ -518,12 +518,13 @@ def predict(
 class ExportFormat(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
+    pt2 = "pt2"
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint (Faster R-CNN family)")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx: three graphs a runtime chains per image; torchscript: one module(images, tau)")],
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint (onnx: Faster R-CNN or YOLO family; torchscript: Faster R-CNN; pt2: YOLO)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx: three graphs a runtime chains per image; torchscript: one module(images, tau); pt2: three torch.export programs")],
     output: Annotated[Path, typer.Option("--output", "-o", help="folder to write the files into")],
 ):
     """Export both routes for deployment, with the classes, input transform and operating points (dynamicdet.json)."""

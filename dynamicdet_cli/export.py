@@ -2,6 +2,7 @@
 
     onnx         three graphs (export_onnx.py) + dynamicdet.json
     torchscript  dynamicdet.torchscript.pt (export_torchscript.py) + dynamicdet.json
+    pt2          three torch.export programs (export_pt2.py, yolo family) + dynamicdet.json
 
 dynamicdet.json says what a runtime needs besides the graphs:
 
@@ -17,7 +18,8 @@ dynamicdet.json says what a runtime needs besides the graphs:
     default_point            the point `predict` would use with no route option ("default", or the
                              only stored point), else "hard" without a trained router, else null
     router_trained           false: phi is the untrained router's, and only the easy/hard routes mean anything
-    onnx / torchscript       the files and, for ONNX, each graph's inputs, outputs and batch size
+    onnx / torchscript / pt2 the files and, for ONNX and pt2, each graph's inputs, outputs and batch size
+    postprocess              yolo only: the NMS settings the runtime applies to the route graphs' outputs
     provenance               dynamicdet, torch, torchvision and opset versions, source checkpoint
 
 ONNX exports the Faster R-CNN and YOLO families, TorchScript the Faster R-CNN family; others
@@ -40,8 +42,10 @@ from dynamicdet_cli import __version__
 from dynamicdet_cli.atomic import write_json
 from dynamicdet_cli.errors import DynamicDetError, warn
 
-FORMATS = ("onnx", "torchscript")
-EXPORTABLE_FAMILIES = {"onnx": ("faster_rcnn", "yolo"), "torchscript": ("faster_rcnn",)}  # format -> families
+FORMATS = ("onnx", "torchscript", "pt2")
+# format -> the families it exports: TorchScript scripts torchvision's two-stage detector;
+# torch.export needs graphs without per-image Python loops (the YOLO head's)
+EXPORTABLE_FAMILIES = {"onnx": ("faster_rcnn", "yolo"), "torchscript": ("faster_rcnn",), "pt2": ("yolo",)}
 META_FILE = "dynamicdet.json"
 TORCHSCRIPT_FILE = "dynamicdet.torchscript.pt"
 
@@ -93,16 +97,15 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
         from dynamicdet_cli.export_onnx import OPSET, export_onnx
         graphs = export_onnx(model, out_dir, example)
         meta["onnx"] = {"opset": OPSET, "graphs": graphs}
-        if meta["family"] == "yolo":
-            y = ckpt["recipe"]["model"].get("yolo", {})
-            meta["postprocess"] = {
-                "where": "outside the graphs: the route graphs give every point's boxes and class scores",
-                "score_thresh": y.get("score_thresh"), "topk_candidates": y.get("topk_candidates"),
-                "nms": "per class", "nms_thresh": y.get("nms_thresh"),
-                "detections_per_img": y.get("detections_per_img"),
-                "labels": "column c of scores is label c + 1"}
         meta["provenance"]["onnx_opset"] = OPSET
         files = [out_dir / g["file"] for g in graphs.values()]
+    elif fmt == "pt2":
+        from dynamicdet_cli.export_pt2 import export_pt2
+        programs = export_pt2(model, out_dir, example)
+        meta["pt2"] = {"programs": programs, "load": "torch.export.load(path).module()"}
+        meta["transform"]["applied"] = ("by the runtime, before the programs: normalise, resize, zero-pad to "
+                                        "multiples of 32; boxes come back in that resized frame")
+        files = [out_dir / g["file"] for g in programs.values()]
     else:
         from dynamicdet_cli.export_torchscript import export_torchscript
         meta["torchscript"] = {"file": TORCHSCRIPT_FILE,
@@ -111,6 +114,15 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
                                           "routes: list of 'easy' / 'hard')"}
         text = json.dumps(meta, indent=2, allow_nan=False)
         files = [export_torchscript(model, out_dir / TORCHSCRIPT_FILE, example, text)]
+    if meta["family"] == "yolo":
+        y = ckpt["recipe"]["model"].get("yolo", {})
+        meta["postprocess"] = {
+            "where": "outside the graphs: the route graphs give every point's boxes and class scores",
+            "steps": "per image: clip boxes to the image, keep (point, class) pairs with score > score_thresh, "
+                     "the topk_candidates best, NMS per class at nms_thresh, the detections_per_img best",
+            "score_thresh": y.get("score_thresh"), "topk_candidates": y.get("topk_candidates"),
+            "nms_thresh": y.get("nms_thresh"), "detections_per_img": y.get("detections_per_img"),
+            "labels": "column c of scores is label c + 1"}
     files.append(write_json(out_dir / META_FILE, meta, indent=2))
     return ExportResult(out_dir, files, meta)
 
@@ -162,6 +174,7 @@ def export_table(result: ExportResult) -> Table:
     for column in ("file", "size", "what"):
         table.add_column(column)
     graphs = {g["file"]: (name, g) for name, g in result.meta.get("onnx", {}).get("graphs", {}).items()}
+    graphs.update({g["file"]: (name, g) for name, g in result.meta.get("pt2", {}).get("programs", {}).items()})
     for path in result.files:
         if path.name in graphs:
             name, g = graphs[path.name]

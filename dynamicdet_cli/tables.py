@@ -23,7 +23,15 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _backbone_text(b: dict) -> str:
+    if b["kind"] == "csp":
+        return f"CSP (width {b['width_multiple']}, depth {b['depth_multiple']})"
     return f"ResNet-{b['depth']}" if b["kind"] == "resnet" else f"RegNet (widths {b['widths']})"
+
+
+def _neck_text(m: dict) -> str:
+    if m["family"] == "yolo":
+        return "SPPF + PAN"
+    return f"FPN {m['neck']['out_channels']}"
 
 
 def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int | None) -> None:
@@ -36,7 +44,7 @@ def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int
     b = m["backbone"]
     extra = " + P6, P7" if m["family"] in ONE_STAGE_FAMILIES else ""
     table.add_row("family", m["family"])
-    table.add_row("detector", f"Dy-{m['family']}: 2 x {_backbone_text(b)}, FPN {m['neck']['out_channels']} over "
+    table.add_row("detector", f"Dy-{m['family']}: 2 x {_backbone_text(b)}, {_neck_text(m)} over "
                               f"stages {b['stages']}{extra}, shared stem: {b['share_stem']}")
     table.add_row("input size", f"min {m['transform']['min_size']}, max {m['transform']['max_size']}")
     for route, parts in (("easy", "backbone 1 + router + head 1"),

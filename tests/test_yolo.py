@@ -460,3 +460,41 @@ def test_onnx_graphs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_p
                 assert want[i]["route"] == route
                 assert len(det["boxes"]) == len(want[i]["boxes"])
                 assert_same_detections(det, want[i], top=5)
+
+# ----------------------------------------------------------------------------- torch.export
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_pt2_programs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_path):
+    from dynamicdet_cli.export_pt2 import PT2_FILES, export_pt2
+
+    # inputs resized to 96 x 96 and 64 x 128: two sizes, each side at least the programs' 64 px
+    model, _ = make_yolo("model.transform.min_size=96", "model.transform.max_size=128")
+    programs = export_pt2(model, tmp_path, torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    assert {p["batch"] for p in programs.values()} == {"any"}
+    run = {name: torch.export.load(str(tmp_path / f)).module() for name, f in PT2_FILES.items()}
+    for batch, (h, w) in ((1, (64, 64)), (4, (40, 80))):
+        images = list(torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch)))
+        with torch.no_grad():
+            phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])
+            tau = float(phi.median()) if batch > 1 else float(phi[0]) - 1e-3
+            want = model.detect(images, route=tau)
+            prepared = model.prepare(images)[0]  # the runtime's step: normalise, resize, pad
+            got_phi, *f1 = run["backbone1_router"](prepared.tensors)
+            assert_close(got_phi, phi, rtol=1e-4, atol=1e-5)
+            hard = phi > tau
+            assert batch == 1 or 0 < int(hard.sum()) < batch
+            for route, members in (("easy", ~hard), ("hard", hard)):
+                index = members.nonzero().flatten()
+                if not len(index):
+                    continue
+                feats = [f[index] for f in f1]
+                args = feats if route == "easy" else [prepared.tensors[index], *feats]
+                boxes, scores = run[route](*args)
+                head = model.head1 if route == "easy" else model.head2
+                sizes = [prepared.image_sizes[i] for i in index.tolist()]
+                dets = model.transform.postprocess(head.postprocess(scores, boxes, sizes), sizes,
+                                                   [(h, w)] * len(index))
+                for i, det in zip(index.tolist(), dets):
+                    assert want[i]["route"] == route
+                    assert len(det["boxes"]) == len(want[i]["boxes"])
+                    assert_same_detections(det, want[i], top=5)
