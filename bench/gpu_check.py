@@ -56,9 +56,11 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+T0 = time.perf_counter()  # the budget counts from here, torch's import included
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -132,8 +134,9 @@ class Check:
                  quick: bool, train_sets: list[str]):
         self.out, self.work, self.device, self.sizes, self.quick = out, work, device, sizes, quick
         self.train_sets = train_sets
-        self.start = time.perf_counter()
+        self.start = T0
         self.deadline = self.start + budget_s
+        self.partial: dict = {}  # what the running step has measured so far, kept if it fails
         self.log_file = open(out / "log.txt", "a", buffering=1)
         self.results = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         "command": " ".join(sys.argv), "device": str(device), "quick": quick,
@@ -159,8 +162,9 @@ class Check:
         """Run fn(self) -> dict under the budget's alarm; record ok / error / skipped."""
         needs = NEEDS[name] / (10 if self.quick else 1)
         record = {"status": "skipped"}
+        self.partial = {}
         if self.left() < needs:
-            record["reason"] = f"{self.left():.0f} s left of the budget, the step needs about {needs:.0f} s"
+            record["reason"] = f"{max(self.left(), 0):.0f} s left of the budget, the step needs about {needs:.0f} s"
             self.log(f"== {name}: skipped ({record['reason']})")
         else:
             self.log(f"== {name} ({self.left():.0f} s left)")
@@ -174,6 +178,8 @@ class Check:
             except Exception as exc:  # one step's failure must not cost the others
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
                 self.log(traceback.format_exc())
+            if record["status"] == "error" and self.partial:
+                record["partial"] = self.partial
             record["seconds"] = round(time.perf_counter() - start, 1)
             self.log(f"   {name}: {record['status']} in {record['seconds']} s"
                      + (f": {record['error']}" if "error" in record else ""))
@@ -342,8 +348,9 @@ def step_train(c: Check) -> dict:
     recipe = _train_recipe(c)
     cfg = recipe.train
     dataset = _train_dataset(c, recipe)
-    out = {"recipe": s.recipe, "overrides": c.train_sets, "side": s.side, "batch_size": cfg.batch_size,
-           "workers": cfg.workers, "amp_dtype": str(amp_dtype(c.device)), "optimizer": cfg.optimizer, "lr": cfg.lr}
+    out = c.partial
+    out.update(recipe=s.recipe, overrides=c.train_sets, side=s.side, batch_size=cfg.batch_size, workers=cfg.workers,
+               amp_dtype=str(amp_dtype(c.device)), optimizer=cfg.optimizer, lr=cfg.lr)
     per_model_s = s.train_seconds / 2
     for name, model in _train_models(recipe, dataset.num_classes).items():
         model.to(c.device).train()
@@ -422,7 +429,8 @@ def step_easy_route(c: Check) -> dict:
     s = c.sizes
     _, model, reference, side = _pair_on_device(c)
     sync = sync_for(c.device)
-    out = {"recipe": s.recipe, "side": side, "repeats": s.easy_repeats, "runs": []}
+    out = c.partial
+    out.update(recipe=s.recipe, side=side, repeats=s.easy_repeats, runs=[])
     for amp in (False, True):
         for batch in s.batch_sizes:
             images = _images(batch, side, c.device)
@@ -467,7 +475,8 @@ def step_route_sync(c: Check) -> dict:
     s = c.sizes
     _, model, _, side = _pair_on_device(c)
     sync = sync_for(c.device)
-    out = {"side": side, "repeats": s.sync_repeats, "runs": []}
+    out = c.partial
+    out.update(side=side, repeats=s.sync_repeats, runs=[])
     for batch in s.batch_sizes:
         images = _images(batch, side, c.device)
         for route, tau in (("easy", 1.5), ("hard", -0.5)):  # outside phi's (0, 1): all one way
@@ -526,7 +535,8 @@ def step_calibrate(c: Check) -> dict:
     ckpt_path = _fresh_checkpoint(c)
     dev = str(c.device)
     c.cli("train-router", str(ckpt_path), "--data", str(c.data_yaml), "--device", dev, "--no-progress")
-    out = {"recipe": s.recipe, "side": s.side, "val_images": s.val_images, "runs": []}
+    out = c.partial
+    out.update(recipe=s.recipe, side=s.side, val_images=s.val_images, runs=[])
     for batch in s.batch_sizes:
         name = f"half_b{batch}"
         c.cli("calibrate", str(ckpt_path), "--device", dev, "--latency", "50%", "--batch-size", str(batch),
