@@ -8,11 +8,16 @@ same process; calls alternate to cancel drift.
 
     .venv/bin/python bench/bench_easy_route.py --recipe recipes/dy-faster-rcnn-r50-fpn.yaml --image-size 512
     .venv/bin/python bench/bench_easy_route.py --recipe recipes/shapes-fcos-tiny.yaml --batch-size 8
+    python bench/bench_easy_route.py --recipe recipes/dy-faster-rcnn-r50-fpn.yaml --image-size 800 --device cuda --amp
+
+On CUDA the clock is read after torch.cuda.synchronize, so a call's time covers its kernels,
+not only their launches; --amp runs both models under float16 autocast (bfloat16 on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -24,38 +29,68 @@ from dynamicdet_cli.recipe import load_recipe
 from dynamicdet_cli.route_cost import route_flops, route_params
 
 
-def _ms(fn) -> float:
+def sync_for(device: torch.device):
+    """What makes a wall-clock span cover the device's work: CUDA kernels run asynchronously."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def _ms(fn, sync=lambda: None) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return (time.perf_counter() - start) * 1e3
 
 
+def autocast_for(device: torch.device, amp: bool):
+    """float16 autocast on CUDA, bfloat16 on CPU (as train-detectors --amp), or nothing."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
 @torch.no_grad()
-def compare(model, reference, images, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
-    """Per-call milliseconds of the easy route and of the reference, alternating A B B A ..."""
-    easy = lambda: model.detect(images, route="easy")  # noqa: E731
-    plain = lambda: reference(images)  # noqa: E731
+def alternate(a, b, warmup: int, repeats: int, sync=lambda: None) -> tuple[list[float], list[float]]:
+    """Per-call milliseconds of a() and b(), alternating A B B A ... after `warmup` calls of each."""
     for _ in range(warmup):
-        easy(), plain()
-    t_easy, t_plain = [], []
+        a(), b()
+    t_a, t_b = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            t_easy.append(_ms(easy))
-            t_plain.append(_ms(plain))
+            t_a.append(_ms(a, sync))
+            t_b.append(_ms(b, sync))
         else:
-            t_plain.append(_ms(plain))
-            t_easy.append(_ms(easy))
-    return t_easy, t_plain
+            t_b.append(_ms(b, sync))
+            t_a.append(_ms(a, sync))
+    return t_a, t_b
+
+
+def compare(model, reference, images, warmup: int, repeats: int, sync=lambda: None) -> tuple[list[float], list[float]]:
+    """Per-call milliseconds of the easy route and of the reference, alternating A B B A ..."""
+    return alternate(lambda: model.detect(images, route="easy"), lambda: reference(images), warmup, repeats, sync)
 
 
 @torch.no_grad()
-def router_ms(model, images, repeats: int) -> float:
+def router_ms(model, images, repeats: int, sync=lambda: None) -> float:
     """Median milliseconds of the router alone (pooling + MLP) on backbone 1's features: the
     easy route's only extra work, timed apart so that the load's noise does not hide it."""
     image_list, _, _ = model.prepare(images)
     feats1 = model.backbone1(image_list.tensors)
     model.difficulty(feats1, image_list)
-    return statistics.median(_ms(lambda: model.difficulty(feats1, image_list)) for _ in range(repeats))
+    return statistics.median(_ms(lambda: model.difficulty(feats1, image_list), sync) for _ in range(repeats))
+
+
+def build_pair(recipe_path, side: int | None, overrides: list[str], seed: int = 0):
+    """(recipe, model, reference, side): the dynamic detector and the plain torchvision detector
+    around its detector 1, both running at `side` px (default: the recipe's test size), on CPU."""
+    recipe = load_recipe(recipe_path, overrides)
+    side = side or recipe.model.transform.min_size[-1]
+    # Run the networks at `side` itself, not resized to the recipe's training size.
+    recipe = load_recipe(recipe_path, [*overrides, f"model.transform.min_size={side}",
+                                       f"model.transform.max_size={side}"])
+    torch.manual_seed(seed)
+    model = build_model(recipe.model).eval()
+    return recipe, model, torchvision_reference(model, recipe.model), side
 
 
 def _quartiles(times: list[float]) -> str:
@@ -74,27 +109,29 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override one recipe key, e.g. model.family=retinanet (repeatable)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, bfloat16 on CPU")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.overrides)
-    side = args.image_size or recipe.model.transform.min_size[-1]
-    # Run the networks at `side` itself, not resized to the recipe's training size.
-    recipe = load_recipe(args.recipe, [*args.overrides, f"model.transform.min_size={side}",
-                                       f"model.transform.max_size={side}"])
-    torch.manual_seed(args.seed)
-    model = build_model(recipe.model).eval()
-    reference = torchvision_reference(model, recipe.model)
+    device = torch.device(args.device)
+    _, model, reference, side = build_pair(args.recipe, args.image_size, args.overrides, args.seed)
+    model.to(device)
+    reference.to(device)  # shares detector 1's modules, already moved: a no-op for those
     g = torch.Generator().manual_seed(args.seed)
-    images = [torch.rand(3, side, side, generator=g) for _ in range(args.batch_size)]  # each 3,H,W
+    images = [torch.rand(3, side, side, generator=g).to(device) for _ in range(args.batch_size)]  # each 3,H,W
+    sync = sync_for(device)
 
-    t_easy, t_plain = compare(model, reference, images, args.warmup, args.repeats)
+    with autocast_for(device, args.amp):
+        t_easy, t_plain = compare(model, reference, images, args.warmup, args.repeats, sync)
+        router = router_ms(model, images, args.repeats, sync)
     easy_ms, plain_ms = statistics.median(t_easy), statistics.median(t_plain)
     params = route_params(model)
     flops = route_flops(model, side, side)
     plain_params = sum(p.numel() for p in reference.parameters())
 
     print(f"recipe {args.recipe} {' '.join(args.overrides)}: {side}x{side}, batch {args.batch_size}, {args.threads} threads, "
+          f"{device}{' amp' if args.amp else ''}, "
           f"{args.repeats} repeats after {args.warmup} warm-up")
     print(f"  easy route (router included) median {easy_ms:9.2f} ms  (quartiles {_quartiles(t_easy)})")
     print(f"  torchvision {type(reference).__name__:15s} median {plain_ms:9.2f} ms  (quartiles {_quartiles(t_plain)})")
@@ -102,7 +139,6 @@ def main(argv=None) -> None:
     # a shared CPU better than the ratio of medians taken over minutes.
     paired = statistics.median(e / p for e, p in zip(t_easy, t_plain))
     print(f"  ratio easy / torchvision: of medians {easy_ms / plain_ms:6.3f}, median of paired calls {paired:6.3f}")
-    router = router_ms(model, images, args.repeats)
     print(f"  router alone (pooling + MLP)       {router:9.3f} ms = {router / plain_ms:.4f} of the torchvision median")
     for route in ("easy", "hard"):
         print(f"  {route} route: {params[route] / 1e6:7.2f} M params, {flops[route] / 2e9:8.2f} GMACs (per image)")
