@@ -10,6 +10,9 @@ How the three graphs chain (see dynamicdet_cli/export_onnx.py for their inputs a
 graph 1 (backbone 1 + router) runs on a batch of same-size images; then each image whose
 difficulty phi is at most tau runs the easy graph (detector 1), every other image the hard
 graph (composite connection + backbone 2 + detector 2). Easy images never run backbone 2.
+A yolo-family export's route graphs end before NMS (every point's boxes and class scores);
+this script then keeps, per image, what dynamicdet.json's `postprocess` says (score threshold,
+top-k, NMS per class, at most detections_per_img), as the model does in PyTorch.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class DynamicDetONNX:
                          for name, g in graphs.items()}
         self.inputs = {name: g["inputs"] for name, g in graphs.items()}
         self.classes = self.meta["classes"]
+        self.postprocess = self.meta.get("postprocess")  # yolo: NMS is ours to run
 
     def tau_for(self, point: str | None = None, tau: float | None = None) -> float:
         """The threshold of a stored operating point, or `tau` itself; "easy" / "hard" route every image."""
@@ -73,6 +77,16 @@ class DynamicDetONNX:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, {"images": batch})))
 
+    def yolo_route(self, name: str, shared: dict[str, np.ndarray], index: list[int], original_size) -> list:
+        """A yolo route graph on images `index` of graph 1's batch at once, then NMS per image."""
+        session = self.sessions[name]
+        wanted = {i.name for i in session.get_inputs()}  # the easy graph reads no pixels
+        feed = {key: np.asarray(original_size, dtype=np.int64) if key == "original_size"
+                else shared[key] if key == "image_size" else shared[key][index]
+                for key in self.inputs[name] if key in wanted}
+        boxes, scores = session.run(None, feed)
+        return [nms_per_class(b, s, self.postprocess) for b, s in zip(boxes, scores)]
+
     def route(self, name: str, shared: dict[str, np.ndarray], i: int, original_size) -> list[np.ndarray]:
         """The easy or hard graph on image i of graph 1's batch -> boxes, labels, scores."""
         feed = {}
@@ -94,12 +108,44 @@ class DynamicDetONNX:
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
                 shared = self.backbone1_router(np.stack([images[k] for k in chunk]).astype(np.float32))
+                if self.postprocess is not None:  # yolo: each route runs once for its images of the batch
+                    for route in ("easy", "hard"):
+                        mine = [i for i in range(len(chunk)) if (float(shared["phi"][i]) > tau) == (route == "hard")]
+                        if mine:
+                            for i, (boxes, labels, scores) in zip(mine, self.yolo_route(route, shared, mine, shape[-2:])):
+                                results[chunk[i]] = {"boxes": boxes, "labels": labels, "scores": scores,
+                                                     "difficulty": float(shared["phi"][i]), "route": route}
+                    continue
                 for i, k in enumerate(chunk):
                     phi = float(shared["phi"][i])
                     route = "hard" if phi > tau else "easy"
                     boxes, labels, scores = self.route(route, shared, i, shape[-2:])
                     results[k] = {"boxes": boxes, "labels": labels, "scores": scores, "difficulty": phi, "route": route}
         return results
+
+
+def nms_per_class(boxes: np.ndarray, scores: np.ndarray, post: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's detections from every point's boxes A,4 and class scores A,C: the pairs above
+    score_thresh, the topk_candidates best, greedy NMS per class at nms_thresh, at most
+    detections_per_img. Returns boxes N,4, labels N (1-based), scores N, best first."""
+    flat = scores.reshape(-1)
+    keep = np.nonzero(flat > post["score_thresh"])[0]
+    keep = keep[np.argsort(-flat[keep], kind="stable")][: post["topk_candidates"]]
+    point, label = keep // scores.shape[1], keep % scores.shape[1]
+    box, score = boxes[point], flat[keep]
+    shifted = box + (label * (box.max(initial=0) + 1))[:, None]  # boxes of different classes never overlap
+    area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+    order, kept = np.arange(len(keep)), []
+    while order.size and len(kept) < post["detections_per_img"]:
+        first, rest = order[0], order[1:]
+        kept.append(first)
+        lt = np.maximum(shifted[first, :2], shifted[rest, :2])
+        rb = np.minimum(shifted[first, 2:], shifted[rest, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        iou = inter / (area[first] + area[rest] - inter + 1e-12)
+        order = rest[iou <= post["nms_thresh"]]
+    kept = np.asarray(kept, dtype=np.int64)
+    return box[kept], (label[kept] + 1).astype(np.int64), score[kept]
 
 
 def read_image(path: str | Path) -> np.ndarray:

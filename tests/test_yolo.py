@@ -498,3 +498,36 @@ def test_pt2_programs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_
                     assert want[i]["route"] == route
                     assert len(det["boxes"]) == len(want[i]["boxes"])
                     assert_same_detections(det, want[i], top=5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_the_onnx_example_runs_a_yolo_export_as_the_model_does(make_yolo, tmp_path):
+    """examples/onnx_predict.py on a yolo export: graph 1 on batches of 3, each route once per
+    batch for its images, NMS in numpy; the model's own detections come back."""
+    pytest.importorskip("onnxruntime")
+    import importlib.util
+
+    from dynamicdet_cli.checkpoint import new_checkpoint
+    from dynamicdet_cli.export import export_checkpoint
+    from dynamicdet_cli.recipe import recipe_to_dict
+
+    model, cfg = make_yolo()
+    recipe = with_overrides(load_recipe(YOLO_TINY), TINY_OVERRIDES)
+    ckpt = new_checkpoint(recipe_to_dict(recipe), list("abcde"), [1, 2, 3, 4, 5], model)
+    ckpt["router"] = {k[len("router."):]: v for k, v in model.state_dict().items() if k.startswith("router.")}
+    export_checkpoint(ckpt, model, "onnx", tmp_path)
+    spec = importlib.util.spec_from_file_location("onnx_predict", RECIPES.parent / "examples" / "onnx_predict.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    images = list(torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")]).sort().values
+        tau = float(phi[2:4].mean())  # between two images' scores: float noise cannot move one across
+        want = model.detect(images, route=tau)
+    got = example.DynamicDetONNX(tmp_path, threads=1).detect([im.numpy() for im in images], tau, batch_size=3)
+    assert [g["route"] for g in got] == [w["route"] for w in want] and {g["route"] for g in got} == {"easy", "hard"}
+    for g, w in zip(got, want):
+        det = {"boxes": torch.from_numpy(g["boxes"]), "scores": torch.from_numpy(g["scores"]),
+               "labels": torch.from_numpy(g["labels"])}
+        assert len(det["boxes"]) == len(w["boxes"])
+        assert_same_detections(det, w, top=5)

@@ -1,0 +1,170 @@
+"""Bench: Dy-YOLO's cost against the detectors users would otherwise run, and its training memory.
+
+    python bench/bench_yolo.py [--recipe recipes/dy-yolo-s.yaml] [--image-size 640] [--threads 2]
+        [--repeats 10] [--train-boxes 500] [--train-batch 8] [--skip-train] [--json out.json]
+
+1. Latency at batch 1 on this device: the recipe's easy route, its hard route, and torchvision's
+   fcos_resnet50_fpn and retinanet_resnet50_fpn_v2 set to the same input size (fresh weights,
+   80 classes; min_size = max_size = the image size). Calls alternate model by model, after
+   warm-up, so drift hits all alike; medians and the ratio easy / FCOS and easy / RetinaNet
+   (the issue's goal: at most 1/3). FLOPs of each (torch's FlopCounterMode, 2 x MACs).
+2. Memory of one training step (forward and backward of both detectors, joint loss) at
+   --train-batch images of --image-size with --train-boxes boxes each: on CUDA the peak
+   allocated by torch; on the CPU (Linux) the process's resident memory before the step and its
+   peak during it (the peak reset just before, through /proc/self/clear_refs), in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dynamicdet_cli.model.build import build_model  # noqa: E402
+from dynamicdet_cli.recipe import load_recipe, with_overrides  # noqa: E402
+
+
+def flops(fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn()
+    return float(counter.get_total_flops())
+
+
+@torch.no_grad()
+def alternate_ms(calls: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for i in range(repeats):
+        order = list(calls) if i % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def latency(recipe_path: str, side: int, repeats: int, warmup: int) -> dict:
+    from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn_v2
+
+    cfg = with_overrides(load_recipe(recipe_path), [f"model.transform.min_size={side}",
+                                                    f"model.transform.max_size={side}"]).model
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    common = dict(weights=None, weights_backbone=None, num_classes=80, min_size=side, max_size=side)
+    fcos = fcos_resnet50_fpn(**common).eval()
+    retina = retinanet_resnet50_fpn_v2(**common).eval()
+    image = [torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))]
+    calls = {"easy": lambda: model(image, route="easy"), "hard": lambda: model(image, route="hard"),
+             "fcos_resnet50_fpn": lambda: fcos(image), "retinanet_resnet50_fpn_v2": lambda: retina(image)}
+    times = alternate_ms(calls, warmup, repeats)
+    out = {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
+                  "gflops": flops(calls[name]) / 1e9} for name, t in times.items()}
+    for ref in ("fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2"):
+        out[f"easy/{ref}"] = out["easy"]["median_ms"] / out[ref]["median_ms"]
+    out["hard/easy"] = out["hard"]["median_ms"] / out["easy"]["median_ms"]
+    return out
+
+
+_STEP = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.recipe import load_recipe, with_overrides
+torch.set_num_threads({threads})
+side, batch, boxes = {side}, {batch}, {boxes}
+cfg = with_overrides(load_recipe({recipe!r}), [f"model.transform.min_size={{side}}", f"model.transform.max_size={{side}}"]).model
+device = torch.device({device!r})
+torch.manual_seed(0)
+model = build_model(cfg).to(device).train()
+g = torch.Generator().manual_seed(0)
+images = [torch.rand(3, side, side, generator=g).to(device) for _ in range(batch)]
+targets = []
+for _ in range(batch):
+    xy = torch.rand(boxes, 2, generator=g) * (side - 40)
+    targets.append({{"boxes": torch.cat([xy, xy + 4 + torch.rand(boxes, 2, generator=g) * 36], 1).to(device),
+                    "labels": torch.randint(1, cfg.num_classes + 1, (boxes,), generator=g).to(device)}})
+def status_mb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+before = status_mb("VmRSS")
+try:  # Linux: reset the peak (VmHWM) to the current size, so the peak below is the step's
+    open("/proc/self/clear_refs", "w").write("5")
+except OSError:
+    pass
+if device.type == "cuda":
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+t = __import__("time").perf_counter()
+loss = model(images, targets)["loss"]
+loss.backward()
+if device.type == "cuda":
+    torch.cuda.synchronize()
+seconds = __import__("time").perf_counter() - t
+out = {{"seconds": seconds, "loss_finite": bool(torch.isfinite(loss)), "peak_rss_mb_before": before,
+        "peak_rss_mb_after": status_mb("VmHWM")}}
+if device.type == "cuda":
+    out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
+"""
+
+
+def train_step_memory(recipe: str, side: int, batch: int, boxes: int, threads: int, device: str) -> dict:
+    code = _STEP.format(root=str(Path(__file__).resolve().parent.parent), threads=threads, side=side, batch=batch,
+                        boxes=boxes, recipe=recipe, device=device)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["step_rss_mb"] = out["peak_rss_mb_after"] - out["peak_rss_mb_before"]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="recipes/dy-yolo-s.yaml")
+    ap.add_argument("--image-size", type=int, default=640)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--train-boxes", type=int, default=500)
+    ap.add_argument("--train-batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="for the training step: cpu or cuda")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = {"recipe": args.recipe, "image_size": args.image_size, "threads": args.threads,
+              "torch": torch.__version__, "latency": latency(args.recipe, args.image_size, args.repeats, args.warmup)}
+    lat = result["latency"]
+    print(f"batch 1, {args.image_size} px, {args.threads} threads, median ms over {args.repeats} alternated calls:")
+    for name in ("easy", "hard", "fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2"):
+        r = lat[name]
+        print(f"  {name:28s} {r['median_ms']:9.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f})  "
+              f"{r['gflops']:7.1f} GFLOPs")
+    print(f"  easy / fcos {lat['easy/fcos_resnet50_fpn']:.3f}, easy / retinanet {lat['easy/retinanet_resnet50_fpn_v2']:.3f}, "
+          f"hard / easy {lat['hard/easy']:.3f}")
+    if not args.skip_train:
+        mem = train_step_memory(args.recipe, args.image_size, args.train_batch, args.train_boxes, args.threads,
+                                args.device)
+        result["train_step"] = {"batch": args.train_batch, "boxes_per_image": args.train_boxes, **mem}
+        print(f"one training step, batch {args.train_batch}, {args.train_boxes} boxes per image: "
+              f"{mem['seconds']:.1f} s, peak RSS +{mem['step_rss_mb']:.0f} MB "
+              f"({mem['peak_rss_mb_before']:.0f} -> {mem['peak_rss_mb_after']:.0f} MB)"
+              + (f", CUDA peak {mem['cuda_peak_allocated_mb']:.0f} MB" if "cuda_peak_allocated_mb" in mem else ""))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
