@@ -53,7 +53,8 @@ def row(path: Path) -> str:
     params, flops = route_params(model), route_flops(model, side, side)
     plain = plain_gmacs(model, cfg, side)
     b = cfg.backbone
-    backbone = f"ResNet-{b.depth}" if b.kind == "resnet" else "RegNet " + "-".join(map(str, b.widths))
+    backbone = {"resnet": f"ResNet-{b.depth}", "regnet": "RegNet " + "-".join(map(str, b.widths)),
+                "csp": f"CSP x{b.width_multiple}/{b.depth_multiple}"}[b.kind]
     published = "-"
     if b.kind == "resnet" and b.depth == 50 and side == 800 and cfg.family in TORCHVISION:
         name, gmacs, ap = TORCHVISION[cfg.family]
