@@ -25,8 +25,9 @@ measured) and OUT/log.txt (everything printed, the subprocesses' output too). St
   calibrate    `dynamicdet train-router` on fresh detectors, then `calibrate --latency 50%` and
                `evaluate --point` at batch 1 and 8 (the CLI, in subprocesses): achieved mean latency
                per image against the target (goal: within 5%)
-  yolo         only if recipes/dy-yolo-s.yaml exists: 640 px, batch 1, float16 autocast, FPS per
-               route beside the authors' V100 figures
+  yolo         recipes/dy-yolo-s.yaml at 640 px, batch 1, float16 autocast: FPS per route beside
+               the authors' V100 figures; and one training step at batch 8 with 500 boxes per
+               image (bench/bench_yolo.py): seconds and peak GPU memory
   suite        the test suite (pytest, with pytest-xdist when present), with what is left of the budget
 
 Each step runs under an alarm set to what is left of the budget; a step that fails records its
@@ -67,6 +68,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_easy_route import alternate, autocast_for, build_pair, compare, router_ms, sync_for  # noqa: E402
 from bench_train import training_flops  # noqa: E402
+from bench_yolo import train_step_memory  # noqa: E402
 from dynamicdet_cli.calibrate import measure_latency  # noqa: E402
 from dynamicdet_cli.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset, collate  # noqa: E402
@@ -105,12 +107,14 @@ class Sizes:
     calibrate_repeats: int = 5
     yolo_side: int = 640
     yolo_repeats: int = 50
+    yolo_train_batch: int = 8        # one training step of the s recipe: batch, boxes per image
+    yolo_train_boxes: int = 500
     suite: tuple = ("tests",)
 
 
 QUICK = Sizes(recipe="recipes/shapes-tiny.yaml", side=128, train_images=16, val_images=16, train_steps=4,
               train_warmup=1, train_seconds=20.0, loader_batches=8, easy_repeats=3, sync_repeats=3,
-              calibrate_repeats=1, yolo_side=128, yolo_repeats=3,
+              calibrate_repeats=1, yolo_side=128, yolo_repeats=3, yolo_train_batch=2, yolo_train_boxes=50,
               suite=("tests/test_cuda.py", "tests/test_recipe.py"))
 
 # Seconds a step needs at least to be worth starting (full run; --quick: a tenth), and at most
@@ -602,7 +606,11 @@ def step_yolo(c: Check) -> dict:
     at_10 = ms["easy"] + 0.1 * (ms["hard"] - ms["easy"])  # the paper's line at 10% hard
     a10, ahard = 1000 / AUTHORS_V100["fps_10pct_hard"], 1000 / AUTHORS_V100["fps_all_hard"]
     authors_easy = (a10 - 0.1 * ahard) / 0.9  # their lat1 on the same line
+    # one training step (both detectors, forward and backward) with many boxes: the assigner's memory
+    step = train_step_memory(str(YOLO_RECIPE), s.yolo_side, s.yolo_train_batch, s.yolo_train_boxes,
+                             torch.get_num_threads(), str(c.device))
     return {"recipe": str(YOLO_RECIPE.relative_to(REPO)), "side": s.yolo_side, "batch": 1,
+            "train_step": {"batch": s.yolo_train_batch, "boxes_per_image": s.yolo_train_boxes, **step},
             "precision": f"autocast {amp_dtype(c.device)}", "easy_ms": round(ms["easy"], 3),
             "hard_ms": round(ms["hard"], 3), "fps_easy": round(1000 / ms["easy"], 1),
             "fps_hard": round(1000 / ms["hard"], 1), "fps_10pct_hard_line": round(1000 / at_10, 1),
