@@ -2,6 +2,7 @@
 
     python bench/bench_yolo.py [--recipe recipes/dy-yolo-s.yaml] [--image-size 640] [--threads 2]
         [--repeats 10] [--train-boxes 500] [--train-batch 8] [--skip-train] [--json out.json]
+    python bench/bench_yolo.py --easy MODEL --against MODEL [--image-size 128] [--batch-sizes 1 8]
 
 1. Latency at batch 1 on this device: the recipe's easy route, its hard route, and torchvision's
    fcos_resnet50_fpn and retinanet_resnet50_fpn_v2 set to the same input size (fresh weights,
@@ -12,6 +13,10 @@
    --train-batch images of --image-size with --train-boxes boxes each: on CUDA the peak
    allocated by torch; on the CPU (Linux) the process's resident memory before the step and its
    peak during it (the peak reset just before, through /proc/self/clear_refs), in a fresh process.
+3. With --easy and --against (each a checkpoint or a recipe, fresh weights): the easy route
+   (detector 1 and the router) of one against the other's, on the same images, calls
+   alternated, at each --batch-sizes; ms per image and the ratio. This is how the tiny YOLO's
+   detector 1 is timed against the Faster R-CNN demo's.
 """
 
 from __future__ import annotations
@@ -129,6 +134,33 @@ def train_step_memory(recipe: str, side: int, batch: int, boxes: int, threads: i
     return out
 
 
+def _load(spec: str, side: int):
+    if spec.endswith(".pt"):
+        from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+        model = model_from_checkpoint(load_checkpoint(spec), "cpu")
+    else:
+        cfg = with_overrides(load_recipe(spec), [f"model.transform.min_size={side}",
+                                                 f"model.transform.max_size={side}"]).model
+        torch.manual_seed(0)
+        model = build_model(cfg)
+    return model.eval()
+
+
+def easy_against(ours: str, theirs: str, side: int, batch_sizes: list[int], repeats: int, warmup: int) -> dict:
+    a, b = _load(ours, side), _load(theirs, side)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for batch in batch_sizes:
+        images = [torch.rand(3, side, side, generator=g) for _ in range(batch)]
+        times = alternate_ms({"ours": lambda: a(images, route="easy"), "theirs": lambda: b(images, route="easy")},
+                             warmup, repeats)
+        ours_ms, theirs_ms = (statistics.median(times[k]) / batch for k in ("ours", "theirs"))
+        out[str(batch)] = {"ours_ms_per_image": ours_ms, "theirs_ms_per_image": theirs_ms, "ratio": ours_ms / theirs_ms}
+        print(f"batch {batch}: easy route {ours_ms:.2f} ms/image ({ours}) against {theirs_ms:.2f} ({theirs}): "
+              f"{ours_ms / theirs_ms:.3f}x")
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/dy-yolo-s.yaml")
@@ -141,8 +173,19 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", help="for the training step: cpu or cuda")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--easy", help="checkpoint or recipe whose easy route is timed against --against's")
+    ap.add_argument("--against", help="checkpoint or recipe")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.easy:
+        result = {"easy": args.easy, "against": args.against, "image_size": args.image_size, "threads": args.threads,
+                  "batches": easy_against(args.easy, args.against, args.image_size, args.batch_sizes, args.repeats,
+                                          args.warmup)}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     result = {"recipe": args.recipe, "image_size": args.image_size, "threads": args.threads,
               "torch": torch.__version__, "latency": latency(args.recipe, args.image_size, args.repeats, args.warmup)}
     lat = result["latency"]
