@@ -435,6 +435,9 @@ def evaluate(
 
     ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
     ckpt, model, dev = _load_model(checkpoint, device)
+    if do_sweep and ckpt["router"] is None:
+        raise DynamicDetError(f"{checkpoint} has no trained router, so --sweep would route by meaningless scores: "
+                              "run train-router on it first, or evaluate one route (--point easy / hard)")
     if data is not None:
         dc = _data_config(data, None, None, None, None)
         if not dc.has_val:

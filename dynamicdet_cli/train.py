@@ -36,7 +36,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from dynamicdet_cli.atomic import atomic_path, write_text
-from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
+from dynamicdet_cli.checkpoint import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
                                         process_batch_size)
@@ -323,6 +323,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 complete = False
                 break
             record = {"epoch": epoch + 1, "step": step, **{k: v for k, v in stats.items() if k != "complete"}}
+            _stop_if_diverged(model, run, epoch)
             last_epoch = epoch + 1 == cfg.epochs
             if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
                 with evaluation_threads(env, device):
@@ -349,6 +350,16 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             if env.enabled:
                 dist.barrier()
     return TrainResult(run, start_epoch + len(history), complete, best if best >= 0 else None, last_val, history)
+
+
+def _stop_if_diverged(model, run: Path, epoch: int) -> None:
+    """Weights that went NaN or inf with a finite loss (the last step of an epoch) are never
+    saved: the run stops here, and last.pt keeps the last finite epoch."""
+    bad = first_non_finite({"detector": model.state_dict()})
+    if bad is not None:
+        kept = f"{run}/last.pt keeps epoch {epoch}" if epoch else "no checkpoint was saved"
+        raise DynamicDetError(f"training diverged in epoch {epoch + 1}: weight {bad[9:-1]} is NaN or infinite; "
+                              f"{kept} (lower train.lr or set train.grad_clip)")
 
 
 def _flat_val(val: dict | None) -> dict:

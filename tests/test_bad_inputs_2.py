@@ -90,3 +90,48 @@ def test_coco_files_as_real_tools_write_them(run, world, tmp_path):
                           "--no-progress"], "val.json", needle, inputs=[data, world["fresh"]])
         if name in ("crowd", "area", "ann-id"):
             assert "annotation" in line
+
+
+# ----------------------------------------------------------------------------- class 3
+
+def test_weights_that_went_bad_with_a_valid_checksum(run, world, tmp_path, monkeypatch):
+    """NaN or inf weights saved with a right checksum are refused on load by every command;
+    a run that diverges stops naming the epoch and keeps its last finite checkpoint; a sweep
+    without a trained router says so."""
+    key = "head1.roi_heads.box_predictor.cls_score.weight"
+    nan = _damaged(world["routed"], tmp_path / "nan.pt", lambda c: c["detector"][key].view(-1)[3].fill_(float("nan")))
+    inf = _damaged(world["fresh"], tmp_path / "inf.pt", lambda c: c["detector"][key].view(-1)[0].fill_(float("inf")))
+    image = world["data"] / "val" / "000000.png"
+    inputs = [nan, inf, world["data"]]
+    for bad in (nan, inf):
+        for args in (["info", bad, "--no-flops"],
+                     ["predict", image, "-c", bad, "--out", tmp_path / "p", "--no-progress"],
+                     ["evaluate", bad, "--data", world["yaml"], "--out", tmp_path / "e", "--no-progress"],
+                     ["evaluate", bad, "--data", world["yaml"], "--out", tmp_path / "e", "--sweep", "--no-progress"],
+                     ["calibrate", bad, "--hard-ratio", 0.5],
+                     ["export", bad, "--format", "onnx", "-o", tmp_path / "x"],
+                     ["train-router", bad, "--data", world["yaml"], "--no-progress"]):
+            run.fails(args, str(bad), f"detector[{key}]", "NaN or infinite", inputs=inputs)
+    assert not any((tmp_path / d).exists() for d in ("p", "e", "x"))
+
+    run.fails(["evaluate", world["fresh"], "--data", world["yaml"], "--sweep", "--out", tmp_path / "s",
+               "--no-progress"], "no trained router", "train-router", inputs=[world["fresh"], world["data"]])
+    code, out, err = run("info", world["fresh"], "--no-flops")
+    assert code == 0 and "not trained" in out, out + err
+
+    from dynamicdet_cli import train as engine
+    from dynamicdet_cli.checkpoint import load_checkpoint
+    real = engine.train_one_epoch
+
+    def diverge_in_epoch_2(model, *args, **kwargs):
+        stats = real(model, *args, **kwargs)
+        if args[5] == 1:  # epoch index: the loss stayed finite, the last step's update did not
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return stats
+    monkeypatch.setattr(engine, "train_one_epoch", diverge_in_epoch_2)
+    out = tmp_path / "run"
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress", "--epochs", 3,
+               *FAST_SETS], "diverged in epoch 2", "last.pt keeps epoch 1", inputs=[world["data"]])
+    assert load_checkpoint(out / "last.pt")["training"]["epochs"] == 1
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
