@@ -4,6 +4,11 @@ Every file dynamicdet writes (checkpoints, run state, metrics, detections, sweep
 goes through `atomic_path`: the content is written to a temporary file in the target's
 folder, flushed to disk, then renamed onto the target, so a crash or Ctrl-C half-way never
 leaves a truncated file and never damages what was already there.
+
+A write that depends on what was read (calibrate adding an operating point to a checkpoint)
+holds `locked(path)` from the read to the write, so that two such commands on one file run
+one after the other and neither update is lost; a run folder is held the same way while
+training writes it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writes stay atomic, concurrent updates are not ordered
+    fcntl = None
 
 
 @contextmanager
@@ -45,3 +55,40 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data, indent: int | None = None) -> Path:
     """JSON as the standard defines it: a NaN or infinity is refused (ValueError), never written."""
     return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+@contextmanager
+def locked(path: str | Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on the file or folder at `path`.
+
+    With `wait`, block until the holder lets go (calling `on_wait` first, so the user knows
+    why nothing happens); without, raise BlockingIOError at once. The lock is on the file
+    itself, never a lock file: nothing is left behind, and the kernel releases it when its
+    process dies, even by kill -9. An atomic write replaces the file by a new one, so a lock
+    won on the file just replaced is dropped and taken again on the new one.
+    """
+    if fcntl is None:
+        yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced while we waited: lock the new file
+    try:
+        yield
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@ and typer's usage errors (unknown option, value out of range), are printed as on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -249,9 +250,10 @@ def train_detectors(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="override train.epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="override train.batch_size")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override train.lr")] = None,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="override the input size (shorter and longer side)")] = None,
     router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
+    force: Annotated[bool, typer.Option("--force", help="start a new run in an --out that holds one (its checkpoints and metrics are replaced)")] = False,
     init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
@@ -284,15 +286,38 @@ def train_detectors(
     train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images, family)
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
     try:
-        result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                        init=init, max_steps=max_steps, show_progress=progress,
-                        on_epoch=lambda record: console.print(epoch_table(record)))
+        with _run_folder(out):
+            result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                            init=init, max_steps=max_steps, show_progress=progress, force=force,
+                            on_epoch=lambda record: console.print(epoch_table(record)))
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     if result.complete:
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), " (best.pt, last.pt, metrics.jsonl)")
     else:
         _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+
+
+@contextlib.contextmanager
+def _run_folder(run: Path):
+    """Hold the run folder while training writes it: a second train-detectors into the same
+    --out is refused at once instead of interleaving its files with the first's. Under torchrun
+    rank 0 holds it (the only writer)."""
+    from dynamicdet_cli.atomic import locked
+    if _QUIET:
+        yield
+        return
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(run, wait=False):
+            yield
+    except BlockingIOError:
+        raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to finish, "
+                              "or choose another --out") from None
+    finally:
+        if created and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # nothing was written: leave no empty folder behind
 
 
 def _saved(run: Path, epochs: int) -> str:
@@ -330,23 +355,37 @@ def train_router(
         if keys[0] != "router" and keys[:2] != ["model", "router"]:
             raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
                                   "model.router.*); the detectors' keys were fixed when train-detectors trained them")
-    ckpt = load_checkpoint(checkpoint)
-    sets += [f"router.epochs={epochs}"] if epochs else []
-    sets += [f"router.lr={lr}"] if lr is not None else []
-    recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
-    ckpt["recipe"] = recipe_to_dict(recipe)
-    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
-    if not dc.has_val:
-        raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
-    family = recipe.model.family
-    train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
-    val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
-    router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
-    new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
-                                           show_progress=progress, router_set=router_set)
-    path = save_checkpoint(new, output or checkpoint)
+    with _updating(checkpoint, output):
+        ckpt = load_checkpoint(checkpoint)
+        sets += [f"router.epochs={epochs}"] if epochs else []
+        sets += [f"router.lr={lr}"] if lr is not None else []
+        recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
+        ckpt["recipe"] = recipe_to_dict(recipe)
+        dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+        if not dc.has_val:
+            raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
+        family = recipe.model.family
+        train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
+        val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
+        router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
+        new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
+                                               show_progress=progress, router_set=router_set)
+        path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
     _say("router trained; wrote ", (str(path), "bold"))
+
+
+@contextlib.contextmanager
+def _updating(checkpoint: Path, output: Path | None):
+    """Hold a checkpoint that a command rewrites in place from its read to its write: two
+    commands updating one file then run one after the other, and neither update is lost."""
+    from dynamicdet_cli.atomic import locked
+    if not checkpoint.is_file() or (output is not None and not (output.exists() and os.path.samefile(output, checkpoint))):
+        yield
+        return
+    with locked(checkpoint, on_wait=lambda: _warn(f"{checkpoint} is being updated by another command; "
+                                                     "waiting for it to finish")):
+        yield
 
 
 # ----------------------------------------------------------------------------- inference
@@ -400,14 +439,15 @@ def calibrate(
     from dynamicdet_cli.latency import calibrate_checkpoint
     from dynamicdet_cli.tables import calibrate_table
 
-    ckpt, model, dev = _load_model(checkpoint, device)
-    result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
-                                  hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
-                                  repeats=repeats, reuse=reuse_latency, images=images, random_images=random_images,
-                                  image_size=image_size, max_images=max_images)
-    if result.warning:
-        _warn(result.warning)
-    path = save_checkpoint(ckpt, output or checkpoint)
+    with _updating(checkpoint, output):
+        ckpt, model, dev = _load_model(checkpoint, device)
+        result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
+                                      hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
+                                      repeats=repeats, reuse=reuse_latency, images=images,
+                                      random_images=random_images, image_size=image_size, max_images=max_images)
+        if result.warning:
+            _warn(result.warning)
+        path = save_checkpoint(ckpt, output or checkpoint)
     console.print(calibrate_table(result.measured, result.point, name))
     _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
 

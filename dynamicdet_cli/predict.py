@@ -168,6 +168,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     if out_dir.exists() and not out_dir.is_dir():
         raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
     render_dir = out_dir / "render"
+    _never_over_inputs(paths, out_dir, render_dir if render else None)
     (render_dir if render else out_dir).mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device).eval()
@@ -260,6 +261,19 @@ def summary_table(summary: PredictSummary) -> Table:
 
 
 # -- reading ------------------------------------------------------------------------------
+
+
+def _never_over_inputs(paths: list[Path], out_dir: Path, render_dir: Path | None) -> None:
+    """Refuse an --out whose files could replace an input image: renders are named after the
+    images, so an image already in the render folder would be overwritten by its own render."""
+    outputs = {(out_dir / name).resolve() for name in ("predictions.jsonl", "predictions_coco.json", "images.json")}
+    render_at = render_dir.resolve() if render_dir is not None else None
+    for path in paths:
+        full = path.resolve()
+        if full in outputs or (render_at is not None and full.parent == render_at):
+            where = render_dir if full.parent == render_at else out_dir
+            raise DynamicDetError(f"--out {out_dir} would write into {where}, which holds the input image {path}; "
+                                  "choose another --out so that no input is written over")
 
 
 def _read_batches(paths: list[Path], batch_size: int,

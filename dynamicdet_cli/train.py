@@ -48,6 +48,7 @@ from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with
 from dynamicdet_cli.starting_weights import initialise
 
 STATE_FORMAT = "dynamicdet-run-state"
+RUN_FILES = ("state.pt", "last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of them holds a run
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -247,7 +248,7 @@ class TrainResult:
 def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
                     device_name: str = "cpu", amp: bool = False, resume: bool = False,
                     init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
-                    on_epoch=None) -> TrainResult:
+                    on_epoch=None, force: bool = False) -> TrainResult:
     """Train both detectors jointly; write the run folder; return what happened.
 
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
@@ -262,8 +263,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         if list(state["classes"]) != list(train_set.classes):
             raise DynamicDetError(f"{run}: the run was trained on classes {state['classes'][:5]}..., "
                                   f"the data has {train_set.classes[:5]}...")
-    elif (run / "state.pt").exists():
-        raise DynamicDetError(f"{run} already holds a run; resume it with --resume or choose another --out")
+    elif not force and any((run / name).exists() for name in RUN_FILES):
+        held = ", ".join(name for name in RUN_FILES if (run / name).exists())
+        raise DynamicDetError(f"{run} already holds a run ({held}); continue it with --resume, replace it with "
+                              "--force, or choose another --out")
     recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
     for name, ds in (("training", train_set), ("validation", val_set)):
         if ds is not None and needs_masks(recipe.model.family) and not ds.masks:
@@ -306,6 +309,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         write_text(run / "recipe.yaml", yaml.safe_dump(recipe_data, sort_keys=False))
         if state is not None:
             _trim_metrics(run, start_epoch)
+        else:  # a new run (--force) replaces the old one's files, so none outlives it half-replaced
+            for name in RUN_FILES:
+                (run / name).unlink(missing_ok=True)
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
 

@@ -135,3 +135,70 @@ def test_weights_that_went_bad_with_a_valid_checksum(run, world, tmp_path, monke
                *FAST_SETS], "diverged in epoch 2", "last.pt keeps epoch 1", inputs=[world["data"]])
     assert load_checkpoint(out / "last.pt")["training"]["epochs"] == 1
     assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- class 4
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cli_process(*args):
+    """`dynamicdet ARGS` in a process of its own (the package of this checkout, one thread)."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dynamicdet_cli", *[str(a) for a in args]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_writers_that_collide_lose_nothing(run, world, tmp_path):
+    """Two calibrates on one checkpoint both store their point; a second train-detectors into a
+    busy --out is refused; a run folder holding a model needs --resume or --force; predict never
+    renders over its own input images."""
+    import shutil
+    import time
+
+    from dynamicdet_cli.atomic import locked
+    from dynamicdet_cli.checkpoint import load_checkpoint
+    ckpt = tmp_path / "routed.pt"
+    shutil.copy(world["routed"], ckpt)
+    calibrate = ["calibrate", ckpt, "--random-images", "--max-images", 2, "--repeats", 1, "--batch-size", 1]
+    with locked(ckpt):  # both start while the file is held, so without the lock their updates would race
+        procs = [_cli_process(*calibrate, "--hard-ratio", ratio, "--name", name)
+                 for name, ratio in (("a", 0.25), ("b", 0.75))]
+        for proc in procs:
+            assert "waiting" in proc.stderr.readline()
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "stored operating point" in out
+    points = load_checkpoint(ckpt)["operating_points"]
+    assert set(points) == {"a", "b"}
+
+    # A second train-detectors into an --out being written is refused; the first loses nothing.
+    out = tmp_path / "run"
+    train = ["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress", *FAST_SETS]
+    first = _cli_process(*train, "--epochs", 2)
+    deadline = time.monotonic() + 120
+    while not (out / "recipe.yaml").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.fails([*train, "--epochs", 1], str(out), "another train-detectors", inputs=[world["data"]])
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+
+    # A run folder holding a model (even without state.pt) is refused unless --resume or --force.
+    (out / "state.pt").unlink()
+    run.fails([*train, "--epochs", 1], str(out), "best.pt", "--force", inputs=[out])
+    code, text, err = run(*train, "--epochs", 1, "--force")
+    assert code == 0, err
+    assert load_checkpoint(out / "best.pt")["training"]["epochs"] == 1
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    # predict DIR/render --out DIR would render each image over itself.
+    images = tmp_path / "pics"
+    shutil.copytree(world["data"] / "val", images / "render")
+    run.fails(["predict", images / "render", "-c", world["fresh"], "--out", images, "--no-progress"],
+              "written over", str(images / "render"), inputs=[images])
