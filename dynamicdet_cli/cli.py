@@ -22,7 +22,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from dynamicdet_cli import __version__
-from dynamicdet_cli.errors import USER_ERRORS, DynamicDetError, set_warning_sink, user_message
+from dynamicdet_cli.errors import USER_ERRORS, DynamicDetError, memory_message, set_warning_sink, user_message
 
 # Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
 _QUIET = os.environ.get("RANK", "0") not in ("", "0")
@@ -105,6 +105,10 @@ class _App:
                     return fn(*args, **kwargs)
                 except USER_ERRORS as err:
                     _fail(user_message(err))
+                except (MemoryError, RuntimeError) as err:
+                    if memory_message(err) is None:
+                        raise  # a programmer error: its traceback is wanted
+                    _fail(memory_message(err))
                 except KeyboardInterrupt:
                     _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
             return typer_app.command(name)(friendly)
@@ -158,7 +162,7 @@ def _class_names(text: str) -> list[str]:
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
     overrides: SetOpt = None,
 ):
     """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
@@ -422,7 +426,7 @@ def calibrate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per batch, as predict / evaluate will run (latencies hold per batch size)")] = 8,
     images: Annotated[Optional[Path], typer.Option("--images", help="time the routes on this folder's images (default: the validation images the router scores were computed on)")] = None,
     random_images: Annotated[bool, typer.Option("--random-images", help="time random images instead of real ones")] = False,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="side of the --random-images (default: the recipe's input size)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="side of the --random-images (default: the recipe's input size)")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="time at most this many images, spread over the set")] = 128,
     repeats: Annotated[int, typer.Option(min=1, help="timed passes over the images per route (median)")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,

@@ -52,6 +52,17 @@ def user_message(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def memory_message(err: BaseException) -> str | None:
+    """One line for an allocation that failed (MemoryError, torch's CPU allocator or CUDA out
+    of memory), or None for any other error."""
+    text = str(err)
+    if not (isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    first = " ".join(text.strip().splitlines()[0].split()) if text.strip() else type(err).__name__
+    return (f"not enough memory ({first[:200]}): use smaller images (--image-size or model.transform.max_size), "
+            "a smaller --batch-size, or fewer classes")
+
+
 def _os_message(err: OSError) -> str:
     # os.replace(tmp, target) names the target second: the user knows the target, not our tmp
     path = err.filename2 if err.filename2 is not None else err.filename

@@ -202,3 +202,56 @@ def test_writers_that_collide_lose_nothing(run, world, tmp_path):
     shutil.copytree(world["data"] / "val", images / "render")
     run.fails(["predict", images / "render", "-c", world["fresh"], "--out", images, "--no-progress"],
               "written over", str(images / "render"), inputs=[images])
+
+
+# ----------------------------------------------------------------------------- class 2
+
+def test_extreme_image_shapes_and_sizes(run, world, tmp_path, monkeypatch):
+    """Images of 10000x10 and 10x10000 are legal: evaluate, train-detectors and predict run on
+    them. Out-of-range sizes are refused by the recipe's checks, and an allocation that fails
+    is one line."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "thin"
+    make_shapes(data, n_train=2, n_val=2, size=64, seed=0)
+    for split in ("train", "val"):
+        coco = json.loads((data / f"{split}.json").read_text())
+        for image, (w, h) in zip(coco["images"], ((10000, 10), (10, 10000))):
+            Image.fromarray(np.full((h, w, 3), 127, np.uint8)).save(data / split / image["file_name"])
+            image["width"], image["height"] = w, h
+            for ann in coco["annotations"]:
+                if ann["image_id"] == image["id"]:
+                    ann["bbox"] = [1, 1, min(w, 50) - 2, min(h, 50) - 2]
+                    ann.pop("segmentation", None)
+                    ann.pop("area", None)
+        (data / f"{split}.json").write_text(json.dumps(coco))
+    for args in (["evaluate", world["fresh"], "--data", data / "data.yaml", "--out", tmp_path / "e", "--no-progress"],
+                 ["train-detectors", TINY, "--data", data / "data.yaml", "--out", tmp_path / "run", "--no-progress",
+                  "--epochs", 1, *FAST_SETS],
+                 ["predict", data / "val", "-c", world["fresh"], "--out", tmp_path / "p", "--no-progress"]):
+        code, out, err = run(*args)
+        assert code == 0, (args, err)
+        assert "Traceback" not in err
+    assert len((tmp_path / "p" / "predictions.jsonl").read_text().splitlines()) == 2
+
+    inputs = [world["fresh"], world["data"]]
+    out = tmp_path / "m.pt"
+    run.fails(["build", TINY, "-o", out, "--set", "model.transform.min_size=[0]"],
+              "model.transform.min_size[0]", "below the minimum", inputs=inputs)
+    run.fails(["build", TINY, "-o", out, "--set", "model.rpn.anchor_sizes=[-32,64,128,256,512]"],
+              "model.rpn.anchor_sizes[0]", inputs=inputs)
+    run.fails(["build", TINY, "-o", out, "--set", "model.num_classes=100000000"], "model.num_classes",
+              "above the maximum", inputs=inputs)
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", tmp_path / "r", "--image-size", 60000],
+              "--image-size", inputs=inputs)
+    run.fails(["info", world["fresh"], "--image-size", 60000], "--image-size", inputs=inputs)
+    assert not out.exists()
+
+    from dynamicdet_cli import tables
+
+    def allocator(*args, **kwargs):  # what torch's CPU allocator raises for a size it cannot hold
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 412316860416 bytes. Error code 12")
+    monkeypatch.setattr(tables, "info_table", allocator)
+    run.fails(["info", world["fresh"]], "not enough memory", "--image-size", inputs=inputs)
