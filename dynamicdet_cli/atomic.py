@@ -31,18 +31,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the hidden name adds 14 characters: cut the target's so that a name the file system
+    # allows for the target is allowed for its temporary file too
+    with _named(path, None):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:MAX_PREFIX]}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
-        os.replace(tmp, path)
+        with _named(path, tmp):
+            yield Path(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+MAX_PREFIX = 200  # of a name; file systems allow 255 bytes
+
+
+@contextmanager
+def _named(path: Path, tmp: str | None) -> Iterator[None]:
+    """File-system errors about our temporary file name the user's path instead: the user
+    knows `path`, not `.path.x1y2z3.tmp`."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and (tmp is None or os.fsdecode(err.filename) == tmp) and err.filename2 is None:
+            err.filename = str(path)
         raise
 
 

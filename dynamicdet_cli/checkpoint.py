@@ -50,7 +50,7 @@ import torchvision
 from dynamicdet_cli import __version__, allocator
 from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.checksum import content_checksum
-from dynamicdet_cli.errors import DynamicDetError, warn
+from dynamicdet_cli.errors import DynamicDetError, missing_file, warn
 
 FORMAT_NAME = "dynamicdet"
 FORMAT_VERSION = 1
@@ -109,7 +109,12 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     ckpt.pop("checksum", None)
     ckpt["checksum"] = content_checksum(ckpt)
     with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
+            reason = " ".join(str(err).split())[:160]
+            raise DynamicDetError(f"{path}: could not be written ({reason}); check the free space "
+                                  "on its device") from None
     return path
 
 
@@ -117,7 +122,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read and check a dynamicdet checkpoint; every failure is a one-line DynamicDetError."""
     path = Path(path)
     if not path.is_file():
-        raise DynamicDetError(f"{path}: checkpoint not found")
+        raise missing_file(path, f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive
         raise DynamicDetError(f"{path}: truncated or corrupt checkpoint (not a torch zip archive)")
     try:

@@ -185,7 +185,7 @@ def make_shapes(
     val: Annotated[int, typer.Option(min=1, help="validation images")] = 512,
     router: Annotated[int, typer.Option(min=0, help="images of a router split (router_ann/router_images) the detectors never train on; 0 = none")] = 0,
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
-    seed: Annotated[int, typer.Option(help="random seed (same seed, same dataset)")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same dataset)")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace the dataset in a folder that is not empty")] = False,
 ):
     """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""

@@ -41,6 +41,14 @@ _OS_HINTS = {
 }
 
 
+def missing_file(path, message: str) -> DynamicDetError:
+    """The error for a file that is not there: `message`, unless the path is a folder, which
+    is said as such (the README promises a folder is reported as what it is)."""
+    if os.path.isdir(path):
+        return DynamicDetError(f"{os.fsdecode(path)}: {_OS_HINTS[errno.EISDIR]}")
+    return DynamicDetError(message)
+
+
 def user_message(err: BaseException) -> str:
     """One line for a user error (DynamicDetError or OSError): what went wrong, where."""
     if isinstance(err, OSError) and not isinstance(err, DynamicDetError):

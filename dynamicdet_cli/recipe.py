@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import difflib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.errors import DynamicDetError, missing_file
 
 
 # Largest resized image side (and --image-size): a batch of 8 images of 8192 px is 6.4 GB of float32
@@ -342,9 +343,12 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise DynamicDetError(f"{path}: recipe file not found")
+        raise missing_file(path, f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        kind = " (it is a checkpoint: a recipe is the YAML it was built from)" if zipfile.is_zipfile(path) else ""
+        raise DynamicDetError(f"{path}: not a recipe: a recipe is a UTF-8 YAML text file{kind}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -255,3 +255,65 @@ def test_extreme_image_shapes_and_sizes(run, world, tmp_path, monkeypatch):
                            "memory: you tried to allocate 412316860416 bytes. Error code 12")
     monkeypatch.setattr(tables, "info_table", allocator)
     run.fails(["info", world["fresh"]], "not enough memory", "--image-size", inputs=inputs)
+
+
+# ----------------------------------------------------------------------------- class 5
+
+REGNET = ["--set", "model.backbone.kind=regnet", "--set", "model.backbone.widths=[16,32,64,128]",
+          "--set", "model.backbone.stem_width=16", "--set", "model.backbone.weights=''"]
+
+
+def test_messages_say_what_is_wrong_with_the_input_given(run, world, tmp_path, monkeypatch):
+    import errno
+
+    from dynamicdet_cli import atomic
+    from test_yolo_data import coco_to_yolo
+
+    fresh, data = world["fresh"], world["data"]
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights\n")
+    inputs = [fresh, data, text]
+    # A folder where a file is expected is a folder, not "not found".
+    run.fails(["info", folder], str(folder), "is a folder", inputs=inputs)
+    run.fails(["build", folder, "-o", tmp_path / "m.pt"], str(folder), "is a folder", inputs=inputs)
+    run.fails(["evaluate", fresh, "--val-ann", folder, "--val-images", data / "val"], "is a folder", inputs=inputs)
+    run.fails(["evaluate", fresh, "--data", folder], "is a folder", inputs=inputs)
+    # A COCO file given as --data, a checkpoint given as a recipe, a text file as weights.
+    run.fails(["evaluate", fresh, "--data", data / "val.json"], "COCO annotation file", "--val-ann", inputs=inputs)
+    run.fails(["build", fresh, "-o", tmp_path / "m.pt"], str(fresh), "it is a checkpoint", inputs=inputs)
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", tmp_path / "r", "--init", text,
+               "--no-progress", *FAST_SETS], str(text), "not a weights file", inputs=inputs)
+    # On a RegNet recipe, what is wrong with the weights given comes first.
+    for spec, needle in ((tmp_path / "missing.pt", "not found"), (text, "not a weights file"),
+                         ("torchvision:NotAThing", "not a torchvision weights name"),
+                         ("torchvision:resnet18", "ResNet backbones only")):
+        run.fails(["build", TINY, "-o", tmp_path / "m.pt", *REGNET, "--backbone-weights", spec], needle, inputs=inputs)
+    # The latency hint offers only what the parser takes; a negative seed is an option error.
+    line = run.fails(["calibrate", world["routed"], "--latency", "fast"], "50%", inputs=inputs)
+    assert "or '40'" not in line
+    run.fails(["make-shapes", tmp_path / "s", "--seed", -5], "--seed", inputs=inputs)
+    # A YOLO class 1.5 is not a whole number (not "outside 0..4").
+    yolo = coco_to_yolo(data, tmp_path / "yolo")
+    label = next((tmp_path / "yolo" / "labels" / "val").glob("*.txt"))
+    label.write_text("1.5 0.5 0.5 0.2 0.2\n")
+    run.fails(["evaluate", fresh, "--data", yolo, "--no-progress"], "class 1.5 is not a whole number",
+              inputs=[*inputs, tmp_path / "yolo"])
+    # Write errors name the user's file, not the hidden temporary one.
+    real_chmod = atomic.os.chmod
+
+    def read_only(path, mode):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(atomic.os, "chmod", read_only)
+    out = tmp_path / "m.pt"
+    line = run.fails(["build", TINY, "-o", out, *FAST_SETS], f"{out}: read-only file system", inputs=inputs)
+    assert ".tmp" not in line and not list(tmp_path.glob(".m.pt*"))
+    monkeypatch.setattr(atomic.os, "chmod", real_chmod)
+    # A 244-character image name is legal, and so is its render.
+    long_name = tmp_path / "long" / ("a" * 240 + ".png")
+    long_name.parent.mkdir()
+    long_name.write_bytes((data / "val" / "000000.png").read_bytes())
+    code, out_text, err = run("predict", long_name, "-c", fresh, "--out", tmp_path / "p", "--no-progress")
+    assert code == 0, err
+    assert (tmp_path / "p" / "render" / long_name.name).is_file()

@@ -15,13 +15,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dynamicdet_cli.errors import DynamicDetError, warn
+from dynamicdet_cli.errors import DynamicDetError, missing_file, warn
 
 
 def read_coco_json(path: Path) -> dict:
     """The parsed object of a COCO annotation file (not yet checked: check_coco)."""
     if not path.is_file():
-        raise DynamicDetError(f"annotation file {path} does not exist")
+        raise missing_file(path, f"annotation file {path} does not exist")
     try:
         data = json.loads(path.read_bytes())
     except json.JSONDecodeError as err:
