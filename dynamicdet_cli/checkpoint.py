@@ -41,6 +41,7 @@ import datetime as _dt
 import math
 import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -127,7 +128,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DynamicDetError(f"{path}: truncated or corrupt checkpoint (not a torch zip archive)")
     try:
         # mmap: the tensors are read once, by the checksum, instead of copied by the load too
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol, then fails: the error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         raise DynamicDetError(
             f"{path}: refused: the file carries pickled Python objects, not plain tensors and data "

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -46,6 +47,18 @@ def _fail(message: str, status: int = 2):
     raise SystemExit(status)
 
 
+_said: set[str] = set()
+
+
+def _library_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning from torch or another library: one `warning:` line, once per text (the
+    library's own form spans two lines, with its source line, and repeats)."""
+    text = " ".join(str(message).split())
+    if text and text not in _said:
+        _said.add(text)
+        _warn(text)
+
+
 class _OneLineErrors(TyperGroup):
     """typer's group, with usage errors (bad option values, ranges, unknown options) printed
     as one `error:` line instead of a usage box."""
@@ -58,7 +71,9 @@ class _OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         set_warning_sink(_warn)
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _library_warning
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as err:
             err.show()
             sys.exit(err.exit_code)
@@ -233,12 +248,14 @@ def _open_dataset(ann, images, train: bool, augment, skip_bad: bool, family: str
     from dynamicdet_cli.model.build import needs_masks
     tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
     ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad, masks=needs_masks(family))
-    if ds.skipped:
-        _warn(f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
-    if not ds.image_ids:
-        raise DynamicDetError(f"{ann}: no usable images")
+    skipped = f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}" \
+        if ds.skipped else ""
+    if not ds.image_ids:  # the error says it all: no warning line before it
+        raise DynamicDetError(f"{ann}: no usable images" + (f" ({skipped})" if skipped else ""))
     if train and ds.n_boxes == 0:
         raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
+    if skipped:
+        _warn(skipped)
     if ds.n_degenerate or ds.n_clipped:
         _warn(ds.box_report())
     return ds

@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor, nn
 from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
@@ -186,8 +187,12 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
 
         def skip(path: Path, reason: str) -> None:
             skipped.append((path, reason))
-            bar.console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+            if read or lines:  # until an image has read, the error that none did may be all to say
+                say_skipped(path, reason)
             bar.advance(task)
+
+        def say_skipped(path: Path, reason: str) -> None:
+            bar.console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"), soft_wrap=True)
 
         def write(done: list[Done]) -> None:
             nonlocal n_det
@@ -207,6 +212,9 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                 bar.advance(task)
 
         for batch in _read_batches(paths, batch_size, skip):
+            if batch and not (read or lines):
+                for path, reason in skipped:  # files skipped before the first readable one
+                    say_skipped(path, reason)
             # render names in input order, whichever route finishes first
             read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
             images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -90,7 +91,9 @@ def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise missing_file(path, f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol, then fails: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not zipfile.is_zipfile(path):  # legacy (pre-zip) torch files are read above; this is neither
             raise DynamicDetError(f"{path}: {_NOT_WEIGHTS}") from None

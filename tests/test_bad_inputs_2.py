@@ -317,3 +317,45 @@ def test_messages_say_what_is_wrong_with_the_input_given(run, world, tmp_path, m
     code, out_text, err = run("predict", long_name, "-c", fresh, "--out", tmp_path / "p", "--no-progress")
     assert code == 0, err
     assert (tmp_path / "p" / "render" / long_name.name).is_file()
+
+
+# ----------------------------------------------------------------------------- class 6
+
+def test_one_line_means_one_line(run, world, tmp_path, monkeypatch):
+    """No warning line before an error: a foreign pickle given to --init, a folder of files
+    that are not images, a data set whose every image is skipped. A library warning in a command
+    that succeeds is one `warning:` line, said once."""
+    import pickle
+    import warnings
+
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))  # torch warns of protocol 4
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(12):
+        (junk / f"photo-with-a-rather-long-name-{i:03d}.jpg").write_text(f"not an image {i}\n" * 4)
+    wrong = tmp_path / "wrong"
+    make_shapes(wrong, n_train=1, n_val=2, size=64, seed=0)
+    coco = json.loads((wrong / "val.json").read_text())
+    for image in coco["images"]:
+        image["width"] = 100
+    (wrong / "val.json").write_text(json.dumps(coco))
+    inputs = [world["fresh"], world["data"], foreign, junk, wrong]
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", tmp_path / "r", "--init", foreign,
+               "--no-progress", *FAST_SETS], str(foreign), inputs=inputs)
+    run.fails(["predict", junk, "-c", world["fresh"], "--out", tmp_path / "p", "--no-progress"],
+              "no readable images among 12 files", inputs=inputs)
+    run.fails(["evaluate", world["fresh"], "--data", wrong / "data.yaml", "--skip-bad-images", "--no-progress"],
+              "no usable images", "skipped 2", inputs=inputs)
+
+    from dynamicdet_cli import tables
+    real = tables.info_table
+
+    def chatty(*args, **kwargs):
+        for _ in range(3):
+            warnings.warn("a library's warning\n    spread over two lines", UserWarning)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tables, "info_table", chatty)
+    code, out, err = run("info", world["fresh"], "--no-flops")
+    assert code == 0, err
+    assert err.splitlines() == ["warning: a library's warning spread over two lines"], err
