@@ -359,3 +359,67 @@ def test_one_line_means_one_line(run, world, tmp_path, monkeypatch):
     code, out, err = run("info", world["fresh"], "--no-flops")
     assert code == 0, err
     assert err.splitlines() == ["warning: a library's warning spread over two lines"], err
+
+
+# ----------------------------------------------------------------------------- class 7
+
+def _readme_python_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
+    """examples/onnx_predict.py gives one error line and status 2 for a truncated image and a
+    NaN --tau, and runs on a 10000x10 image; README's Python snippets run as written."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    ts = subprocess.run([sys.executable, "-m", "dynamicdet_cli", "export", str(world["fresh"]), "--format",
+                         "torchscript", "-o", str(tmp_path / "exported-ts")], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=600, env=_env())
+    assert ts.returncode == 0, ts.stderr
+    blocks = _readme_python_blocks()
+    assert blocks, "README.md has no python snippet"
+    for block in blocks:
+        done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=_env())
+        assert done.returncode == 0, (block, done.stderr[-2000:])
+
+    pytest.importorskip("onnxruntime", reason="running the graphs needs the export extra: pip install 'dynamicdet[export]'")
+    onnx = subprocess.run([sys.executable, "-m", "dynamicdet_cli", "export", str(world["fresh"]), "--format",
+                           "onnx", "-o", str(tmp_path / "exported")], capture_output=True, text=True, timeout=600,
+                          env=_env())
+    assert onnx.returncode == 0, onnx.stderr
+    image = world["data"] / "val" / "000000.png"
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(image.read_bytes()[:200])
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.full((10, 10000, 3), 127, np.uint8)).save(thin)
+    tall = tmp_path / "tall.png"
+    Image.fromarray(np.full((10000, 10, 3), 127, np.uint8)).save(tall)
+    example = [sys.executable, str(REPO / "examples" / "onnx_predict.py"), str(tmp_path / "exported")]
+    before = {p: p.read_bytes() for p in (truncated, image)}
+    for args, needle in (([str(truncated)], "truncated.png: cannot read the image"),
+                         ([str(image), "--tau", "nan"], "--tau nan"),
+                         ([str(image), "--batch-size", "0"], "--batch-size"),
+                         ([str(image), "--tau", "x"], "--tau")):
+        done = subprocess.run([*example, *args], capture_output=True, text=True, timeout=300, env=_env())
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], done.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    done = subprocess.run([*example, str(thin), str(tall), str(image), "--conf", "0"], capture_output=True,
+                          text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["file"] for r in results] == [str(thin), str(tall), str(image)]
+    for r, (w, h) in zip(results, ((10000, 10), (10, 10000), (64, 64))):
+        assert all(0 <= b[0] <= b[2] <= w and 0 <= b[1] <= b[3] <= h for b in (d["box"] for d in r["detections"]))
+
+
+def _env() -> dict:
+    import os
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
