@@ -70,6 +70,7 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         set_warning_sink(_warn)
+        _said.clear()
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _library_warning
@@ -331,11 +332,13 @@ def _run_folder(run: Path):
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
-        with locked(run, wait=False):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(locked(run, wait=False))
+            except BlockingIOError:
+                raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to "
+                                      "finish, or choose another --out") from None
             yield
-    except BlockingIOError:
-        raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to finish, "
-                              "or choose another --out") from None
     finally:
         if created and run.is_dir() and not any(run.iterdir()):
             run.rmdir()  # nothing was written: leave no empty folder behind
