@@ -367,7 +367,7 @@ def train_router(
 ):
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
-    from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
+    from dynamicdet_cli.checkpoint import first_non_finite, load_checkpoint, save_checkpoint
     from dynamicdet_cli.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
     from dynamicdet_cli.router_summary import summary_table
     from dynamicdet_cli.router_training import train_router_checkpoint
@@ -394,6 +394,9 @@ def train_router(
         router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
         new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
                                                show_progress=progress, router_set=router_set)
+        if first_non_finite(new) is not None:  # never saved: every later load would refuse it
+            raise DynamicDetError(f"router training diverged: {first_non_finite(new)} is NaN or infinite; nothing "
+                                  "was written (lower router.lr, e.g. --lr)")
         path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
     _say("router trained; wrote ", (str(path), "bold"))

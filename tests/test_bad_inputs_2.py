@@ -119,8 +119,20 @@ def test_weights_that_went_bad_with_a_valid_checksum(run, world, tmp_path, monke
     code, out, err = run("info", world["fresh"], "--no-flops")
     assert code == 0 and "not trained" in out, out + err
 
-    from dynamicdet_cli import train as engine
+    from dynamicdet_cli import router_training
     from dynamicdet_cli.checkpoint import load_checkpoint
+
+    def diverged_router(ckpt, *args, **kwargs):
+        new = dict(ckpt, router={k: torch.full_like(v, float("nan")) for k, v in ckpt["detector"].items()
+                                 if k.startswith("head1.roi_heads.box_predictor")})
+        return new, {}
+    monkeypatch.setattr(router_training, "train_router_checkpoint", diverged_router)
+    routed = tmp_path / "to-route.pt"
+    routed.write_bytes(world["fresh"].read_bytes())
+    run.fails(["train-router", routed, "--data", world["yaml"], "--no-progress"], "router training diverged",
+              "nothing was written", inputs=[routed, world["data"]])
+
+    from dynamicdet_cli import train as engine
     real = engine.train_one_epoch
 
     def diverge_in_epoch_2(model, *args, **kwargs):
@@ -179,15 +191,16 @@ def test_writers_that_collide_lose_nothing(run, world, tmp_path):
     # A second train-detectors into an --out being written is refused; the first loses nothing.
     out = tmp_path / "run"
     train = ["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress", *FAST_SETS]
-    first = _cli_process(*train, "--epochs", 2)
+    first = _cli_process(*train, "--epochs", 4)  # long enough to be running when the second starts
     deadline = time.monotonic() + 120
     while not (out / "recipe.yaml").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[1]
     run.fails([*train, "--epochs", 1], str(out), "another train-detectors", inputs=[world["data"]])
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
 
     # A run folder holding a model (even without state.pt) is refused unless --resume or --force.
     (out / "state.pt").unlink()
