@@ -113,7 +113,7 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
         try:
             torch.save(ckpt, tmp)
         except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) so
-            reason = " ".join(str(err).split())[:160]
+            reason = " ".join(str(err).replace(str(tmp), str(path)).split())[:160]  # the user knows path, not tmp
             raise DynamicDetError(f"{path}: could not be written ({reason}); check the free space "
                                   "on its device") from None
     return path
