@@ -189,7 +189,7 @@ def parse_latency(text: str) -> float:
     """Milliseconds from '40ms', '40 ms', '0.04s' or a bare number (taken as ms)."""
     match = _LATENCY_RE.match(str(text))
     if match is None:
-        raise DynamicDetError(f"cannot read latency {text!r}: write e.g. '40ms', '0.04s' or '40'")
+        raise DynamicDetError(f"cannot read latency {text!r}: write e.g. '40ms', '0.04s' or '50%'")
     number, exponent, unit = match.groups()
     value = float(number + (f"e{exponent}" if exponent else ""))
     if unit is not None and unit.lower() == "s":

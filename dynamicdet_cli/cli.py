@@ -8,9 +8,11 @@ and typer's usage errors (unknown option, value out of range), are printed as on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from dynamicdet_cli import __version__
-from dynamicdet_cli.errors import USER_ERRORS, DynamicDetError, set_warning_sink, user_message
+from dynamicdet_cli.errors import USER_ERRORS, DynamicDetError, memory_message, set_warning_sink, user_message
 
 # Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
 _QUIET = os.environ.get("RANK", "0") not in ("", "0")
@@ -45,6 +47,18 @@ def _fail(message: str, status: int = 2):
     raise SystemExit(status)
 
 
+_said: set[str] = set()
+
+
+def _library_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning from torch or another library: one `warning:` line, once per text (the
+    library's own form spans two lines, with its source line, and repeats)."""
+    text = " ".join(str(message).split())
+    if text and text not in _said:
+        _said.add(text)
+        _warn(text)
+
+
 class _OneLineErrors(TyperGroup):
     """typer's group, with usage errors (bad option values, ranges, unknown options) printed
     as one `error:` line instead of a usage box."""
@@ -56,8 +70,11 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         set_warning_sink(_warn)
+        _said.clear()
         try:
-            status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _library_warning
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as err:
             err.show()
             sys.exit(err.exit_code)
@@ -104,6 +121,10 @@ class _App:
                     return fn(*args, **kwargs)
                 except USER_ERRORS as err:
                     _fail(user_message(err))
+                except (MemoryError, RuntimeError) as err:
+                    if memory_message(err) is None:
+                        raise  # a programmer error: its traceback is wanted
+                    _fail(memory_message(err))
                 except KeyboardInterrupt:
                     _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
             return typer_app.command(name)(friendly)
@@ -157,7 +178,7 @@ def _class_names(text: str) -> list[str]:
 def info(
     checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
     overrides: SetOpt = None,
 ):
     """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
@@ -180,7 +201,7 @@ def make_shapes(
     val: Annotated[int, typer.Option(min=1, help="validation images")] = 512,
     router: Annotated[int, typer.Option(min=0, help="images of a router split (router_ann/router_images) the detectors never train on; 0 = none")] = 0,
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
-    seed: Annotated[int, typer.Option(help="random seed (same seed, same dataset)")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same dataset)")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace the dataset in a folder that is not empty")] = False,
 ):
     """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""
@@ -228,12 +249,14 @@ def _open_dataset(ann, images, train: bool, augment, skip_bad: bool, family: str
     from dynamicdet_cli.model.build import needs_masks
     tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
     ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad, masks=needs_masks(family))
-    if ds.skipped:
-        _warn(f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}")
-    if not ds.image_ids:
-        raise DynamicDetError(f"{ann}: no usable images")
+    skipped = f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}" \
+        if ds.skipped else ""
+    if not ds.image_ids:  # the error says it all: no warning line before it
+        raise DynamicDetError(f"{ann}: no usable images" + (f" ({skipped})" if skipped else ""))
     if train and ds.n_boxes == 0:
         raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
+    if skipped:
+        _warn(skipped)
     if ds.n_degenerate or ds.n_clipped:
         _warn(ds.box_report())
     return ds
@@ -249,9 +272,10 @@ def train_detectors(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="override train.epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="override train.batch_size")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override train.lr")] = None,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="override the input size (shorter and longer side)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="override the input size (shorter and longer side)")] = None,
     router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
+    force: Annotated[bool, typer.Option("--force", help="start a new run in an --out that holds one (its checkpoints and metrics are replaced)")] = False,
     init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
@@ -284,15 +308,40 @@ def train_detectors(
     train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images, family)
     val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
     try:
-        result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                        init=init, max_steps=max_steps, show_progress=progress,
-                        on_epoch=lambda record: console.print(epoch_table(record)))
+        with _run_folder(out):
+            result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                            init=init, max_steps=max_steps, show_progress=progress, force=force,
+                            on_epoch=lambda record: console.print(epoch_table(record)))
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     if result.complete:
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), " (best.pt, last.pt, metrics.jsonl)")
     else:
         _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+
+
+@contextlib.contextmanager
+def _run_folder(run: Path):
+    """Hold the run folder while training writes it: a second train-detectors into the same
+    --out is refused at once instead of interleaving its files with the first's. Under torchrun
+    rank 0 holds it (the only writer)."""
+    from dynamicdet_cli.atomic import locked
+    if _QUIET:
+        yield
+        return
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(locked(run, wait=False))
+            except BlockingIOError:
+                raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to "
+                                      "finish, or choose another --out") from None
+            yield
+    finally:
+        if created and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # nothing was written: leave no empty folder behind
 
 
 def _saved(run: Path, epochs: int) -> str:
@@ -318,7 +367,7 @@ def train_router(
 ):
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
-    from dynamicdet_cli.checkpoint import load_checkpoint, save_checkpoint
+    from dynamicdet_cli.checkpoint import first_non_finite, load_checkpoint, save_checkpoint
     from dynamicdet_cli.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
     from dynamicdet_cli.router_summary import summary_table
     from dynamicdet_cli.router_training import train_router_checkpoint
@@ -330,23 +379,40 @@ def train_router(
         if keys[0] != "router" and keys[:2] != ["model", "router"]:
             raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
                                   "model.router.*); the detectors' keys were fixed when train-detectors trained them")
-    ckpt = load_checkpoint(checkpoint)
-    sets += [f"router.epochs={epochs}"] if epochs else []
-    sets += [f"router.lr={lr}"] if lr is not None else []
-    recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
-    ckpt["recipe"] = recipe_to_dict(recipe)
-    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
-    if not dc.has_val:
-        raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
-    family = recipe.model.family
-    train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
-    val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
-    router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
-    new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
-                                           show_progress=progress, router_set=router_set)
-    path = save_checkpoint(new, output or checkpoint)
+    with _updating(checkpoint, output):
+        ckpt = load_checkpoint(checkpoint)
+        sets += [f"router.epochs={epochs}"] if epochs else []
+        sets += [f"router.lr={lr}"] if lr is not None else []
+        recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
+        ckpt["recipe"] = recipe_to_dict(recipe)
+        dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+        if not dc.has_val:
+            raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
+        family = recipe.model.family
+        train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
+        val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
+        router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
+        new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
+                                               show_progress=progress, router_set=router_set)
+        if first_non_finite(new) is not None:  # never saved: every later load would refuse it
+            raise DynamicDetError(f"router training diverged: {first_non_finite(new)} is NaN or infinite; nothing "
+                                  "was written (lower router.lr, e.g. --lr)")
+        path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
     _say("router trained; wrote ", (str(path), "bold"))
+
+
+@contextlib.contextmanager
+def _updating(checkpoint: Path, output: Path | None):
+    """Hold a checkpoint that a command rewrites in place from its read to its write: two
+    commands updating one file then run one after the other, and neither update is lost."""
+    from dynamicdet_cli.atomic import locked
+    if not checkpoint.is_file() or (output is not None and not (output.exists() and os.path.samefile(output, checkpoint))):
+        yield
+        return
+    with locked(checkpoint, on_wait=lambda: _warn(f"{checkpoint} is being updated by another command; "
+                                                     "waiting for it to finish")):
+        yield
 
 
 # ----------------------------------------------------------------------------- inference
@@ -383,7 +449,7 @@ def calibrate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per batch, as predict / evaluate will run (latencies hold per batch size)")] = 8,
     images: Annotated[Optional[Path], typer.Option("--images", help="time the routes on this folder's images (default: the validation images the router scores were computed on)")] = None,
     random_images: Annotated[bool, typer.Option("--random-images", help="time random images instead of real ones")] = False,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="side of the --random-images (default: the recipe's input size)")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="side of the --random-images (default: the recipe's input size)")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="time at most this many images, spread over the set")] = 128,
     repeats: Annotated[int, typer.Option(min=1, help="timed passes over the images per route (median)")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
@@ -400,14 +466,15 @@ def calibrate(
     from dynamicdet_cli.latency import calibrate_checkpoint
     from dynamicdet_cli.tables import calibrate_table
 
-    ckpt, model, dev = _load_model(checkpoint, device)
-    result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
-                                  hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
-                                  repeats=repeats, reuse=reuse_latency, images=images, random_images=random_images,
-                                  image_size=image_size, max_images=max_images)
-    if result.warning:
-        _warn(result.warning)
-    path = save_checkpoint(ckpt, output or checkpoint)
+    with _updating(checkpoint, output):
+        ckpt, model, dev = _load_model(checkpoint, device)
+        result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
+                                      hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
+                                      repeats=repeats, reuse=reuse_latency, images=images,
+                                      random_images=random_images, image_size=image_size, max_images=max_images)
+        if result.warning:
+            _warn(result.warning)
+        path = save_checkpoint(ckpt, output or checkpoint)
     console.print(calibrate_table(result.measured, result.point, name))
     _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
 
@@ -435,6 +502,9 @@ def evaluate(
 
     ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
     ckpt, model, dev = _load_model(checkpoint, device)
+    if do_sweep and ckpt["router"] is None:
+        raise DynamicDetError(f"{checkpoint} has no trained router, so --sweep would route by meaningless scores: "
+                              "run train-router on it first, or evaluate one route (--point easy / hard)")
     if data is not None:
         dc = _data_config(data, None, None, None, None)
         if not dc.has_val:

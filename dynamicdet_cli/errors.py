@@ -41,6 +41,14 @@ _OS_HINTS = {
 }
 
 
+def missing_file(path, message: str) -> DynamicDetError:
+    """The error for a file that is not there: `message`, unless the path is a folder, which
+    is said as such (the README promises a folder is reported as what it is)."""
+    if os.path.isdir(path):
+        return DynamicDetError(f"{os.fsdecode(path)}: {_OS_HINTS[errno.EISDIR]}")
+    return DynamicDetError(message)
+
+
 def user_message(err: BaseException) -> str:
     """One line for a user error (DynamicDetError or OSError): what went wrong, where."""
     if isinstance(err, OSError) and not isinstance(err, DynamicDetError):
@@ -50,6 +58,17 @@ def user_message(err: BaseException) -> str:
         text = text.rstrip().splitlines()[-1]
         text = text.split("Error: ", 1)[-1] if "Error: " in text else text
     return " ".join(text.split()) or type(err).__name__
+
+
+def memory_message(err: BaseException) -> str | None:
+    """One line for an allocation that failed (MemoryError, torch's CPU allocator or CUDA out
+    of memory), or None for any other error."""
+    text = str(err)
+    if not (isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    first = " ".join(text.strip().splitlines()[0].split()) if text.strip() else type(err).__name__
+    return (f"not enough memory ({first[:200]}): use smaller images (--image-size or model.transform.max_size), "
+            "a smaller --batch-size, or fewer classes")
 
 
 def _os_message(err: OSError) -> str:

@@ -46,6 +46,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor, nn
 from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
@@ -168,6 +169,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     if out_dir.exists() and not out_dir.is_dir():
         raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
     render_dir = out_dir / "render"
+    _never_over_inputs(paths, out_dir, render_dir if render else None)
     (render_dir if render else out_dir).mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device).eval()
@@ -185,8 +187,12 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
 
         def skip(path: Path, reason: str) -> None:
             skipped.append((path, reason))
-            bar.console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}")
+            if read or lines:  # until an image has read, the error that none did may be all to say
+                say_skipped(path, reason)
             bar.advance(task)
+
+        def say_skipped(path: Path, reason: str) -> None:
+            bar.console.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"), soft_wrap=True)
 
         def write(done: list[Done]) -> None:
             nonlocal n_det
@@ -206,6 +212,9 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                 bar.advance(task)
 
         for batch in _read_batches(paths, batch_size, skip):
+            if batch and not (read or lines):
+                for path, reason in skipped:  # files skipped before the first readable one
+                    say_skipped(path, reason)
             # render names in input order, whichever route finishes first
             read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
             images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
@@ -260,6 +269,19 @@ def summary_table(summary: PredictSummary) -> Table:
 
 
 # -- reading ------------------------------------------------------------------------------
+
+
+def _never_over_inputs(paths: list[Path], out_dir: Path, render_dir: Path | None) -> None:
+    """Refuse an --out whose files could replace an input image: renders are named after the
+    images, so an image already in the render folder would be overwritten by its own render."""
+    outputs = {(out_dir / name).resolve() for name in ("predictions.jsonl", "predictions_coco.json", "images.json")}
+    render_at = render_dir.resolve() if render_dir is not None else None
+    for path in paths:
+        full = path.resolve()
+        if full in outputs or (render_at is not None and full.parent == render_at):
+            where = render_dir if full.parent == render_at else out_dir
+            raise DynamicDetError(f"--out {out_dir} would write into {where}, which holds the input image {path}; "
+                                  "choose another --out so that no input is written over")
 
 
 def _read_batches(paths: list[Path], batch_size: int,

@@ -19,13 +19,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import difflib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.errors import DynamicDetError, missing_file
+
+
+# Largest resized image side (and --image-size): a batch of 8 images of 8192 px is 6.4 GB of float32
+# input alone; larger sides end in an allocator failure rather than a detector.
+MAX_SIDE = 8192
 
 
 def _f(default, help: str, lo=None, hi=None, choices=None, empty_ok: bool = False):
@@ -75,7 +81,7 @@ class NeckConfig:
 
 @dataclass(frozen=True)
 class RPNConfig:
-    anchor_sizes: tuple[int, ...] = _f((32, 64, 128, 256, 512), "anchor size (pixels) per FPN level, smallest level first; one per stage plus one for the extra pooled level")
+    anchor_sizes: tuple[int, ...] = _f((32, 64, 128, 256, 512), "anchor size (pixels) per FPN level, smallest level first; one per stage plus one for the extra pooled level", lo=1)
     aspect_ratios: tuple[float, ...] = _f((0.5, 1.0, 2.0), "anchor aspect ratios (h/w), the same at every level")
     pre_nms_top_n_train: int = _f(2000, "proposals kept per level before NMS, training", lo=1)
     pre_nms_top_n_test: int = _f(1000, "proposals kept per level before NMS, inference", lo=1)
@@ -155,8 +161,8 @@ class YOLOConfig:
 
 @dataclass(frozen=True)
 class TransformConfig:
-    min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference")
-    max_size: int = _f(1333, "longest image side after resizing", lo=16)
+    min_size: tuple[int, ...] = _f((800,), "shorter image side after resizing; several values = random choice in training, the last at inference", lo=16, hi=MAX_SIDE)
+    max_size: int = _f(1333, "longest image side after resizing", lo=16, hi=MAX_SIDE)
     image_mean: tuple[float, ...] = _f((0.485, 0.456, 0.406), "per-channel mean for normalisation")
     image_std: tuple[float, ...] = _f((0.229, 0.224, 0.225), "per-channel std for normalisation")
 
@@ -171,7 +177,7 @@ class RouterConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = _f("faster_rcnn", "detector family of both heads", choices=("faster_rcnn", "mask_rcnn", "fcos", "retinanet", "yolo"))
-    num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1)
+    num_classes: int = _f(80, "object classes, background excluded (training replaces it by the data's)", lo=1, hi=100_000)
     loss_weight1: float = _f(1.0, "weight w1 of detector 1's loss in joint training", lo=0.0)
     loss_weight2: float = _f(1.0, "weight w2 of detector 2's loss in joint training", lo=0.0)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -386,9 +392,12 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise DynamicDetError(f"{path}: recipe file not found")
+        raise missing_file(path, f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        kind = " (it is a checkpoint: a recipe is the YAML it was built from)" if zipfile.is_zipfile(path) else ""
+        raise DynamicDetError(f"{path}: not a recipe: a recipe is a UTF-8 YAML text file{kind}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

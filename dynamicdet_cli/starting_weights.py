@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,12 +36,13 @@ import torch
 import torchvision
 
 from dynamicdet_cli.checkpoint import load_checkpoint
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.errors import DynamicDetError, missing_file
 from dynamicdet_cli.model.backbone import load_resnet_state
 
 PREFIX = "torchvision:"
 _RESNET = re.compile(r"ResNet(\d+)_Weights")  # torchvision's ImageNet ResNets (not Wide_ResNet)
 _FASTER_RCNN = ("FasterRCNN_ResNet50_FPN_Weights", "FasterRCNN_ResNet50_FPN_V2_Weights")
+_NOT_WEIGHTS = "not a weights file (torch.save writes a zip archive, and this is none), or a damaged one"
 _LOAD_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError)
 
 
@@ -87,15 +89,19 @@ def fetch(spec: str, weights) -> dict:
 
 def _read_file(path: Path) -> dict:
     if not path.is_file():
-        raise DynamicDetError(f"{path}: weights file not found")
+        raise missing_file(path, f"{path}: weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol, then fails: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not zipfile.is_zipfile(path):  # legacy (pre-zip) torch files are read above; this is neither
-            raise DynamicDetError(f"{path}: truncated or corrupt weights file") from None
+            raise DynamicDetError(f"{path}: {_NOT_WEIGHTS}") from None
         raise DynamicDetError(f"{path}: refused: it carries pickled Python objects, not plain weights") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError):
-        raise DynamicDetError(f"{path}: truncated or corrupt weights file") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError):
+        # the weights-only unpickler fails on text or random bytes with whatever it tripped on
+        what = "truncated or corrupt weights file" if zipfile.is_zipfile(path) else _NOT_WEIGHTS
+        raise DynamicDetError(f"{path}: {what}") from None
     if not isinstance(state, dict):
         raise DynamicDetError(f"{path}: not a state dict or dynamicdet checkpoint")
     if isinstance(state.get("state_dict"), dict) and state.get("format") != "dynamicdet":
@@ -132,8 +138,11 @@ def read_spec(spec: str, backbone_cfg=None, allow_detector: bool = True) -> dict
 def load_backbone_weights(model, spec: str, backbone_cfg=None) -> str:
     """Load ResNet weights named by `spec` into both backbones of `model`; a one-line report."""
     if backbone_cfg is not None and backbone_cfg.kind != "resnet":
-        raise DynamicDetError(f"{spec}: backbone weights are ResNet weights, but the recipe's backbone is "
-                              f"{backbone_cfg.kind} (model.backbone.kind)")
+        # say first what is wrong with the spec itself (a missing file, an unknown name), then the kind
+        torchvision_weights(spec) if spec.startswith(PREFIX) else _read_file(Path(spec).expanduser())
+        raise DynamicDetError(f"{spec}: backbone weights load into ResNet backbones only, and the recipe's "
+                              f"backbone is {backbone_cfg.kind} (model.backbone.kind); build it with "
+                              "--backbone-weights '' (fresh)")
     state = read_spec(spec, backbone_cfg, allow_detector=False)
     loaded = sum(load_resnet_state(b, state, spec) for b in (model.backbone1, model.backbone2))
     return f"backbones initialised from {spec}: {loaded} tensors"

@@ -39,7 +39,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from dynamicdet_cli.atomic import atomic_path, write_text
-from dynamicdet_cli.checkpoint import new_checkpoint, save_checkpoint
+from dynamicdet_cli.checkpoint import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.mosaic import Mosaic
 from dynamicdet_cli.ema import weight_average
@@ -53,6 +53,7 @@ from dynamicdet_cli.recipe import Recipe, recipe_from_dict, recipe_to_dict, with
 from dynamicdet_cli.starting_weights import initialise
 
 STATE_FORMAT = "dynamicdet-run-state"
+RUN_FILES = ("state.pt", "last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of them holds a run
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -266,7 +267,7 @@ class TrainResult:
 def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
                     device_name: str = "cpu", amp: bool = False, resume: bool = False,
                     init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
-                    on_epoch=None) -> TrainResult:
+                    on_epoch=None, force: bool = False) -> TrainResult:
     """Train both detectors jointly; write the run folder; return what happened.
 
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
@@ -281,8 +282,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         if list(state["classes"]) != list(train_set.classes):
             raise DynamicDetError(f"{run}: the run was trained on classes {state['classes'][:5]}..., "
                                   f"the data has {train_set.classes[:5]}...")
-    elif (run / "state.pt").exists():
-        raise DynamicDetError(f"{run} already holds a run; resume it with --resume or choose another --out")
+    elif not force and any((run / name).exists() for name in RUN_FILES):
+        held = ", ".join(name for name in RUN_FILES if (run / name).exists())
+        raise DynamicDetError(f"{run} already holds a run ({held}); continue it with --resume, replace it with "
+                              "--force, or choose another --out")
     recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
     for name, ds in (("training", train_set), ("validation", val_set)):
         if ds is not None and needs_masks(recipe.model.family) and not ds.masks:
@@ -331,6 +334,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         write_text(run / "recipe.yaml", yaml.safe_dump(recipe_data, sort_keys=False))
         if state is not None:
             _trim_metrics(run, start_epoch)
+        else:  # a new run (--force) replaces the old one's files, so none outlives it half-replaced
+            for name in RUN_FILES:
+                (run / name).unlink(missing_ok=True)
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
 
@@ -348,6 +354,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 complete = False
                 break
             record = {"epoch": epoch + 1, "step": step, **{k: v for k, v in stats.items() if k != "complete"}}
+            _stop_if_diverged(saved, run, epoch)  # the average of a diverged model is not finite either
             last_epoch = epoch + 1 == cfg.epochs
             if env.is_main and val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
                 with evaluation_threads(env, device):
@@ -374,6 +381,16 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             if env.enabled:
                 dist.barrier()
     return TrainResult(run, start_epoch + len(history), complete, best if best >= 0 else None, last_val, history)
+
+
+def _stop_if_diverged(model, run: Path, epoch: int) -> None:
+    """Weights that went NaN or inf with a finite loss (the last step of an epoch) are never
+    saved: the run stops here, and last.pt keeps the last finite epoch."""
+    bad = first_non_finite({"detector": model.state_dict()})
+    if bad is not None:
+        kept = f"{run}/last.pt keeps epoch {epoch}" if epoch else "no checkpoint was saved"
+        raise DynamicDetError(f"training diverged in epoch {epoch + 1}: weight {bad[9:-1]} is NaN or infinite; "
+                              f"{kept} (lower train.lr or set train.grad_clip)")
 
 
 def _flat_val(val: dict | None) -> dict:

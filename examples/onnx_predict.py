@@ -5,6 +5,10 @@
 
 Needs only numpy, Pillow and onnxruntime (no torch). Prints one JSON line per image:
 {"file", "route", "difficulty", "detections": [{"box" [x1, y1, x2, y2] pixels, "score", "label"}]}.
+Like `dynamicdet`, a mistake (a file that does not read, a bad option) is one `error:` line and
+exit status 2. Images of any shape run: one too thin for the graphs' resize (10000x10, whose
+short side would scale to 0 pixels) is zero-padded below or to the right first, and its boxes
+clipped back to it.
 
 How the three graphs chain (see dynamicdet_cli/export_onnx.py for their inputs and outputs):
 graph 1 (backbone 1 + router) runs on a batch of same-size images; then each image whose
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -101,6 +106,8 @@ class DynamicDetONNX:
 
     def detect(self, images: list[np.ndarray], tau: float, batch_size: int = 8) -> list[dict]:
         results: list[dict | None] = [None] * len(images)
+        sizes = [image.shape[-2:] for image in images]
+        images = [self._fit(image) for image in images]
         by_size: dict[tuple, list[int]] = {}
         for index, image in enumerate(images):
             by_size.setdefault(tuple(image.shape), []).append(index)
@@ -120,8 +127,21 @@ class DynamicDetONNX:
                     phi = float(shared["phi"][i])
                     route = "hard" if phi > tau else "easy"
                     boxes, labels, scores = self.route(route, shared, i, shape[-2:])
+                    if shape[-2:] != sizes[k]:  # padded by _fit: the boxes back inside the image
+                        boxes = np.minimum(boxes, np.asarray([sizes[k][1], sizes[k][0]] * 2, dtype=boxes.dtype))
                     results[k] = {"boxes": boxes, "labels": labels, "scores": scores, "difficulty": phi, "route": route}
         return results
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """The image, zero-padded below or to the right where the graphs' resize (scale =
+        min(min_size / short side, max_size / long side), floored) would give a side of 0 px."""
+        t = self.meta["transform"]
+        h, w = image.shape[-2:]
+        scale = min(t["min_size"] / min(h, w), t["max_size"] / max(h, w))
+        need = math.ceil(1.0 / scale) + 1  # a side of `need` pixels resizes to one pixel at least
+        if min(h, w) * scale >= 1.0:
+            return image
+        return np.pad(image, ((0, 0), (0, max(need - h, 0)), (0, max(need - w, 0))))
 
 
 def nms_per_class(boxes: np.ndarray, scores: np.ndarray, post: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,13 +172,22 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as float32 3,H,W RGB in [0, 1]."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
-        return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    try:
+        with Image.open(path) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, truncated, not an image
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise SystemExit(f"error: {path}: cannot read the image ({reason})") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise SystemExit(f"error: {message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("export", help="folder written by `dynamicdet export --format onnx`")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--point", help="stored operating point (default: the export's default), or easy / hard")
@@ -167,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=float, default=0.3, help="score threshold of printed detections")
     parser.add_argument("--threads", type=int, help="onnxruntime threads")
     args = parser.parse_args(argv)
+    if args.tau is not None and not math.isfinite(args.tau):
+        parser.error(f"--tau {args.tau}: give a finite threshold (phi > tau goes hard; below 0 every image "
+                     "goes hard, 1 or more every image easy)")
+    if args.batch_size < 1 or not 0.0 <= args.conf <= 1.0 or (args.threads is not None and args.threads < 1):
+        parser.error("--batch-size and --threads take 1 or more, --conf a score in [0, 1]")
     model = DynamicDetONNX(args.export, args.threads)
     tau = model.tau_for(args.point, args.tau)
     images = [read_image(p) for p in args.images]
@@ -181,4 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a user error: its one line, status 2 (as dynamicdet's)
+            print(stop.code, file=sys.stderr)
+            sys.exit(2)
+        raise

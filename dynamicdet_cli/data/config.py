@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.errors import DynamicDetError, missing_file
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def load_data_config(path: str | Path) -> DataConfig:
     data YAML (path, train, val, names) is read by data/yolo.py."""
     path = Path(path)
     if not path.is_file():
-        raise DynamicDetError(f"data file {path} does not exist")
+        raise missing_file(path, f"data file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -56,6 +56,10 @@ def load_data_config(path: str | Path) -> DataConfig:
     from dynamicdet_cli.data.yolo import is_yolo_yaml, yolo_data_config  # yolo.py builds on this module
     if is_yolo_yaml(raw):
         return yolo_data_config(path, raw)
+    if "images" in raw and "annotations" in raw:
+        raise DynamicDetError(f"{path.name}: this is a COCO annotation file, and --data takes a data YAML naming "
+                              "one (train_ann, train_images, val_ann, val_images); give it as --train-ann or "
+                              "--val-ann with its image folder, or write a data YAML")
     for key in raw:
         if key not in _DATA_KEYS:
             close = difflib.get_close_matches(str(key), _DATA_KEYS, n=1)

@@ -132,7 +132,9 @@ def _read_labels(path: Path, n_classes: int) -> list[tuple[int, int, tuple[float
         except ValueError:
             raise DynamicDetError(f"{where}: {line.strip()!r} is not five numbers (class cx cy w h)") from None
         cls = values[0]
-        if not (cls.is_integer() and 0 <= cls < n_classes):
+        if not cls.is_integer():
+            raise DynamicDetError(f"{where}: class {fields[0]} is not a whole number (a class index 0..{n_classes - 1})")
+        if not 0 <= cls < n_classes:
             raise DynamicDetError(f"{where}: class {fields[0]} is outside 0..{n_classes - 1} "
                                   f"(the data YAML names {n_classes} classes)")
         for name, value in zip(_FIELDS, values[1:]):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
 from dynamicdet_cli.model.backbone import RegNetBackbone, ResNetBackbone, StageBackbone, build_regnet, build_resnet
 from dynamicdet_cli.model.composite import DenseHigherLevelComposition
 from dynamicdet_cli.model.csp_backbone import CSPBackbone
@@ -12,6 +10,7 @@ from dynamicdet_cli.model.heads import build_faster_rcnn_head
 from dynamicdet_cli.model.mask_rcnn_head import build_mask_rcnn_head
 from dynamicdet_cli.model.one_stage_heads import build_fcos_head, build_retinanet_head
 from dynamicdet_cli.model.router import Router
+from dynamicdet_cli.model.transform import Transform
 from dynamicdet_cli.model.yolo_head import build_yolo_head
 
 # Detector family -> head builder(in_channels, stages, num_classes, model_cfg).
@@ -31,10 +30,10 @@ def needs_masks(family: str) -> bool:
     return family in SEGMENTING_FAMILIES
 
 
-def build_transform(cfg) -> GeneralizedRCNNTransform:
+def build_transform(cfg) -> Transform:
     t = cfg.transform
-    return GeneralizedRCNNTransform(min_size=list(t.min_size), max_size=t.max_size,
-                                    image_mean=list(t.image_mean), image_std=list(t.image_std))
+    return Transform(min_size=list(t.min_size), max_size=t.max_size,  # torchvision's, no side below 1 px
+                     image_mean=list(t.image_mean), image_std=list(t.image_std))
 
 
 def build_backbone(b, first_stage: int) -> StageBackbone:
