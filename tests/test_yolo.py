@@ -131,7 +131,7 @@ def test_dense_outputs_cover_every_point_of_every_level(make_yolo):
 
 def test_distances_round_trip_through_boxes_and_bins():
     reg_max = 8
-    points, strides = anchor_points([(2, 3)], [8], torch.zeros(()))
+    points, strides = anchor_points([(2, 3)], [8])
     dist = torch.rand(1, 6, 4) * (reg_max - 1.01)
     boxes = distances_to_boxes(dist, points, strides)
     assert_close(boxes_to_distances(boxes[0], points, strides, reg_max), dist[0])
@@ -172,7 +172,7 @@ def _scene(batch: int = 3, n: int = 4, seed: int = 0):
     """Random predictions at the points of a 64 px image (strides 8, 16, 32) and random boxes,
     image i holding n - i of them (the rest padding)."""
     g = torch.Generator().manual_seed(seed)
-    points, strides = anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32], torch.zeros(()))
+    points, strides = anchor_points([(8, 8), (4, 4), (2, 2)], [8, 16, 32])
     a = points.shape[0]
     scores = torch.rand(batch, a, 5, generator=g)
     pred = distances_to_boxes(torch.rand(batch, a, 4, generator=g) * 3, points, strides)

@@ -117,12 +117,14 @@ class DenseOutputs:
     level_sizes: list[tuple[int, int]]
 
 
-def anchor_points(level_sizes: list[tuple[int, int]], strides: list[int], like: Tensor) -> tuple[Tensor, Tensor]:
-    """Cell centres of every level, level-major, row-major: (points A,2 as x, y; strides A)."""
+def anchor_points(level_sizes: list[tuple[int, int]], strides: list[int],
+                  device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Cell centres of every level, level-major, row-major: (points A,2 as x, y; strides A),
+    float32 (also under autocast: pixel coordinates lose precision in float16)."""
     points, per_point = [], []
     for (h, w), s in zip(level_sizes, strides):
-        ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) * s
-        xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) * s
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
         y, x = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1))
         per_point.append(torch.ones_like(x).reshape(-1) * s)  # shaped from x: ONNX keeps the size free
@@ -159,7 +161,7 @@ class YOLOHead(nn.Module):
         cls, box = self.head(levels)
         sizes = [tuple(f.shape[-2:]) for f in levels]
         strides = [2 ** (stage + 1) for stage in self.stages]  # stage l has stride 2**(l+1) (backbone.py)
-        points, per_point = anchor_points(sizes, strides, cls[0])
+        points, per_point = anchor_points(sizes, strides, cls[0].device)
         cls = torch.cat([c.flatten(2) for c in cls], dim=2).transpose(1, 2)  # B,A,C
         box = torch.cat([b.flatten(2) for b in box], dim=2).transpose(1, 2)  # B,A,4R
         boxes = distances_to_boxes(decode_distances(box, self.reg_max), points, per_point)
