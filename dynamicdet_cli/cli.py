@@ -212,7 +212,8 @@ def make_shapes(
     data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router, force=force,
                       val_difficulty=spec)
     extra = f", {router} router" if router else ""
-    _say(f"wrote {train} train{extra} and {val} val images; data file: ", (str(data_yaml), "bold"))
+    shaped = "" if spec is None else f" (difficulty {'drifting over ' if spec.drift else 'in '}{spec.low:g}-{spec.high:g})"
+    _say(f"wrote {train} train{extra} and {val} val images{shaped}; data file: ", (str(data_yaml), "bold"))
 
 
 # ----------------------------------------------------------------------------- data options
