@@ -81,13 +81,14 @@ class HoldReport:
 class LatencyHold:
     """Moves tau batch by batch so that the running mean latency per image meets `target_ms`.
 
-    target_ms: the promise, in [easy_ms, easy_ms..hard_ms]; easy_ms / hard_ms / curve: the
+    target_ms: the promise, in [easy_ms, hard_ms]; easy_ms / hard_ms / curve: the
     stored calibration of this run's regime (latency.measure_routes), where the cost model
     starts; tau: the stored operating point's threshold, where tau starts. window, horizon:
     in images (module docstring); memory: in [0, 1), how much of the cost estimate a batch
     keeps for the next; clock: seconds, monotonic (time.perf_counter).
 
-    A target outside [easy_ms, hard_ms] raises calibrate's one-line DynamicDetError.
+    A target outside [easy_ms, hard_ms] raises calibrate's one-line DynamicDetError. One
+    controller per stream: its running mean and cost estimate carry over from batch to batch.
     """
 
     def __init__(self, target_ms: float, easy_ms: float, hard_ms: float, tau: float, *, curve=None,
