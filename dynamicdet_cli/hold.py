@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from dynamicdet_cli.calibrate import hard_ratio_for_latency, threshold_for_hard_ratio
 from dynamicdet_cli.errors import DynamicDetError
 
-WINDOW = 128  # images: the router scores tau is read from, and the "last window" of the report
+WINDOW = 64  # images: the router scores tau is read from, and the "last window" of the report
 HORIZON = 64  # images over which a debt (or a saving) is paid back
 MEMORY = 0.8  # weight a batch's timing keeps per later batch (about 5 batches of memory)
 PRIOR_IMAGES = 2.0  # how many images' worth the calibration's cost ratio weighs in the estimate

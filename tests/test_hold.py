@@ -104,7 +104,7 @@ def test_scores_shifting_upward_keep_the_share_the_target_allows():
     assert report.hard_share == pytest.approx(0.5, abs=0.05)
     assert report.tau_start == start and report.tau_end == hold.tau
     assert report.tau_min <= start < report.tau_max
-    assert report.images == n * BATCH and report.window_images == 128
+    assert report.images == n * BATCH and report.window_images == 64
     assert report.achieved_ms == pytest.approx(target, rel=0.05)
 
 
@@ -173,8 +173,8 @@ def test_the_calibrated_curve_shapes_the_share():
     """With a measured curve that says mixed batches cost more than the line, the share the
     controller asks for at the target is the curve's (smaller) one from the first batch on."""
     clock = FakeClock()
-    line = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock)
-    curved = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock, curve=[[0.25, 15.0], [0.5, 17.5]])
+    line = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock, window=100)
+    curved = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock, window=100, curve=[[0.25, 15.0], [0.5, 17.5]])
     scores = [i / 100 + 0.005 for i in range(100)]
     for hold in (line, curved):
         hold.start()
