@@ -33,6 +33,7 @@ tests) around each batch:
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -180,6 +181,8 @@ class LatencyHold:
         ee, eh, hh, et, ht, cal = self._sums
         lat1, lat2 = self.calibrated
         slow = (et + ht) / cal if cal > 0 else 1.0  # measured (et + ht: the batches' ms) over calibrated
+        if not math.isfinite(slow) or slow <= 0.0:  # a clock that did not move: nothing learnt
+            return self.costs
         prior = (slow * lat1, slow * lat2)
         a, b, d = ee + PRIOR_IMAGES, eh, hh + PRIOR_IMAGES
         r1, r2 = et + PRIOR_IMAGES * prior[0], ht + PRIOR_IMAGES * prior[1]

@@ -181,3 +181,12 @@ def test_the_calibrated_curve_shapes_the_share():
         hold.update(scores, 0, 0)  # nothing ran yet: the costs are still the calibrated ones
     assert line.tau == pytest.approx(0.5)  # half hard: 50 of the 100 scores above it
     assert curved.tau == pytest.approx(0.75)  # a quarter hard
+
+
+def test_a_clock_that_does_not_move_leaves_the_costs_alone():
+    """Zero-time batches (a coarse clock) teach nothing: the calibrated costs stay and tau stays in range."""
+    clock = FakeClock()
+    hold = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock)
+    run_stream(hold, clock, 10, lambda b: (0.0, 0.0), spread)
+    assert hold.costs == (10.0, 20.0)
+    assert 0.0 <= hold.tau <= 1.0
