@@ -203,12 +203,17 @@ def make_shapes(
     size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
     seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same dataset)")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace the dataset in a folder that is not empty")] = False,
+    val_difficulty: Annotated[Optional[str], typer.Option("--val-difficulty", help="the val split as a stream unlike the training data: LOW-HIGH draws every image's difficulty in that range (e.g. 0.6-1: hard-ish), drift rises from easy to hard along the file order (drift:LOW-HIGH within a range); default: uniform in 0-1")] = None,
 ):
     """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""
     from dynamicdet_cli.data.shapes import make_shapes as _make
-    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router, force=force)
+    from dynamicdet_cli.data.shapes import parse_difficulty
+    spec = None if val_difficulty is None else parse_difficulty(val_difficulty)
+    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router, force=force,
+                      val_difficulty=spec)
     extra = f", {router} router" if router else ""
-    _say(f"wrote {train} train{extra} and {val} val images; data file: ", (str(data_yaml), "bold"))
+    shaped = "" if spec is None else f" (difficulty {'drifting over ' if spec.drift else 'in '}{spec.low:g}-{spec.high:g})"
+    _say(f"wrote {train} train{extra} and {val} val images{shaped}; data file: ", (str(data_yaml), "bold"))
 
 
 # ----------------------------------------------------------------------------- data options
@@ -431,6 +436,14 @@ RoutePoint = Annotated[Optional[str], typer.Option("--point", help="a stored ope
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per batch")]
 
 
+class Speed(str, Enum):
+    fixed = "fixed"
+    held = "held"
+
+
+SpeedOpt = Annotated[Speed, typer.Option("--speed", help="fixed: route every image at the threshold the route options give (reproducible: the same images take the same routes); held: hold the latency target (--latency, or the point's) over the images sent, moving the threshold after each batch as the measured speed asks")]
+
+
 def _load_model(checkpoint: Path, device_name: str):
     from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from dynamicdet_cli.distributed import resolve_device
@@ -555,6 +568,7 @@ def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a dynamicdet checkpoint")],
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
     latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
+    speed: SpeedOpt = Speed.fixed,
     conf: Annotated[float, typer.Option("--conf", min=0.0, max=1.0, help="score threshold of kept detections")] = 0.3,
     render: Annotated[bool, typer.Option("--render/--no-render", help="write pictures with boxes and labels")] = True,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
@@ -564,20 +578,25 @@ def predict(
     _set_threads(threads)
     from dynamicdet_cli import predict as engine
     from dynamicdet_cli.regime import Regime, find_latency
-    from dynamicdet_cli.routing import resolve_route
+    from dynamicdet_cli.routing import hold_target, resolve_route
 
     ckpt, model, dev = _load_model(checkpoint, device)
     regime = Regime.of_run(model, dev, batch_size)
     route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
                                 regime=regime, checkpoint=str(checkpoint))
+    hold = None
+    if speed is Speed.held:
+        hold = hold_target(ckpt, route, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                           regime=regime, checkpoint=str(checkpoint))
+        text += f"; held at {hold.target_ms:.1f} ms/image, tau moving after each batch"
     _say(f"route: {text}")
     paths = engine.list_images(inputs)
     summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
                              conf=conf, render=render, device=dev, progress=progress,
-                             calibration=find_latency(ckpt, regime))
+                             calibration=find_latency(ckpt, regime), hold=hold)
     console.print(engine.summary_table(summary))
     gap = summary.calibration_gap()
-    if gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE \
+    if hold is None and gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE \
             and summary.n_images >= engine.WARN_AFTER_BATCHES * batch_size:
         _warn(f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
               f"device's speed has changed (load, power state, other images); re-run "

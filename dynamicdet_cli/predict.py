@@ -31,6 +31,12 @@ rendering and writing are not included. The first input batch and each route's f
 carry one-time warm-up, so a route's figure leaves their images out whenever others took
 that route (a run made only of warm-up says so). A fresh process also pays a one-time set-up
 for each new batch shape a route meets (see WARN_AFTER_BATCHES).
+
+Speed: with a fixed threshold (the default) every image is routed at the tau given, so the
+same images take the same routes on every run. With a held target (`hold`, a LatencyHold,
+hold.py) each input batch is routed at the controller's current tau, and after each batch the
+controller reads the model time it took and moves tau so that the mean time per image over
+the stream converges to the target; the routes then depend on the timings.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from dynamicdet_cli.calibrate import expected_latency
 from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import BadImage, load_rgb
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.hold import HoldReport, LatencyHold
 from dynamicdet_cli.model.detector import Route
 from dynamicdet_cli.model.regrouping import Done, RouteBatcher
 from dynamicdet_cli.progress import progress_bar
@@ -86,6 +93,9 @@ class PredictSummary:
     written: the JSON files; renders: the PNG files.
     calibration: calibrate's latency measurement for this run's regime, if the checkpoint
     stores one: what `calibration_gap` holds this run's latency against.
+    image_ms: the model time of each image whose time carries no warm-up, in the order their
+    routes finished (close to the input order: at most a batch per route waits).
+    hold: what the held target achieved (None with a fixed threshold).
     """
 
     n_images: int
@@ -99,6 +109,8 @@ class PredictSummary:
     renders: list[Path] = field(default_factory=list)
     calibration: dict | None = None
     warm_routes: tuple[str, ...] = ()  # routes whose figure includes warm-up: none of their images ran without
+    image_ms: list[float] = field(default_factory=list)
+    hold: HoldReport | None = None
 
     @property
     def n_skipped(self) -> int:
@@ -149,11 +161,15 @@ def list_images(inputs: list[str]) -> list[Path]:
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
             category_ids: list[int], batch_size: int = 8, conf: float = 0.3, render: bool = True,
             device: str | torch.device = "cpu", progress: bool = True,
-            calibration: dict | None = None, regroup: bool | None = None) -> PredictSummary:
+            calibration: dict | None = None, regroup: bool | None = None,
+            hold: LatencyHold | None = None) -> PredictSummary:
     """Run `model` (a DynamicDetector) on the image files `paths` and write the outputs.
 
     `calibration`: the stored latency measurement of this run's regime (see PredictSummary).
     `regroup`: RouteBatcher's (None: what pays on this device and thread count).
+    `hold`: hold its latency target (module docstring): each input batch is routed at
+    hold.tau, and `route` only says where the run starts (pass hold.tau). None: every image
+    is routed at `route`.
 
     Files that are not images or cannot be decoded are skipped with a one-line warning and
     counted; DynamicDetError if none of them can be read. Label l is class_names[l - 1] and
@@ -180,6 +196,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     totals = {"easy": [0.0, 0], "hard": [0.0, 0]}  # route -> [sum of ms, images], warm-up left out
     warm = {"easy": [0.0, 0], "hard": [0.0, 0]}  # the same, images whose time includes warm-up
     n_det = 0
+    image_ms: list[float] = []
     read: dict[int, tuple[Path, Tensor, str]] = {}  # index -> (path, image, render stem): awaiting their route
     batcher = RouteBatcher(model, route, batch_size, regroup)
     with progress_bar(progress) as bar, torch.inference_mode():
@@ -200,6 +217,8 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                 path, img, stem = read.pop(d.key)
                 det = _keep(d.detection, conf)
                 sums = warm if d.warmup else totals
+                if not d.warmup:
+                    image_ms.append(d.ms)
                 sums[det["route"]][0] += d.ms
                 sums[det["route"]][1] += 1
                 n_det += len(det["scores"])
@@ -218,8 +237,21 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
             # render names in input order, whichever route finishes first
             read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
             images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
-            write(batcher.add(images, [index for index, _, _ in batch]))
-        write(batcher.finish())
+            keys = [index for index, _, _ in batch]
+            if hold is None:
+                write(batcher.add(images, keys))
+            else:
+                hold.start()
+                done = batcher.add(images, keys, route=hold.tau)
+                _tell(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
+                write(done)
+        if hold is None:
+            write(batcher.finish())
+        elif batcher.batches:
+            hold.start()
+            done = batcher.finish()
+            _tell(hold, done, [], first=False)
+            write(done)
 
     if not lines:
         raise DynamicDetError(f"no readable images among {len(paths)} files "
@@ -241,7 +273,14 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                           n_detections=n_det,
                           latency_ms=latency, batch_size=batch_size, out_dir=out_dir, written=written,
                           renders=renders, calibration=calibration,
-                          warm_routes=tuple(r for r in totals if warm[r][1] and not totals[r][1]))
+                          warm_routes=tuple(r for r in totals if warm[r][1] and not totals[r][1]),
+                          image_ms=image_ms, hold=None if hold is None else hold.report())
+
+
+def _tell(hold: LatencyHold, done: list[Done], scores: list[float], first: bool) -> None:
+    """Hand the controller the batch it timed: the scores routed, the images finished."""
+    n_hard = sum(d.detection["route"] == "hard" for d in done)
+    hold.update(scores, len(done) - n_hard, n_hard, warmup=first or any(d.warmup for d in done))
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -262,10 +301,29 @@ def summary_table(summary: PredictSummary) -> Table:
         table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
                       f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
                       f"{100 * gap[1]:+.0f}%" + (f" ({' and '.join(summary.warm_routes)} route: warm-up included)" if summary.warm_routes else ""))
+    if summary.hold is not None:
+        for what, value in hold_rows(summary.hold):
+            table.add_row(what, value)
     table.add_row("detections", str(summary.n_detections))
     table.add_row("written", escape(str(summary.out_dir))
                   + (f" ({len(summary.renders)} renders in render/)" if summary.renders else ""))
     return table
+
+
+def hold_rows(report: HoldReport) -> list[tuple[str, str]]:
+    """The summary's lines on a held target: what it achieved, and how far tau moved."""
+    if report.achieved_ms is None:
+        achieved = "no timed batch without warm-up: too few images to say"
+    else:
+        achieved = (f"{report.achieved_ms:.1f} ms/image over the stream ({100 * report.gap:+.1f}%), "
+                    f"{report.window_ms:.1f} over its last {report.window_images} images")
+    return [
+        ("held target", f"{report.target_ms:.1f} ms/image: {achieved}"),
+        ("held share", f"{100 * report.hard_share:.1f}% hard; tau {report.tau_start:.4f} -> {report.tau_end:.4f} "
+                       f"(moved within {report.tau_min:.4f}-{report.tau_max:.4f})"),
+        ("route costs", f"easy {report.easy_ms:.2f}, hard {report.hard_ms:.2f} ms/image as last measured "
+                        f"(calibrated {report.calibrated_easy_ms:.2f}, {report.calibrated_hard_ms:.2f})"),
+    ]
 
 
 # -- reading ------------------------------------------------------------------------------

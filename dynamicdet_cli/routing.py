@@ -5,12 +5,16 @@ this run is in: device, batch size, input size, threads, dtype), --hard-ratio K,
 --threshold TAU, --point NAME (a stored operating point). With none: the operating point
 named "default" if stored, else the only stored point, else the hard route when no router
 is trained, else 50% hard.
+
+--speed held (hold_target) holds a latency target online from there: the target of --latency,
+or of the point chosen, which must have been calibrated with one.
 """
 
 from __future__ import annotations
 
 from dynamicdet_cli.calibrate import target_latency_ms
 from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.hold import LatencyHold
 from dynamicdet_cli.latency import operating_point
 from dynamicdet_cli.regime import Regime, find_latency, missing_latency
 
@@ -66,3 +70,33 @@ def _regime_note(point: dict, regime: Regime | None) -> str:
     calibrated = Regime.of_record(point).describe() if "device" in point else "an unrecorded regime"
     return (f"; its {point['target_ms']:.1f} ms target was calibrated for {calibrated}, not this run's "
             f"{regime.describe()}, so the target is not promised here")
+
+
+def hold_target(ckpt: dict, route, *, latency: str | None = None, hard_ratio: float | None = None,
+                threshold: float | None = None, point: str | None = None, regime: Regime,
+                checkpoint: str = "MODEL") -> LatencyHold:
+    """The controller that holds the run's latency target, starting at `route` (the tau
+    resolve_route chose with the same options) and at the route costs stored for `regime`.
+
+    The target is --latency's, or else the chosen stored point's (`point`, or the point
+    resolve_route falls back on). A route with no target (--hard-ratio, --threshold, easy,
+    hard, a point stored without one), or no measurement of this regime, is a one-line error.
+    """
+    no_target = DynamicDetError("--speed held holds a latency target: give --latency (e.g. 40ms or 50%), or a "
+                                "--point that calibrate stored with --latency")
+    if hard_ratio is not None or threshold is not None:
+        raise no_target
+    measured = find_latency(ckpt, regime)
+    if measured is None:
+        raise DynamicDetError(missing_latency(ckpt, regime, checkpoint))
+    if latency is not None:
+        target = target_latency_ms(latency, measured["easy_ms"], measured["hard_ms"])
+    else:
+        points = ckpt["operating_points"]
+        name = point if point is not None else "default" if "default" in points else \
+            next(iter(points)) if len(points) == 1 else None
+        target = points[name].get("target_ms") if name in points else None
+    if target is None or isinstance(route, str):
+        raise no_target
+    return LatencyHold(target, measured["easy_ms"], measured["hard_ms"], float(route),
+                       curve=measured.get("curve_ms"))

@@ -369,3 +369,27 @@ def test_evaluate_an_unknown_point_is_refused(calibrated, data, tmp_path):
 def test_two_route_options_are_refused(calibrated, data, tmp_path):
     one_error_line(cli("evaluate", calibrated, "--data", data / "data.yaml", "--point", "half",
                        "--hard-ratio", 0.3, "--out", tmp_path, "--no-progress"), "at most one")
+
+
+def test_predict_holds_a_latency_target_with_speed_held(calibrated, data, tmp_path, fixed_latency):
+    """--speed held starts at the calibrated point and reports what it held; it needs a
+    latency target, and an unreachable one keeps calibrate's one-line message."""
+    model = copy_of(calibrated, tmp_path)
+    ok(cli("calibrate", model, "--threads", 1, "--latency", "15ms", "--name", "mid"))  # times: (10, 20)
+    base = ["predict", data / "val", "--checkpoint", model, "--threads", 1, "--no-progress", "--no-render"]
+    out = ok(cli(*base, "--latency", "15ms", "--speed", "held", "--out", tmp_path / "held"))
+    assert "route: target 15.0 ms" in out and "held at 15.0 ms/image" in out
+    assert re.search(r"held target 15\.0 ms/image: ", out), out
+    assert re.search(r"held share \d+\.\d% hard; tau \d\.\d{4} -> \d\.\d{4}", out), out
+    assert len((tmp_path / "held" / "predictions.jsonl").read_text().splitlines()) == N_VAL
+    out = ok(cli(*base, "--point", "mid", "--speed", "held", "--out", tmp_path / "held2"))
+    assert "held at 15.0 ms/image" in out  # the point's stored target
+    out = ok(cli(*base, "--point", "mid", "--out", tmp_path / "fixed"))  # --speed fixed by default
+    assert "held" not in out
+    one_error_line(cli(*base, "--latency", "25ms", "--speed", "held", "--out", tmp_path / "x"),
+                   "cannot be met: achievable range is 10.0-20.0 ms")
+    for route in (["--hard-ratio", 0.5], ["--point", "half"], ["--point", "easy"]):
+        one_error_line(cli(*base, *route, "--speed", "held", "--out", tmp_path / "x"),
+                       "--speed held holds a latency target")
+    one_error_line(cli(*base, "--latency", "15ms", "--speed", "steady", "--out", tmp_path / "x"), "--speed")
+    assert not (tmp_path / "x").exists()

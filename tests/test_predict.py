@@ -263,3 +263,81 @@ def test_the_first_batch_is_left_out_of_the_latency_when_later_ones_ran(model, t
     assert len(calls) == 3 and summary.n_images == 3
     assert summary.latency_ms["easy"] < 600  # the two later batches only; with the first, >= 667 ms
     assert not summary.warm_routes
+
+
+def _phi_of(model, arrays) -> list[float]:
+    with torch.inference_mode():
+        return [float(model.detect([F.to_dtype(torch.from_numpy(a).permute(2, 0, 1), torch.float32, scale=True)],
+                                   route="easy")[0]["difficulty"]) for a in arrays]
+
+
+@pytest.fixture
+def sixteen(model, tmp_path):
+    """16 images of spread difficulty, their paths and the median of their phi."""
+    arrays = [_noise(48, 48, 40 + i) // (1 + i % 5) for i in range(16)]
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(tmp_path / f"s{i:02d}.png")
+        Image.fromarray(a).save(paths[-1])
+    phi = sorted(_phi_of(model, arrays))
+    assert phi[7] < phi[8], "the images need different difficulties for this test"
+    return paths, (phi[7] + phi[8]) / 2
+
+
+def test_the_fixed_threshold_routes_exactly_by_phi_over_tau(model, sixteen, tmp_path):
+    """Without a held target every image is routed at the one tau (today's behaviour): the
+    routes are phi > tau image by image, the same on a second run and regrouped or not."""
+    paths, tau = sixteen
+    runs = []
+    for i, regroup in enumerate((True, True, False)):
+        _run(model, paths, tmp_path / f"out{i}", route=tau, batch_size=4, render=False, regroup=regroup)
+        runs.append([json.loads(line) for line in (tmp_path / f"out{i}" / "predictions.jsonl").read_text().splitlines()])
+    routes = [[line["route"] for line in lines] for lines in runs]
+    assert routes[0] == ["hard" if line["difficulty"] > tau else "easy" for line in runs[0]]
+    assert routes[0].count("hard") == 8
+    assert routes[0] == routes[1] == routes[2]
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_held_target_sends_fewer_images_hard_when_the_hard_route_grows_dearer(model, sixteen, tmp_path):
+    """Calibrated at 10 / 20 ms per image, the run's fake clock charges 10 ms per image for
+    backbone 1 and 30 more for backbone 2: the hard route now costs 40 ms. Held at 15 ms, the
+    controller starts at the calibrated tau (half hard) and sends fewer images hard than the
+    fixed threshold's 8 of 16; the summary reports the held run."""
+    from dynamicdet_cli.hold import LatencyHold
+
+    paths, tau = sixteen
+    clock = _FakeClock()
+
+    def charge(ms):
+        def hook(_module, args, _output):
+            clock.now += ms / 1000.0 * args[0].shape[0]  # per image in the call
+        return hook
+
+    handles = [model.backbone1.register_forward_hook(charge(10.0)), model.backbone2.register_forward_hook(charge(30.0))]
+    try:
+        hold = LatencyHold(15.0, 10.0, 20.0, tau, clock=clock)
+        summary = _run(model, paths, tmp_path / "held", route=tau, batch_size=2, render=False, regroup=False, hold=hold)
+    finally:
+        for handle in handles:
+            handle.remove()
+    lines = [json.loads(line) for line in (tmp_path / "held" / "predictions.jsonl").read_text().splitlines()]
+    assert summary.n_hard == sum(line["route"] == "hard" for line in lines) < 8
+    report = summary.hold
+    assert report is not None and report.target_ms == 15.0 and report.tau_start == tau
+    assert report.tau_end > tau and 0.0 <= report.tau_min <= report.tau_max <= 1.0
+    assert report.hard_share == summary.n_hard / 16
+    # batches with warm-up are left out: the first, and the one holding the hard route's first call
+    assert 12 <= report.images <= len(summary.image_ms) <= 14
+    assert report.hard_ms > 20.0  # it measured the dearer hard route
+    rendered = Console(width=300, record=True)
+    rendered.print(summary_table(summary))
+    text = rendered.export_text()
+    assert "held target" in text and f"tau {tau:.4f} -> {report.tau_end:.4f}" in text

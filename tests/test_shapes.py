@@ -121,3 +121,37 @@ def test_written_masks_lie_in_their_boxes_and_are_the_rendered_ones(tmp_path):
             outside = mask.copy()
             outside[y:y + h, x:x + w] = False
             assert mask.any() and not outside.any()
+
+
+def test_a_val_split_can_follow_a_range_or_drift_from_easy_to_hard(tmp_path):
+    """--val-difficulty: a range keeps every val image's d inside it, drift makes d rise along
+    the file order; the train split and each image's other random draws are unchanged."""
+    from dynamicdet_cli.data.shapes import parse_difficulty
+
+    plain = tmp_path / "plain"
+    make_shapes(plain, n_train=2, n_val=12, size=48, seed=1)
+    plain_d = [im["difficulty"] for im in json.loads((plain / "val.json").read_text())["images"]]
+    for spec, check in (("0.6-1", lambda ds: all(0.6 <= d <= 1.0 for d in ds)),
+                        ("drift", lambda ds: ds == sorted(ds) and ds[0] < 1 / 12 and ds[-1] > 11 / 12),
+                        ("drift:0.2-0.5", lambda ds: ds == sorted(ds) and all(0.2 <= d <= 0.5 for d in ds))):
+        out = tmp_path / spec.replace(":", "_")
+        make_shapes(out, n_train=2, n_val=12, size=48, seed=1, val_difficulty=parse_difficulty(spec))
+        ds = [im["difficulty"] for im in json.loads((out / "val.json").read_text())["images"]]
+        assert check(ds), (spec, ds)
+        assert ds != plain_d
+        assert _files(out)["train.json"] == _files(plain)["train.json"]
+        assert (out / "train" / "000001.png").read_bytes() == (plain / "train" / "000001.png").read_bytes()
+    assert sorted(plain_d) != plain_d  # the default split does not drift
+
+
+@pytest.mark.parametrize("spec", ["hard", "1-0", "0.5", "0.2-1.5", "drift:0.3"])
+def test_make_shapes_refuses_a_bad_difficulty_in_one_line(tmp_path, spec):
+    from typer.testing import CliRunner
+
+    from dynamicdet_cli.cli import typer_app
+    from helpers import one_error_line
+
+    result = CliRunner().invoke(typer_app, ["make-shapes", str(tmp_path / "d"), "--train", "1", "--val", "2",
+                                            "--size", "32", "--val-difficulty", spec])
+    one_error_line(result, f"difficulty {spec!r}", "drift")
+    assert not (tmp_path / "d").exists()

@@ -7,6 +7,10 @@ Each image draws a difficulty d ~ U(0, 1) (stored as the extra COCO image field
   d -> 1: up to 15 small shapes (down to 8 px at 128 px), low contrast, overlaps,
           faint clutter (lines, arcs, thin ellipses that belong to no class), Gaussian noise.
 
+A split can be written unlike the others (`difficulty`, see parse_difficulty): every image's d
+drawn from a narrower range (a stream of hard-ish images), or d rising from easy to hard along
+the file order (a stream that drifts), to feed a detector a stream unlike its validation set.
+
 So a small detector handles the easy images and a twice-as-deep one pays off on the hard
 ones, which is the situation DynamicDet's router learns to tell apart.
 
@@ -24,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +45,41 @@ PARALLEL_FROM = 256  # splits this large are drawn by one process per core (up t
 MAX_WORKERS = 8
 
 
+@dataclass(frozen=True)
+class Difficulty:
+    """How a split's difficulties are drawn: d in [low, high]; with `drift`, image i of n draws
+    d in the i-th of n equal slices of that range, so d rises along the file order."""
+
+    low: float = 0.0
+    high: float = 1.0
+    drift: bool = False
+
+    def of(self, u: float, i: int, n: int) -> float:
+        """Image i's difficulty from its uniform draw u in [0, 1)."""
+        t = (i + u) / n if self.drift else u
+        return self.low + (self.high - self.low) * t
+
+
+def parse_difficulty(text: str) -> Difficulty:
+    """'0.6-1' (every image's d in [0.6, 1]), 'drift' (d rising from 0 to 1 along the file
+    order) or 'drift:0.2-0.9' (rising from 0.2 to 0.9)."""
+    spec = str(text).strip().lower()
+    drift = spec == "drift" or spec.startswith("drift:")
+    bounds = spec.removeprefix("drift").removeprefix(":") if drift else spec
+    if drift and not bounds:
+        return Difficulty(drift=True)
+    try:
+        low, high = (float(v) for v in bounds.split("-"))
+    except ValueError:
+        low = high = math.nan
+    if not 0.0 <= low <= high <= 1.0:
+        raise DynamicDetError(f"difficulty {text!r}: write a range LOW-HIGH within 0-1 (e.g. 0.6-1), 'drift' "
+                              "(easy to hard along the file order) or 'drift:LOW-HIGH'")
+    return Difficulty(low, high, drift)
+
+
 def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 128, seed: int = 0,
-                n_router: int = 0, force: bool = False) -> Path:
+                n_router: int = 0, force: bool = False, val_difficulty: Difficulty | None = None) -> Path:
     """Write the shapes dataset under `out` and return the path of its data YAML.
 
     Layout: out/train/NNNNNN.png, out/val/NNNNNN.png, out/train.json, out/val.json (COCO:
@@ -54,6 +92,10 @@ def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 12
     A folder that is not empty is refused (its images and annotations would disagree once
     some are replaced); with `force`, what an earlier make-shapes wrote there (train/, val/,
     router/, their JSON files, data.yaml) is removed first and other files are left alone.
+
+    `val_difficulty`: how the val split's difficulties are drawn (Difficulty); None: uniform
+    in [0, 1] like the other splits. Each image draws the same random numbers either way, so
+    only its difficulty changes; train and router are not affected.
     """
     if n_train < 1 or n_val < 0 or n_router < 0:
         raise DynamicDetError(f"need n_train >= 1, n_val >= 0 and n_router >= 0, got {n_train}, {n_val}, {n_router}")
@@ -67,7 +109,7 @@ def make_shapes(out: Path, n_train: int = 2048, n_val: int = 512, size: int = 12
         if n == 0:
             continue
         (out / split).mkdir(parents=True, exist_ok=True)
-        coco = _make_split(out / split, n, size, seed, stream)
+        coco = _make_split(out / split, n, size, seed, stream, val_difficulty if split == "val" else None)
         write_text(out / f"{split}.json", json.dumps(coco, indent=1))
         config.update({f"{split}_ann": f"{split}.json", f"{split}_images": split})
     path = out / "data.yaml"
@@ -94,8 +136,9 @@ def _prepare(out: Path, force: bool) -> None:
             target.unlink()
 
 
-def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int) -> dict:
-    jobs = [(folder, size, seed, split_index, i) for i in range(n)]
+def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int,
+                difficulty: Difficulty | None = None) -> dict:
+    jobs = [(folder, size, seed, split_index, i, n, difficulty) for i in range(n)]
     workers = min(_usable_cores(), MAX_WORKERS) if n >= PARALLEL_FROM else 1
     if workers > 1:
         # Each image depends only on (seed, split, index): drawing them in parallel processes
@@ -128,9 +171,11 @@ def _usable_cores() -> int:
 def _draw_and_save(job: tuple) -> tuple[float, list]:
     """Draw image `i` of a split, save it as NNNNNN.png in `folder`; return (d, objects), each
     object (class index, box, visible area, COCO RLE of its visible mask)."""
-    folder, size, seed, split_index, i = job
+    folder, size, seed, split_index, i, n, difficulty = job
     rng = np.random.default_rng([seed, split_index, i])  # one generator per image
     d = float(rng.uniform())
+    if difficulty is not None:
+        d = difficulty.of(d, i, n)
     pixels, objects = render_image(rng, d, size)
     Image.fromarray(pixels).save(folder / f"{i:06d}.png", compress_level=1)
     return d, [(cls, box, area, encode_mask(mask)) for cls, box, area, mask in objects]

@@ -154,6 +154,7 @@ class RouteBatcher:
         self.waiting: dict[tuple[str, tuple[int, ...]], list[_Waiting]] = {}  # (route, shape) -> parts
         self.calls = {"easy": 0, "hard": 0}
         self.batches = 0
+        self.last_phi: Tensor | None = None  # B: the router scores of the latest input batch
 
     def add(self, images: list[Tensor], keys: Iterable[Hashable], route=None) -> list[Done]:
         """Route `images` (keys: one per image) and run every route that has a full batch.
@@ -171,6 +172,7 @@ class RouteBatcher:
         feats1 = model.backbone1(image_list.tensors)
         phi = model.difficulty(feats1, image_list)
         routed = model.split_by_route(phi, self.route if route is None else route)
+        self.last_phi = phi
         batch = _Waiting(keys, image_list.tensors, feats1, list(image_list.image_sizes), original_sizes, phi,
                          [0.0] * len(images), [self.batches == 0] * len(images))
         shape = tuple(image_list.tensors.shape[-2:])
