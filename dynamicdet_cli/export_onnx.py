@@ -48,6 +48,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.model.detector import DynamicDetector
+from dynamicdet_cli.model.yolo_head import YOLOHead
 
 OPSET = 17
 STAGES = (1, 2, 3, 4)
@@ -206,7 +207,7 @@ def export_onnx(model: DynamicDetector, out_dir: Path, example: Tensor) -> dict[
     all_feats = [f"f1_{s}" for s in STAGES]
     sizes = ["image_size", "original_size"]
     per_detection = {n: {0: "detections"} for n in DETECTION_OUTPUTS}
-    yolo = hasattr(model.head1, "dense")  # the yolo family: batch-free route graphs, NMS outside
+    yolo = isinstance(model.head1, YOLOHead)  # batch-free route graphs, NMS outside
     if yolo:
         dense_axes = {"boxes": {0: "batch", 1: "points"}, "scores": {0: "batch", 1: "points"}}
         per_detection = dense_axes

@@ -5,8 +5,9 @@ graphs with symbolic shapes, which the YOLO graphs allow (no per-image Python lo
 NMS); torchvision's two-stage and FCOS/RetinaNet heads filter proposals image by image and do
 not export this way.
 
-    backbone1_router.pt2   images B,3,H,W -> phi B, f1_1..f1_4 (backbone 1's stage outputs)
-    easy.pt2               f1_1..f1_4 -> boxes B,A,4, scores B,A,C (detector 1)
+    backbone1_router.pt2   images B,3,H,W, image_size int64 2 (the resized size before padding)
+                           -> phi B, f1_1..f1_4 (backbone 1's stage outputs)
+    easy.pt2               f1_<l> for detector 1's stages -> boxes B,A,4, scores B,A,C
     hard.pt2               images, f1_1..f1_4 -> boxes B,A,4, scores B,A,C (composite,
                            backbone 2, detector 2)
 
@@ -28,7 +29,6 @@ from torch.export import Dim
 
 from dynamicdet_cli.atomic import atomic_path
 from dynamicdet_cli.model.detector import DynamicDetector
-from dynamicdet_cli.model.router import pool_features
 
 STAGES = (1, 2, 3, 4)
 MAX_SIDE = 4096
@@ -36,24 +36,36 @@ PT2_FILES = {"backbone1_router": "backbone1_router.pt2", "easy": "easy.pt2", "ha
 
 
 class Backbone1RouterProgram(nn.Module):
+    """Backbone 1 and the router, which pools each stage over the images' region without the
+    padding (as pool_features does for a batch of one size), through a mask: slicing to a size
+    read from a tensor would make the program's shapes depend on data."""
+
     def __init__(self, model: DynamicDetector):
         super().__init__()
         self.backbone1, self.router, self.router_stages = model.backbone1, model.router, list(model.router_stages)
 
-    def forward(self, images: Tensor):
+    def forward(self, images: Tensor, image_size: Tensor):
         feats = self.backbone1(images)
-        return (self.router(pool_features(feats, self.router_stages)), *[feats[s] for s in STAGES])
+        pooled = []
+        for s in self.router_stages:
+            f = feats[s]  # B,C,h,w
+            stride = 2 ** (s + 1)
+            rows = (torch.arange(f.shape[-2], device=f.device) * stride < image_size[0]).to(f.dtype)  # ceil(h / stride) rows
+            cols = (torch.arange(f.shape[-1], device=f.device) * stride < image_size[1]).to(f.dtype)
+            mask = rows[:, None] * cols[None, :]
+            pooled.append((f * mask).sum(dim=(-2, -1)) / mask.sum())
+        return (self.router(torch.cat(pooled, dim=1)), *[feats[s] for s in STAGES])
 
 
 class EasyProgram(nn.Module):
-    """Detector 1 on backbone 1's features (it reads no pixels)."""
+    """Detector 1 on the backbone-1 stages its head reads (it reads no pixels)."""
 
     def __init__(self, model: DynamicDetector):
         super().__init__()
         self.head = model.head1
 
-    def forward(self, f1_1: Tensor, f1_2: Tensor, f1_3: Tensor, f1_4: Tensor):
-        out = self.head.dense(f1_1, dict(zip(STAGES, (f1_1, f1_2, f1_3, f1_4))))  # dense reads no pixels
+    def forward(self, *f1: Tensor):
+        out = self.head.dense(None, dict(zip(self.head.stages, f1)))
         return out.boxes, out.cls.sigmoid()
 
 
@@ -89,16 +101,22 @@ def export_pt2(model: DynamicDetector, out_dir: Path, example: Tensor) -> dict[s
     Returns program name -> dict(file, inputs, outputs, batch), for the export's JSON.
     """
     model = model.eval()
-    images = model.prepare([example, example])[0].tensors  # B = 2: a batch of 1 would be specialised
+    prepared = model.prepare([example, example])[0]  # B = 2: a batch of 1 would be specialised
+    images = prepared.tensors
     if min(images.shape[-2:]) < 64:
         images = torch.nn.functional.pad(images, (0, max(0, 64 - images.shape[-1]), 0, max(0, 64 - images.shape[-2])))
+    image_size = torch.tensor(prepared.image_sizes[0])
     image_dims, stage_dims = _shapes()
     graph1 = Backbone1RouterProgram(model).eval()
-    phi, *f1 = graph1(images)
+    phi, *f1 = graph1(images, image_size)
     f1_names = [f"f1_{s}" for s in STAGES]
+    head_stages = [STAGES.index(s) for s in model.head1.stages]
     specs = {
-        "backbone1_router": (graph1, (images,), (image_dims,), ["images"], ["phi", *f1_names]),
-        "easy": (EasyProgram(model).eval(), tuple(f1), tuple(stage_dims), f1_names, ["boxes", "scores"]),
+        "backbone1_router": (graph1, (images, image_size), (image_dims, None), ["images", "image_size"],
+                             ["phi", *f1_names]),
+        "easy": (EasyProgram(model).eval(), tuple(f1[i] for i in head_stages),
+                 (tuple(stage_dims[i] for i in head_stages),),  # one entry: forward's *f1
+                 [f1_names[i] for i in head_stages], ["boxes", "scores"]),
         "hard": (HardProgram(model).eval(), (images, *f1), (image_dims, *stage_dims), ["images", *f1_names],
                  ["boxes", "scores"]),
     }

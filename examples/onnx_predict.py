@@ -120,7 +120,10 @@ class DynamicDetONNX:
                         mine = [i for i in range(len(chunk)) if (float(shared["phi"][i]) > tau) == (route == "hard")]
                         if mine:
                             for i, (boxes, labels, scores) in zip(mine, self.yolo_route(route, shared, mine, shape[-2:])):
-                                results[chunk[i]] = {"boxes": boxes, "labels": labels, "scores": scores,
+                                k = chunk[i]
+                                if shape[-2:] != sizes[k]:  # padded by _fit: the boxes back inside the image
+                                    boxes = np.minimum(boxes, np.asarray([sizes[k][1], sizes[k][0]] * 2, dtype=boxes.dtype))
+                                results[k] = {"boxes": boxes, "labels": labels, "scores": scores,
                                                      "difficulty": float(shared["phi"][i]), "route": route}
                     continue
                 for i, k in enumerate(chunk):

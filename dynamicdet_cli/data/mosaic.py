@@ -1,6 +1,6 @@
 """Mosaic augmentation: four training images in the quadrants around a random centre.
 
-    canvas   the first image's longer side S, square, mid-gray
+    canvas   the longest side S of the four images, square, mid-gray
     centre   (cx, cy) uniform in [S/4, 3S/4]
     image k  resized so its longer side is S/2, its corner at the centre: image 0 above-left,
              1 above-right, 2 below-left, 3 below-right; what falls outside its quadrant is cut
@@ -49,7 +49,7 @@ class Mosaic(Dataset):
 def mosaic(samples: list[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[float, float]):
     """Four (image, target) samples as one (see the module docstring); centre as fractions of S."""
     image0 = samples[0][0]
-    side = max(image0.shape[-2:])
+    side = max(max(image.shape[-2:]) for image, _ in samples)
     cx, cy = int(centre[0] * side), int(centre[1] * side)
     canvas = torch.full((3, side, side), _FILL, dtype=image0.dtype)
     has_masks = all("masks" in t for _, t in samples)

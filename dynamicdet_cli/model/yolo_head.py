@@ -84,9 +84,14 @@ class PANNeck(nn.Module):
 
 
 class DecoupledHead(nn.Module):
-    """Per level: class logits B,C,H,W and distance-bin logits B,4*reg_max,H,W, from two branches."""
+    """Per level: class logits B,C,H,W and distance-bin logits B,4*reg_max,H,W, from two branches.
 
-    def __init__(self, channels: list[int], num_classes: int, reg_max: int, prior: float = 0.01):
+    Branch widths as the YOLOv8 architecture description gives them (box: max(16, c/4,
+    4 x reg_max); class: max(c, min(C, 100)), c the finest level's channels). priors: each
+    level's starting class probability (see `level_priors`).
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, reg_max: int, priors: list[float]):
         super().__init__()
         box_width = max(16, channels[0] // 4, 4 * reg_max)
         cls_width = max(channels[0], min(num_classes, 100))
@@ -94,13 +99,22 @@ class DecoupledHead(nn.Module):
                                                nn.Conv2d(box_width, 4 * reg_max, 1)) for c in channels)
         self.cls = nn.ModuleList(nn.Sequential(conv(c, cls_width, 3), conv(cls_width, cls_width, 3),
                                                nn.Conv2d(cls_width, num_classes, 1)) for c in channels)
-        for branch in self.cls:  # every class starts at probability `prior` (RetinaNet's focal-loss prior)
+        for branch, prior in zip(self.cls, priors):
             nn.init.constant_(branch[-1].bias, -math.log((1 - prior) / prior))
         for branch in self.box:  # every bin alike: each side starts at the middle distance
             nn.init.zeros_(branch[-1].bias)
 
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         return [b(f) for b, f in zip(self.cls, feats)], [b(f) for b, f in zip(self.box, feats)]
+
+
+def level_priors(num_classes: int, strides: list[int], side: int, objects: float = 5.0) -> list[float]:
+    """Starting class probability per level: `objects` expected per image, spread over the
+    level's points and the classes (YOLOv5's bias init). The class loss is a BCE summed over
+    every point and class, so a flat 0.01 (RetinaNet's prior, made for the focal loss) would
+    start an empty 640 px image of 80 classes at a class loss of thousands against a box loss of
+    a few units; with this prior the sum over a level starts near `objects`."""
+    return [min(0.5, objects / num_classes / max(side / s, 1.0) ** 2) for s in strides]
 
 
 @dataclass
@@ -154,9 +168,9 @@ class YOLOHead(nn.Module):
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
 
-    def dense(self, images: Tensor, feats: dict[int, Tensor]) -> DenseOutputs:
-        """The raw outputs at every point. images: the padded batch B,3,H,W (not read: the
-        points follow from the levels' sizes and the stages' strides)."""
+    def dense(self, images: Tensor | None, feats: dict[int, Tensor]) -> DenseOutputs:
+        """The raw outputs at every point. images: the padded batch B,3,H,W, or None (not read:
+        the points follow from the levels' sizes and the stages' strides)."""
         levels = self.neck([feats[s] for s in self.stages])
         cls, box = self.head(levels)
         sizes = [tuple(f.shape[-2:]) for f in levels]
@@ -232,8 +246,9 @@ def build_yolo_head(in_channels: list[int], stages: list[int], num_classes: int,
     """
     y = cfg.yolo
     depth = scaled_depth(3, cfg.backbone.depth_multiple)
+    priors = level_priors(num_classes, [2 ** (s + 1) for s in stages], cfg.transform.max_size)
     return YOLOHead(
-        PANNeck(list(in_channels), depth), DecoupledHead(list(in_channels), num_classes, y.reg_max), stages,
+        PANNeck(list(in_channels), depth), DecoupledHead(list(in_channels), num_classes, y.reg_max, priors), stages,
         num_classes, y.reg_max, TaskAlignedAssigner(y.assign_topk, y.assign_alpha, y.assign_beta),
         (y.cls_gain, y.box_gain, y.dfl_gain), y.score_thresh, y.nms_thresh, y.detections_per_img,
         y.topk_candidates)

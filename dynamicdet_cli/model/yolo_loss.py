@@ -39,9 +39,11 @@ ASSIGN_BUDGET = 1 << 23  # boxes x points x images held at once by the assigner 
 # ----------------------------------------------------------------------------- distances <-> boxes
 
 def decode_distances(logits: Tensor, reg_max: int) -> Tensor:
-    """Expected distance per side from the bins' softmax. ...,4*reg_max -> ...,4 (stride units)."""
-    probs = logits.unflatten(-1, (4, reg_max)).softmax(-1)
-    return probs @ torch.arange(reg_max, dtype=probs.dtype, device=probs.device)
+    """Expected distance per side from the bins' softmax. ...,4*reg_max -> ...,4 (stride units),
+    float32 whatever the autocast dtype (a product and a sum, which autocast leaves in float32;
+    a matmul would run in bfloat16 and miss by a pixel at stride 32)."""
+    probs = logits.float().unflatten(-1, (4, reg_max)).softmax(-1)
+    return (probs * torch.arange(reg_max, dtype=torch.float32, device=probs.device)).sum(-1)
 
 
 def distances_to_boxes(dist: Tensor, points: Tensor, strides: Tensor) -> Tensor:
@@ -62,8 +64,10 @@ def dfl_loss(logits: Tensor, target: Tensor) -> Tensor:
     logits = logits.reshape(-1, target.shape[-1], logits.shape[-1] // target.shape[-1])  # N,4,R
     left = target.floor().long()
     w_right = target - left
-    ce = lambda index: F.cross_entropy(logits.transpose(1, 2), index, reduction="none")  # N,4  # noqa: E731
-    return (ce(left) * (1 - w_right) + ce(left + 1) * w_right).mean(-1)
+    log_probs = logits.log_softmax(-1)  # N,4,R
+    nll_left = -log_probs.gather(-1, left[..., None]).squeeze(-1)  # N,4
+    nll_right = -log_probs.gather(-1, (left + 1)[..., None]).squeeze(-1)
+    return (nll_left * (1 - w_right) + nll_right * w_right).mean(-1)
 
 
 # ----------------------------------------------------------------------------- assignment
