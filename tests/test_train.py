@@ -370,3 +370,25 @@ def test_router_holdout_option_reaches_the_recipe(data, tmp_path):
     assert result.exit_code == 0, result.output
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["recipe"]["train"]["router_holdout"] == 0.5 and len(ckpt["training"]["router_image_ids"]) == 2
+
+
+def test_resume_restores_the_weight_average(data, tmp_path):
+    """With train.ema_decay, an interrupted run resumed ends with the average an uninterrupted
+    run ends with (saved in last.pt), and that average is not the last step's weights."""
+    sets = ("train.epochs=2", "train.ema_decay=0.9", "train.ema_ramp=0.5")
+    straight = train_detectors(recipe(*sets), train_set(data), None, tmp_path / "straight", show_progress=False)
+    assert straight.complete
+    stopped = train_detectors(recipe(*sets), train_set(data), None, tmp_path / "resumed", max_steps=3,
+                              show_progress=False)
+    assert not stopped.complete and stopped.epochs == 1
+    resumed = train_detectors(recipe(*sets), train_set(data), None, tmp_path / "resumed", resume=True,
+                              show_progress=False)
+    assert resumed.complete and resumed.epochs == 2
+    want = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["detector"]
+    got = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["detector"]
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    state = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 4
+    key = next(k for k, v in state["model"].items() if v.is_floating_point() and "weight" in k)
+    assert not torch.equal(state["model"][key], want[key])  # last.pt holds the average, not the weights
