@@ -23,8 +23,7 @@ targets are made of) does not depend on its batch-mates.
 Memory: the assignment holds a few boxes x points tensors per image (booleans and floats, never
 boxes x points x 4), for as many images at once as keep them under ASSIGN_BUDGET elements, one
 image at least: one image's tensors are not split (500 boxes at 640 px are 4.2 M elements each;
-a training step of the s recipe at batch 8 peaked no higher with 500 boxes per image than with
-10, bench/bench_yolo.py).
+README gives a training step's memory with 500 boxes per image, from bench/bench_yolo.py).
 """
 
 from __future__ import annotations
