@@ -211,11 +211,16 @@ def test_positives_lie_in_their_box_are_at_most_topk_and_scores_are_bounded():
     assert (got.scores[got.fg] > 0).any()
 
 
-def test_batched_assignment_equals_per_image_and_chunked():
-    scores, pred, points, strides, gt, labels, valid = _scene()
+@pytest.mark.parametrize("budget", [1, 84 * 2, 84 * 3 * 2])
+def test_batched_assignment_equals_per_image_and_chunked(budget):
+    """budget 1: one image at a time, each box in its own slice; 2 x 84 (the scene's points):
+    one image, two boxes a slice; 6 x 84: three images of two boxes, or one of all four."""
+    scores, pred, points, strides, gt, labels, valid = _scene(n=5)
+    # two boxes on one another: a point positive for both keeps the one it overlaps most, across slices too
+    gt[:, 1] = gt[:, 0] + torch.tensor([1.0, 1.0, 2.0, 2.0])
     assigner = TaskAlignedAssigner(topk=5)
     batched = _assign(assigner, scores, pred, points, strides, gt, labels, valid)
-    chunked = _assign(TaskAlignedAssigner(topk=5, budget=1), scores, pred, points, strides, gt, labels, valid)
+    chunked = _assign(TaskAlignedAssigner(topk=5, budget=budget), scores, pred, points, strides, gt, labels, valid)
     for i in range(gt.shape[0]):
         n = int(valid[i].sum())
         alone = _assign(assigner, scores[i:i + 1], pred[i:i + 1], points, strides, gt[i:i + 1, :n],

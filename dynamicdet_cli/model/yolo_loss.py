@@ -21,9 +21,9 @@ A batch's loss is the mean of its images' losses, so an image's loss (what the r
 targets are made of) does not depend on its batch-mates.
 
 Memory: the assignment holds a few boxes x points tensors per image (booleans and floats, never
-boxes x points x 4), for as many images at once as keep them under ASSIGN_BUDGET elements, one
-image at least: one image's tensors are not split (500 boxes at 640 px are 4.2 M elements each;
-README gives a training step's memory with 500 boxes per image, from bench/bench_yolo.py).
+boxes x points x 4), for as many images at once as keep them under ASSIGN_BUDGET elements; an
+image over it on its own takes its boxes in slices (computing them twice: once to find each
+point's box, once for the target scores).
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class TaskAlignedAssigner:
     __call__(scores B,A,C (probabilities), pred_boxes B,A,4, points A,2, centre_index,
              gt_boxes B,n,4, gt_labels B,n (0-based), gt_valid B,n bool) -> Assignment
     centre_index(gt_boxes) -> B,n: the finest level's point whose cell holds each box's centre.
-    Images are assigned together, in chunks that keep B x n x A under `budget` elements; the
-    result does not depend on the chunking (each image's assignment is its own).
+    Images are assigned together, in chunks that keep B x n x A under `budget` elements, and an
+    image whose own n x A is over it takes its boxes in slices; the result does not depend on the
+    chunking (each image's assignment is its own, each box's candidates its own).
     """
 
     def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, budget: int = ASSIGN_BUDGET):
@@ -127,35 +128,56 @@ class TaskAlignedAssigner:
         return Assignment(*(torch.cat(field, dim=0) for field in zip(*(
             (p.fg, p.labels, p.boxes, p.scores) for p in parts))))
 
-    def _assign(self, scores, pred_boxes, points, centre_index, gt_boxes, gt_labels, gt_valid) -> Assignment:
-        b, n = gt_boxes.shape[:2]
+    def _positives(self, scores, pred_boxes, points, centre_index, gt_boxes, gt_labels, gt_valid):
+        """For boxes B,m: (positive B,m,A bool: each box's top-k candidates; iou B,m,A, 0 off the
+        candidates; metric B,m,A, the alignment)."""
         a = points.shape[0]
         px, py = points[:, 0], points[:, 1]
         x1, y1, x2, y2 = (c[:, :, None] for c in gt_boxes.unbind(-1))
-        candidate = (px > x1) & (px < x2) & (py > y1) & (py < y2)  # B,n,A bool
+        candidate = (px > x1) & (px < x2) & (py > y1) & (py < y2)  # B,m,A bool
         candidate.scatter_(2, centre_index[:, :, None], True)
         candidate &= gt_valid[:, :, None]
         # each box's class score at every point, and the predicted box's overlap with it
-        score = scores.float().transpose(1, 2).gather(1, gt_labels[:, :, None].expand(-1, -1, a))  # B,n,A
+        score = scores.float().transpose(1, 2).gather(1, gt_labels[:, :, None].expand(-1, -1, a))  # B,m,A
         iou = _pairwise_iou(gt_boxes.float(), pred_boxes.float()) * candidate
-        metric = score.pow(self.alpha) * iou.pow(self.beta)  # B,n,A
+        metric = score.pow(self.alpha) * iou.pow(self.beta)  # B,m,A
         del score
         # top-k candidates per box; non-candidates rank below every candidate, even a 0-metric one
         k = min(self.topk, a)
-        top = metric.masked_fill(~candidate, -1.0).topk(k, dim=-1).indices  # B,n,k
+        top = metric.masked_fill(~candidate, -1.0).topk(k, dim=-1).indices  # B,m,k
         positive = torch.zeros_like(candidate).scatter_(2, top, True) & candidate
-        # a point positive for several boxes keeps the one it overlaps most
-        shared = positive.sum(1, keepdim=True) > 1  # B,1,A
-        if shared.any():
-            best = iou.masked_fill(~positive, -1.0).argmax(1, keepdim=True)  # B,1,A
-            keep = torch.zeros_like(positive).scatter_(1, best, True)
-            positive = torch.where(shared, keep & positive, positive)
-        fg = positive.any(1)  # B,A
-        which = positive.float().argmax(1)  # B,A: the assigned box (0 where background)
-        metric = metric * positive
-        iou = iou * positive
-        norm = metric.amax(-1, keepdim=True)  # B,n,1
-        quality = (metric * iou.amax(-1, keepdim=True) / (norm + 1e-9)).amax(1)  # B,A
+        return positive, iou, metric
+
+    def _assign(self, scores, pred_boxes, points, centre_index, gt_boxes, gt_labels, gt_valid) -> Assignment:
+        """Images B (a chunk) with boxes n, the boxes taken in slices that keep B x slice x A
+        under the budget: a first pass finds each point's box (of those it is positive for, the
+        one it overlaps most), a second the target scores; with one slice it is computed once."""
+        b, n = gt_boxes.shape[:2]
+        a = points.shape[0]
+        step = max(1, self.budget // max(b * a, 1))
+        slices = [slice(j, min(j + step, n)) for j in range(0, n, step)]
+
+        def positives(sl):
+            return self._positives(scores, pred_boxes, points, centre_index[:, sl], gt_boxes[:, sl],
+                                   gt_labels[:, sl], gt_valid[:, sl])
+
+        kept = positives(slices[0]) if len(slices) == 1 else None
+        best_iou = torch.full((b, a), -1.0, device=gt_boxes.device)
+        which = torch.zeros((b, a), dtype=torch.long, device=gt_boxes.device)  # the assigned box
+        for sl in slices:
+            positive, iou, _ = kept or positives(sl)
+            value, index = iou.masked_fill(~positive, -1.0).max(1)  # B,A: first box on ties
+            better = value > best_iou  # strictly: an earlier slice keeps a tie, as argmax would
+            best_iou = torch.where(better, value, best_iou)
+            which = torch.where(better, index + sl.start, which)
+        fg = best_iou >= 0  # positive for some box
+        quality = torch.zeros((b, a), device=gt_boxes.device)
+        for sl in slices:
+            positive, iou, metric = kept or positives(sl)
+            own = positive & (which[:, None, :] == torch.arange(sl.start, sl.stop, device=which.device)[None, :, None])
+            metric, iou = metric * own, iou * own
+            norm = metric.amax(-1, keepdim=True)  # B,m,1
+            quality = torch.maximum(quality, (metric * iou.amax(-1, keepdim=True) / (norm + 1e-9)).amax(1))
         rows = torch.arange(b, device=gt_boxes.device)[:, None]
         return Assignment(fg, gt_labels[rows, which], gt_boxes[rows, which], quality * fg)
 
