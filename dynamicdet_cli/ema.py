@@ -23,45 +23,34 @@ def ema_decay_at(step: float, decay: float, ramp: float, total_steps: int) -> fl
     return decay * (1.0 - math.exp(-step / max(ramp * total_steps, 1e-9)))
 
 
-class _Decay:
-    """The decay of the next update, from a step count kept on the host: reading AveragedModel's
-    own counter (a tensor on the model's device) would synchronise CUDA at every step."""
+class WeightAverage(AveragedModel):
+    """torch's AveragedModel of `model` (on its device) with the ramped decay above:
+    `update_parameters(model)` after every optimizer step; `.module` is the averaged model.
 
-    def __init__(self, decay: float, ramp: float, total_steps: int):
+    The decay is computed from a step count kept on the host: reading AveragedModel's own
+    counter (a tensor on the model's device) at every step would synchronise CUDA. The count is
+    read from that counter once, at the first update after construction or a state load."""
+
+    def __init__(self, model: nn.Module, decay: float, ramp: float, total_steps: int):
         self.decay, self.ramp, self.total_steps = decay, ramp, total_steps
-        self.step: int | None = None  # read once from the counter, on the first update
+        self.step: int | None = None
+        super().__init__(model, multi_avg_fn=self._update, use_buffers=True)
 
-    def __call__(self, n_averaged: torch.Tensor) -> float:
+    def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (BatchNorm's counters): copied
+            torch._foreach_copy_(averaged, current)
+            return
         if self.step is None:
             self.step = int(n_averaged)
-        return ema_decay_at(self.step, self.decay, self.ramp, self.total_steps)
-
-
-class WeightAverage(AveragedModel):
-    """torch's AveragedModel with the ramped decay above; `update_parameters(model)` after every
-    optimizer step; `.module` is the averaged model."""
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(self.step, self.decay, self.ramp, self.total_steps))
 
     def update_parameters(self, model: nn.Module) -> None:
         super().update_parameters(model)
-        if self._decay.step is not None:
-            self._decay.step += 1
+        if self.step is not None:
+            self.step += 1
 
     def load_state_dict(self, *args, **kwargs):
         out = super().load_state_dict(*args, **kwargs)
-        self._decay.step = None  # resumed: read the restored counter again
+        self.step = None  # resumed: read the restored counter again
         return out
 
-
-def weight_average(model: nn.Module, decay: float, ramp: float, total_steps: int) -> WeightAverage:
-    """A WeightAverage of `model` (on its device)."""
-    schedule = _Decay(decay, ramp, total_steps)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():
-            torch._foreach_copy_(averaged, current)
-            return
-        torch._foreach_lerp_(averaged, current, 1.0 - schedule(n_averaged))
-
-    average = WeightAverage(model, multi_avg_fn=update, use_buffers=True)
-    average._decay = schedule
-    return average

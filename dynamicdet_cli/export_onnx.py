@@ -164,7 +164,7 @@ class YOLORoute(nn.Module):
             head, feats = self.model.head1, dict(zip(self.model.head1.stages, f1))
         else:
             head, feats = self.model.head2, self.model.second_backbone(image, dict(zip(STAGES, f1)))
-        out = head.dense(image, feats)
+        out = head.dense(feats)
         size = image_size.to(out.boxes.dtype)  # h, w
         scale = original_size.to(out.boxes.dtype) / size
         limit = torch.stack([size[1], size[0], size[1], size[0]])

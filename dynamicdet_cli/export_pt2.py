@@ -65,7 +65,7 @@ class EasyProgram(nn.Module):
         self.head = model.head1
 
     def forward(self, *f1: Tensor):
-        out = self.head.dense(None, dict(zip(self.head.stages, f1)))
+        out = self.head.dense(dict(zip(self.head.stages, f1)))
         return out.boxes, out.cls.sigmoid()
 
 
@@ -78,7 +78,7 @@ class HardProgram(nn.Module):
 
     def forward(self, images: Tensor, f1_1: Tensor, f1_2: Tensor, f1_3: Tensor, f1_4: Tensor):
         feats = self.model.second_backbone(images, dict(zip(STAGES, (f1_1, f1_2, f1_3, f1_4))))
-        out = self.model.head2.dense(images, feats)
+        out = self.model.head2.dense(feats)
         return out.boxes, out.cls.sigmoid()
 
 

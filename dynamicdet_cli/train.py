@@ -42,7 +42,7 @@ from dynamicdet_cli.atomic import atomic_path, write_text
 from dynamicdet_cli.checkpoint import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.mosaic import Mosaic
-from dynamicdet_cli.ema import weight_average
+from dynamicdet_cli.ema import WeightAverage
 from dynamicdet_cli.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
                                         process_batch_size)
 from dynamicdet_cli.errors import DynamicDetError
@@ -105,7 +105,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
                     first_step: int = 0, ema=None) -> dict:
     """One pass over `loader`. Returns mean loss parts, lr, images/s and steps done.
 
-    `ema` (an AveragedModel, ema.py) is updated from the model after every optimizer step.
+    `ema` (a WeightAverage, ema.py) is updated from the model after every optimizer step.
 
     Raises DynamicDetError on a non-finite loss, naming the step and the loss part.
     `max_steps` stops after that many global steps (an interrupted run, for tests and
@@ -311,7 +311,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype(device) == torch.float16)
-    ema = weight_average(model, cfg.ema_decay, cfg.ema_ramp, total_steps) if cfg.ema_decay > 0 else None
+    ema = WeightAverage(model, cfg.ema_decay, cfg.ema_ramp, total_steps) if cfg.ema_decay > 0 else None
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])

@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from torchvision import tv_tensors
 
 from dynamicdet_cli.data.mosaic import mosaic
-from dynamicdet_cli.ema import ema_decay_at, weight_average
+from dynamicdet_cli.ema import WeightAverage, ema_decay_at
 from dynamicdet_cli.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.csp_backbone import CSPELAN, CSPBackbone, scaled_channels
@@ -116,7 +116,7 @@ def test_dense_outputs_cover_every_point_of_every_level(make_yolo):
     model, _ = make_yolo()
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
-        out = model.head1.dense(x, model.backbone1(x))
+        out = model.head1.dense(model.backbone1(x))
     sizes = [(8, 12), (4, 6), (2, 3)]  # strides 8, 16, 32
     a = sum(h * w for h, w in sizes)
     assert out.level_sizes == sizes
@@ -340,7 +340,7 @@ def test_ema_ramp_starts_at_zero_and_reaches_the_decay_within_the_run():
 
 def test_weight_average_follows_its_decay_and_copies_counters():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema = weight_average(model, decay=0.9, ramp=0.5, total_steps=10)
+    ema = WeightAverage(model, decay=0.9, ramp=0.5, total_steps=10)
     start = model[0].weight.detach().clone()
     ema.update_parameters(model)  # the first update copies
     with torch.no_grad():
@@ -453,7 +453,7 @@ def test_onnx_graphs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_p
                 feats = model.backbone1(one.tensors)
                 if route == "hard":
                     feats = model.second_backbone(one.tensors, feats)
-                dense = head.dense(one.tensors, feats)
+                dense = head.dense(feats)
             (rh, rw), scale = one.image_sizes[0], torch.tensor([w / one.image_sizes[0][1], h / one.image_sizes[0][0]])
             want_boxes = torch.minimum(dense.boxes.clamp(min=0), torch.tensor([rw, rh, rw, rh])) * scale.repeat(2)
             assert_close(torch.from_numpy(boxes), want_boxes, rtol=1e-4, atol=1e-2)

@@ -17,7 +17,7 @@ It keeps the contract of every head (model/heads.py):
             losses: dict(loss_cls, loss_box, loss_dfl))   # losses empty in eval mode
     head.per_image_losses(images, feats, targets, seeds) -> B   # each image's total loss
 
-`dense(images, feats)` gives the raw per-point outputs every path starts from (the ONNX
+`dense(feats)` gives the raw per-point outputs every path starts from (the ONNX
 graphs stop there); `postprocess` turns them into detections (score threshold, top-k,
 torchvision's batched_nms per class, image by image).
 """
@@ -148,18 +148,17 @@ def anchor_points(level_sizes: list[tuple[int, int]], strides: list[int],
 class YOLOHead(nn.Module):
     """PAN neck + decoupled head + assignment and loss over the stages `stages` (consecutive).
 
-    Args: neck (PANNeck), head (DecoupledHead), stages, num_classes, reg_max, assigner,
+    Args: neck (PANNeck), head (DecoupledHead), stages, reg_max, assigner,
     gains (cls, box, dfl), score_thresh, nms_thresh, detections_per_img, topk_candidates.
     """
 
-    def __init__(self, neck: PANNeck, head: DecoupledHead, stages: list[int], num_classes: int, reg_max: int,
+    def __init__(self, neck: PANNeck, head: DecoupledHead, stages: list[int], reg_max: int,
                  assigner: TaskAlignedAssigner, gains: tuple[float, float, float], score_thresh: float,
                  nms_thresh: float, detections_per_img: int, topk_candidates: int):
         super().__init__()
         self.neck = neck
         self.head = head
         self.stages = list(stages)
-        self.num_classes = num_classes
         self.reg_max = reg_max
         self.assigner = assigner
         self.gains = tuple(gains)
@@ -168,9 +167,9 @@ class YOLOHead(nn.Module):
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
 
-    def dense(self, images: Tensor | None, feats: dict[int, Tensor]) -> DenseOutputs:
-        """The raw outputs at every point. images: the padded batch B,3,H,W, or None (not read:
-        the points follow from the levels' sizes and the stages' strides)."""
+    def dense(self, feats: dict[int, Tensor]) -> DenseOutputs:
+        """The raw outputs at every point (the points follow from the levels' sizes and the
+        stages' strides: no image is needed)."""
         levels = self.neck([feats[s] for s in self.stages])
         cls, box = self.head(levels)
         sizes = [tuple(f.shape[-2:]) for f in levels]
@@ -182,7 +181,7 @@ class YOLOHead(nn.Module):
         return DenseOutputs(cls, box, boxes, points, per_point, sizes)
 
     def forward(self, images: ImageList, feats: dict[int, Tensor], targets=None):
-        out = self.dense(images.tensors, feats)
+        out = self.dense(feats)
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets")
@@ -193,7 +192,7 @@ class YOLOHead(nn.Module):
                          seeds: list[list[int | None]]) -> Tensor:
         """Each image's total loss, B. One batched forward: the loss is per image by construction
         (yolo_loss.py), and nothing is sampled, so `seeds` (the heads' shared interface) is unused."""
-        return sum(self.losses(self.dense(images.tensors, feats), targets).values())
+        return sum(self.losses(self.dense(feats), targets).values())
 
     def losses(self, out: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
         """Each image's weighted loss parts (dict of B tensors); targets' labels are 1..C."""
@@ -249,6 +248,6 @@ def build_yolo_head(in_channels: list[int], stages: list[int], num_classes: int,
     priors = level_priors(num_classes, [2 ** (s + 1) for s in stages], cfg.transform.max_size)
     return YOLOHead(
         PANNeck(list(in_channels), depth), DecoupledHead(list(in_channels), num_classes, y.reg_max, priors), stages,
-        num_classes, y.reg_max, TaskAlignedAssigner(y.assign_topk, y.assign_alpha, y.assign_beta),
+        y.reg_max, TaskAlignedAssigner(y.assign_topk, y.assign_alpha, y.assign_beta),
         (y.cls_gain, y.box_gain, y.dfl_gain), y.score_thresh, y.nms_thresh, y.detections_per_img,
         y.topk_candidates)
