@@ -545,19 +545,20 @@ def step_calibrate(c: Check) -> dict:
         name = f"half_b{batch}"
         c.cli("calibrate", str(ckpt_path), "--device", dev, "--latency", "50%", "--batch-size", str(batch),
               "--name", name, "--repeats", str(s.calibrate_repeats))
-        point = load_checkpoint(ckpt_path)["operating_points"][name]
+        ckpt = load_checkpoint(ckpt_path)  # once per batch size: what calibrate just stored
+        point = ckpt["operating_points"][name]
         eval_dir = c.work / f"eval_b{batch}"
         c.cli("evaluate", str(ckpt_path), "--data", str(c.data_yaml), "--point", name, "--batch-size", str(batch),
               "--device", dev, "--out", str(eval_dir), "--no-progress")
         metrics = json.loads((eval_dir / "metrics.json").read_text())
-        warm = _warm_latency(c, ckpt_path, point["tau"], batch)
+        warm = _warm_latency(c, ckpt, point["tau"], batch)
         target = point["target_ms"]
         run = {"batch": batch, "target_ms": round(target, 3), "expected_ms": round(point["expected_ms"], 3),
                "tau": point["tau"], "hard_ratio_val": point["hard_ratio"],
                "achieved_ms": round(metrics["latency_ms"], 3), "achieved_hard_share": metrics["hard_share"],
                "error_pct": round(100 * (metrics["latency_ms"] - target) / target, 2), "images": metrics["images"],
                "achieved_ms_warm": round(warm, 3), "error_pct_warm": round(100 * (warm - target) / target, 2),
-               **_calibration_record(ckpt_path, batch)}
+               **_calibration_record(ckpt, batch)}
         run["goal_met"] = abs(run["error_pct"]) <= 5
         run["goal_met_warm"] = abs(run["error_pct_warm"]) <= 5
         c.log(f"   {run}")
@@ -568,11 +569,11 @@ def step_calibrate(c: Check) -> dict:
     return out
 
 
-def _warm_latency(c: Check, ckpt_path: Path, tau: float, batch: int) -> float:
+def _warm_latency(c: Check, ckpt: dict, tau: float, batch: int) -> float:
     """Mean model ms per image of evaluate_route at `tau`, its second pass in this process."""
     from dynamicdet_cli.checkpoint import model_from_checkpoint
     from dynamicdet_cli.evaluate import evaluate_route
-    model = model_from_checkpoint(load_checkpoint(ckpt_path), c.device).eval()
+    model = model_from_checkpoint(ckpt, c.device).eval()
     folder = c.data_yaml.parent
     dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))
     for _ in range(2):
@@ -580,10 +581,9 @@ def _warm_latency(c: Check, ckpt_path: Path, tau: float, batch: int) -> float:
     return result.latency_ms
 
 
-def _calibration_record(ckpt_path: Path, batch: int) -> dict:
+def _calibration_record(ckpt: dict, batch: int) -> dict:
     """What calibrate measured at `batch` (lat1, lat2, its spread, the mixed-batch curve) and the
     spread of the router's validation scores (fresh detectors: tau needs scores that differ)."""
-    ckpt = load_checkpoint(ckpt_path)
     lat = next((m for m in reversed(ckpt["latency"]) if m.get("batch_size") == batch), {})
     scores = ckpt["validation"]["scores"].float()
     return {"lat1_ms": lat.get("easy_ms"), "lat2_ms": lat.get("hard_ms"), "spread_pct": lat.get("spread_pct"),

@@ -122,9 +122,10 @@ class _App:
                 except USER_ERRORS as err:
                     _fail(user_message(err))
                 except (MemoryError, RuntimeError) as err:
-                    if memory_message(err) is None:
+                    message = memory_message(err)
+                    if message is None:
                         raise  # a programmer error: its traceback is wanted
-                    _fail(memory_message(err))
+                    _fail(message)
                 except KeyboardInterrupt:
                     _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
             return typer_app.command(name)(friendly)
@@ -399,8 +400,9 @@ def train_router(
         router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
         new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
                                                show_progress=progress, router_set=router_set)
-        if first_non_finite(new) is not None:  # never saved: every later load would refuse it
-            raise DynamicDetError(f"router training diverged: {first_non_finite(new)} is NaN or infinite; nothing "
+        bad = first_non_finite(new)
+        if bad is not None:  # never saved: every later load would refuse it
+            raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "
                                   "was written (lower router.lr, e.g. --lr)")
         path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))

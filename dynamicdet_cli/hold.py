@@ -110,7 +110,7 @@ class LatencyHold:
         self.recent: deque[tuple[int, float]] = deque()  # (images, ms) of the latest counted batches
         self.spent, self.counted = 0.0, 0  # ms and images the running mean is over
         self.finished, self.finished_hard = 0, 0  # images whose route ran, warm-up included
-        self.taus = [self.tau]
+        self.tau_start = self.tau_min = self.tau_max = self.tau
         self._sums = [0.0] * 6  # forgetting sums: ee, eh, hh, et, ht, and the calibrated time of the images
         self._started: float | None = None
         self._pending = [0.0, False]  # model ms (and warm-up) of batches whose images have not finished
@@ -142,18 +142,16 @@ class LatencyHold:
             if not warm:
                 self._count(n_easy, n_hard, ms)
         self.tau = self._next_tau()
-        self.taus.append(self.tau)
+        self.tau_min, self.tau_max = min(self.tau_min, self.tau), max(self.tau_max, self.tau)
         return self.tau
 
     def report(self) -> HoldReport:
-        images, ms = 0, 0.0
-        for n, t in reversed(self.recent):
-            images, ms = images + n, ms + t
+        images, ms = sum(n for n, _ in self.recent), sum(t for _, t in self.recent)
         return HoldReport(
             target_ms=self.target_ms, achieved_ms=self.spent / self.counted if self.counted else None,
             window_ms=ms / images if images else None, window_images=images, images=self.counted,
             hard_share=self.finished_hard / self.finished if self.finished else 0.0,
-            tau_start=self.taus[0], tau_end=self.tau, tau_min=min(self.taus), tau_max=max(self.taus),
+            tau_start=self.tau_start, tau_end=self.tau, tau_min=self.tau_min, tau_max=self.tau_max,
             easy_ms=self.costs[0], hard_ms=self.costs[1],
             calibrated_easy_ms=self.calibrated[0], calibrated_hard_ms=self.calibrated[1])
 
@@ -191,14 +189,14 @@ class LatencyHold:
         return (c1, c2) if 0.0 < c1 < c2 else prior
 
     def _next_tau(self) -> float:
+        if not self.scores:  # nothing seen yet to take a quantile of
+            return self.tau
         c1, c2 = self.costs
         debt = self.counted * self.target_ms - self.spent
         limit = self.horizon * (c2 - c1)  # a long stretch out of reach is not paid back for ever
         aim = self.target_ms + max(-limit, min(limit, debt)) / self.horizon
         aim = min(max(aim, c1), c2)
         k = hard_ratio_for_latency(aim, c1, c2, clamp=True, curve=self._curve(c1, c2))
-        if not self.scores:
-            return self.tau
         return threshold_for_hard_ratio(list(self.scores), k)
 
     def _curve(self, c1: float, c2: float) -> list[tuple[float, float]] | None:

@@ -9,6 +9,7 @@ byte-identical afterwards (test_bad_inputs.Cli.fails). Tiny recipe, shapes at 64
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,7 @@ def world(tmp_path_factory):
 
 def _coco_variant(world, tmp_path: Path, name: str, edit) -> Path:
     """A copy of the shapes data whose val.json `edit(coco)` changed (or replaced: edit returns text)."""
-    data = tmp_path / name
-    make_shapes(data, n_train=1, n_val=2, size=64, seed=0)
+    data = Path(shutil.copytree(world["data"], tmp_path / name))
     coco = json.loads((data / "val.json").read_text())
     text = edit(coco)
     (data / "val.json").write_text(text if isinstance(text, str) else json.dumps(coco))
