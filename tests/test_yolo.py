@@ -406,6 +406,19 @@ def test_yolo_head_runs_on_a_regnet_backbone_too(yolo_recipe, images, one_thread
 
 # ----------------------------------------------------------------------------- ONNX
 
+def _routed(model, images: list) -> tuple:
+    """The model's own detections of `images` at a threshold that mixes the routes (one image:
+    the hard route), for the export tests: (phi B, detections, [(route, index of its images)])."""
+    with torch.no_grad():
+        phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])
+        tau = float(phi.median()) if len(images) > 1 else float(phi[0]) - 1e-3
+        want = model.detect(images, route=tau)
+    hard = phi > tau
+    assert len(images) == 1 or 0 < int(hard.sum()) < len(images)  # the routes mix
+    routes = [(name, members.nonzero().flatten()) for name, members in (("easy", ~hard), ("hard", hard))]
+    return phi, want, [(name, index) for name, index in routes if len(index)]
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 def test_onnx_graphs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_path):
     ort = pytest.importorskip("onnxruntime")
@@ -424,21 +437,12 @@ def test_onnx_graphs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_p
     for batch, (h, w) in ((1, (64, 64)), (4, (40, 80))):
         g = torch.Generator().manual_seed(batch)
         images = torch.rand(batch, 3, h, w, generator=g)
-        with torch.no_grad():
-            phi = torch.stack([r["difficulty"] for r in model.detect(list(images), route="easy")])
-        tau = float(phi.median()) if batch > 1 else float(phi[0]) - 1e-3  # batch 1: the hard route
-        with torch.no_grad():
-            want = model.detect(list(images), route=tau)
+        phi, want, routes = _routed(model, list(images))
         out1 = run["backbone1_router"].run(None, {"images": images.numpy()})
         names = [o.name for o in run["backbone1_router"].get_outputs()]
         shared = dict(zip(names, out1))
         assert_close(torch.from_numpy(shared["phi"]), phi, rtol=1e-4, atol=1e-5)
-        hard = phi > tau
-        assert batch == 1 or 0 < int(hard.sum()) < batch  # the routes mix
-        for route, members in (("easy", ~hard), ("hard", hard)):
-            index = members.nonzero().flatten()
-            if not len(index):
-                continue
+        for route, index in routes:
             given = {"image": shared["image"], "image_size": shared["image_size"],
                      "original_size": torch.tensor([h, w]).numpy()}
             feed = {}
@@ -481,20 +485,13 @@ def test_pt2_programs_match_pytorch_at_two_batches_and_two_sizes(make_yolo, tmp_
     run = {name: torch.export.load(str(tmp_path / f)).module() for name, f in PT2_FILES.items()}
     for batch, (h, w) in ((1, (64, 64)), (4, (50, 80))):
         images = list(torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch)))
+        phi, want, routes = _routed(model, images)
         with torch.no_grad():
-            phi = torch.stack([r["difficulty"] for r in model.detect(images, route="easy")])
-            tau = float(phi.median()) if batch > 1 else float(phi[0]) - 1e-3
-            want = model.detect(images, route=tau)
             prepared = model.prepare(images)[0]  # the runtime's step: normalise, resize, pad
             assert batch == 1 or prepared.tensors.shape[-2] > prepared.image_sizes[0][0]  # padded
             got_phi, *f1 = run["backbone1_router"](prepared.tensors, torch.tensor(prepared.image_sizes[0]))
             assert_close(got_phi, phi, rtol=1e-4, atol=1e-5)
-            hard = phi > tau
-            assert batch == 1 or 0 < int(hard.sum()) < batch
-            for route, members in (("easy", ~hard), ("hard", hard)):
-                index = members.nonzero().flatten()
-                if not len(index):
-                    continue
+            for route, index in routes:
                 feats = [f[index] for f in f1]
                 args = feats[1:] if route == "easy" else [prepared.tensors[index], *feats]  # head 1 reads stages 2-4
                 boxes, scores = run[route](*args)
