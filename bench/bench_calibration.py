@@ -44,12 +44,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.latency import curve_thresholds, measure_routes, operating_point, spread_pct  # noqa: E402
-from dynamicdet_cli.model.regrouping import RouteBatcher, regroup_pays  # noqa: E402
-from dynamicdet_cli.regime import Regime  # noqa: E402
-from dynamicdet_cli.timing_images import timing_images  # noqa: E402
+from dynamicdet_cli.speed.calibrate import threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.speed.latency import curve_thresholds, measure_routes, operating_point, spread_pct  # noqa: E402
+from dynamicdet_cli.speed.batcher import RouteBatcher, regroup_pays  # noqa: E402
+from dynamicdet_cli.speed.regime import Regime  # noqa: E402
+from dynamicdet_cli.speed.timing_images import timing_images  # noqa: E402
 
 SHARES = (0.25, 0.5, 0.75)  # targets: this far from lat1 to lat2
 MIXED_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)

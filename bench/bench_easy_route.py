@@ -25,8 +25,8 @@ import torch
 
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import torchvision_reference
-from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.route_cost import route_flops, route_params
+from dynamicdet_cli.config.recipe import load_recipe
+from dynamicdet_cli.model.cost import route_flops, route_params
 
 
 def sync_for(device: torch.device):

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint, new_checkpoint
-from dynamicdet_cli.export import export_checkpoint
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint, new_checkpoint
+from dynamicdet_cli.export.exporter import export_checkpoint
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.recipe import load_recipe, recipe_to_dict
+from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 TAU = {"easy": 1.0, "hard": -1.0}

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from dynamicdet_cli.checkpoint import first_non_finite, load_checkpoint
+from dynamicdet_cli.checkpoint.store import first_non_finite, load_checkpoint
 
 
 def main() -> None:

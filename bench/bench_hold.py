@@ -49,12 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pycocotools.coco import COCO  # noqa: E402
 
-from dynamicdet_cli.calibrate import target_latency_ms  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.coco_eval import coco_evaluate  # noqa: E402
+from dynamicdet_cli.speed.calibrate import target_latency_ms  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.evaluation.coco import coco_evaluate  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E402
-from dynamicdet_cli.hold import LatencyHold  # noqa: E402
-from dynamicdet_cli.latency import calibrate_checkpoint  # noqa: E402
+from dynamicdet_cli.speed.hold import LatencyHold  # noqa: E402
+from dynamicdet_cli.speed.latency import calibrate_checkpoint  # noqa: E402
 from dynamicdet_cli.predict import predict  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -39,16 +39,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.speed.calibrate import threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
 from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.errors import DynamicDetError  # noqa: E402
-from dynamicdet_cli.evaluate import evaluate_route, sweep  # noqa: E402
-from dynamicdet_cli.latency import device_name, measure_routes, operating_point  # noqa: E402
-from dynamicdet_cli.model.regrouping import RouteBatcher  # noqa: E402
-from dynamicdet_cli.timing_images import random_images  # noqa: E402
+from dynamicdet_cli.core.errors import DynamicDetError  # noqa: E402
+from dynamicdet_cli.evaluation.evaluate import evaluate_route, sweep  # noqa: E402
+from dynamicdet_cli.speed.latency import device_name, measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.speed.batcher import RouteBatcher  # noqa: E402
+from dynamicdet_cli.speed.timing_images import random_images  # noqa: E402
 
 RATIOS = [i / 10 for i in range(11)]
 MIXED_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
 from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.model.seeding import draw_seed, seed_sampling  # noqa: E402
-from dynamicdet_cli.router_cache import sample_seed  # noqa: E402
-from dynamicdet_cli.stats import spearman  # noqa: E402
+from dynamicdet_cli.router.cache import sample_seed  # noqa: E402
+from dynamicdet_cli.core.stats import spearman  # noqa: E402
 
 
 @torch.no_grad()

@@ -35,9 +35,9 @@ from torchvision.models.detection.image_list import ImageList
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.timing_images import timing_images  # noqa: E402
+from dynamicdet_cli.speed.calibrate import threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.speed.timing_images import timing_images  # noqa: E402
 
 BATCH = 8
 

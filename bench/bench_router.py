@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
 from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.inference import run_both_routes  # noqa: E402
-from dynamicdet_cli.recipe import recipe_from_dict  # noqa: E402
-from dynamicdet_cli.router_training import train_router_checkpoint  # noqa: E402
+from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
+from dynamicdet_cli.config.recipe import recipe_from_dict  # noqa: E402
+from dynamicdet_cli.router.training import train_router_checkpoint  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -51,19 +51,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dynamicdet_cli.calibrate import threshold_for_hard_ratio  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.coco_eval import ResampledAP, coco_evaluate, evaluate_images  # noqa: E402
+from dynamicdet_cli.speed.calibrate import threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.evaluation.coco import ResampledAP, coco_evaluate, evaluate_images  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
 from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.inference import run_both_routes  # noqa: E402
-from dynamicdet_cli.recipe import load_recipe  # noqa: E402
-from dynamicdet_cli.router_training import train_router_checkpoint  # noqa: E402
-from dynamicdet_cli.stats import percentile_interval, spearman  # noqa: E402
-from dynamicdet_cli.sweep import compose_sweep  # noqa: E402
-from dynamicdet_cli.train import train_detectors  # noqa: E402
+from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
+from dynamicdet_cli.config.recipe import load_recipe  # noqa: E402
+from dynamicdet_cli.router.training import train_router_checkpoint  # noqa: E402
+from dynamicdet_cli.core.stats import percentile_interval, spearman  # noqa: E402
+from dynamicdet_cli.evaluation.sweep import compose_sweep  # noqa: E402
+from dynamicdet_cli.train.loop import train_detectors  # noqa: E402
 
 RATIOS = [round(0.1 * i, 1) for i in range(11)]
 

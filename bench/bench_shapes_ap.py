@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
-from dynamicdet_cli.coco_eval import coco_evaluate
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
+from dynamicdet_cli.evaluation.coco import coco_evaluate
 from dynamicdet_cli.data.coco import CocoDataset
 from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.transforms import build_transforms
-from dynamicdet_cli.inference import run_both_routes
+from dynamicdet_cli.evaluation.inference import run_both_routes
 from dynamicdet_cli.model.build import needs_masks
 
 

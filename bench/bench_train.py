@@ -32,8 +32,8 @@ from dynamicdet_cli.data.shapes import CLASSES, make_shapes
 from dynamicdet_cli.model.reference import torchvision_reference
 from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.model.build import build_model, needs_masks
-from dynamicdet_cli.recipe import ONE_STAGE_FAMILIES, load_recipe
-from dynamicdet_cli.train import build_optimizer
+from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, load_recipe
+from dynamicdet_cli.train.loop import build_optimizer
 
 
 def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int,

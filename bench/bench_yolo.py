@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamicdet_cli.model.build import build_model  # noqa: E402
-from dynamicdet_cli.recipe import load_recipe, with_overrides  # noqa: E402
+from dynamicdet_cli.config.recipe import load_recipe, with_overrides  # noqa: E402
 
 
 def flops(fn) -> float:
@@ -86,7 +86,7 @@ _STEP = r"""
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.recipe import load_recipe, with_overrides
+from dynamicdet_cli.config.recipe import load_recipe, with_overrides
 torch.set_num_threads({threads})
 side, batch, boxes = {side}, {batch}, {boxes}
 cfg = with_overrides(load_recipe({recipe!r}), [f"model.transform.min_size={{side}}", f"model.transform.max_size={{side}}"]).model
@@ -136,7 +136,7 @@ def train_step_memory(recipe: str, side: int, batch: int, boxes: int, threads: i
 
 def _load(spec: str, side: int):
     if spec.endswith(".pt"):
-        from dynamicdet_cli.checkpoint import load_checkpoint, model_from_checkpoint
+        from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
         model = model_from_checkpoint(load_checkpoint(spec), "cpu")
     else:
         cfg = with_overrides(load_recipe(spec), [f"model.transform.min_size={side}",

@@ -69,19 +69,19 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from bench_easy_route import alternate, autocast_for, build_pair, compare, router_ms, sync_for  # noqa: E402
 from bench_train import training_flops  # noqa: E402
 from bench_yolo import train_step_memory  # noqa: E402
-from dynamicdet_cli.calibrate import measure_latency  # noqa: E402
-from dynamicdet_cli.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
+from dynamicdet_cli.speed.calibrate import measure_latency  # noqa: E402
+from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset, collate  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.distributed import Dist  # noqa: E402
-from dynamicdet_cli.latency import measure_routes  # noqa: E402
+from dynamicdet_cli.train.distributed import Dist  # noqa: E402
+from dynamicdet_cli.speed.latency import measure_routes  # noqa: E402
 from dynamicdet_cli.model.build import build_model  # noqa: E402
 from dynamicdet_cli.model.reference import torchvision_reference  # noqa: E402
-from dynamicdet_cli.model.regrouping import RouteBatcher  # noqa: E402
-from dynamicdet_cli.recipe import ONE_STAGE_FAMILIES, load_recipe, recipe_to_dict  # noqa: E402
-from dynamicdet_cli.regime import device_name  # noqa: E402
-from dynamicdet_cli.train import amp_dtype, build_optimizer, lr_factor, train_one_epoch  # noqa: E402
+from dynamicdet_cli.speed.batcher import RouteBatcher  # noqa: E402
+from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, load_recipe, recipe_to_dict  # noqa: E402
+from dynamicdet_cli.speed.regime import device_name  # noqa: E402
+from dynamicdet_cli.train.loop import amp_dtype, build_optimizer, lr_factor, train_one_epoch  # noqa: E402
 
 YOLO_RECIPE = REPO / "recipes" / "dy-yolo-s.yaml"
 AUTHORS_V100 = {"model": "Dy-YOLOv7 at 640 px, V100 (paper)", "fps_10pct_hard": 110.0, "fps_all_hard": 83.0}
@@ -571,8 +571,8 @@ def step_calibrate(c: Check) -> dict:
 
 def _warm_latency(c: Check, ckpt: dict, tau: float, batch: int) -> float:
     """Mean model ms per image of evaluate_route at `tau`, its second pass in this process."""
-    from dynamicdet_cli.checkpoint import model_from_checkpoint
-    from dynamicdet_cli.evaluate import evaluate_route
+    from dynamicdet_cli.checkpoint.store import model_from_checkpoint
+    from dynamicdet_cli.evaluation.evaluate import evaluate_route
     model = model_from_checkpoint(ckpt, c.device).eval()
     folder = c.data_yaml.parent
     dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))

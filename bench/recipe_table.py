@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.model.reference import REFERENCES, torchvision_reference
-from dynamicdet_cli.recipe import load_recipe
-from dynamicdet_cli.route_cost import route_flops, route_params
+from dynamicdet_cli.config.recipe import load_recipe
+from dynamicdet_cli.model.cost import route_flops, route_params
 
 # family -> torchvision's single R50-FPN model on COCO val2017: (name, its "GFLOPS" (GMACs), AP).
 TORCHVISION = {

@@ -1,3 +1,3 @@
-from dynamicdet_cli.cli import main
+from dynamicdet_cli.cli.app import main
 
 main()

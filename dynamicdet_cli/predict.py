@@ -41,7 +41,6 @@ the stream converges to the target; the routes then depend on the timings.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -58,15 +57,15 @@ from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from dynamicdet_cli.atomic import atomic_path, write_text
-from dynamicdet_cli.calibrate import expected_latency
-from dynamicdet_cli.coco_eval import NON_FINITE, encode_masks, to_coco_results
+from dynamicdet_cli.core.atomic import atomic_path, write_text
+from dynamicdet_cli.speed.calibrate import expected_latency
+from dynamicdet_cli.evaluation.coco import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import BadImage, load_rgb
-from dynamicdet_cli.errors import DynamicDetError
-from dynamicdet_cli.hold import HoldReport, LatencyHold
+from dynamicdet_cli.core.errors import DynamicDetError
+from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.model.detector import Route
-from dynamicdet_cli.model.regrouping import Done, RouteBatcher
-from dynamicdet_cli.progress import progress_bar
+from dynamicdet_cli.speed.batcher import Done, RouteBatcher
+from dynamicdet_cli.core.progress import progress_bar
 
 # Distinct colours, one per class (cycled when there are more classes).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
@@ -134,28 +133,6 @@ class PredictSummary:
             return None
         expected = expected_latency(self.share_hard, m["easy_ms"], m["hard_ms"], m.get("curve_ms"))
         return expected, self.mean_ms / expected - 1.0
-
-
-def list_images(inputs: list[str]) -> list[Path]:
-    """Files named by `inputs`: folders (their files, not recursive, sorted), files, or glob
-    patterns (sorted matches). Input order is kept and duplicates are dropped. Hidden files
-    in folders are left out. Whether a file is an image is decided later, when it is read."""
-    found: dict[Path, None] = {}  # ordered set
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            files = [path]
-        else:
-            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
-            if not files:
-                raise DynamicDetError(f"{item}: no such file or folder, and no file matches it as a pattern")
-        found.update(dict.fromkeys(files))
-    if not found:
-        raise DynamicDetError(f"no files in {', '.join(inputs) or 'the (empty) input list'}: "
-                              "give image files, folders holding images, or glob patterns")
-    return list(found)
 
 
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],

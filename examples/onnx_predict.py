@@ -10,7 +10,7 @@ exit status 2. Images of any shape run: one too thin for the graphs' resize (100
 short side would scale to 0 pixels) is zero-padded below or to the right first, and its boxes
 clipped back to it.
 
-How the three graphs chain (see dynamicdet_cli/export_onnx.py for their inputs and outputs):
+How the three graphs chain (see dynamicdet_cli/export/onnx.py for their inputs and outputs):
 graph 1 (backbone 1 + router) runs on a batch of same-size images; then each image whose
 difficulty phi is at most tau runs the easy graph (detector 1), every other image the hard
 graph (composite connection + backbone 2 + detector 2). Easy images never run backbone 2.

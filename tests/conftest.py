@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.recipe import Recipe, load_recipe, with_overrides
+from dynamicdet_cli.config.recipe import Recipe, load_recipe, with_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -87,8 +87,8 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_ckpt(shapes, tiny_recipe):
     """A tiny model's checkpoint marked as having trained detectors (the weights are fresh)."""
-    from dynamicdet_cli.checkpoint import new_checkpoint
-    from dynamicdet_cli.recipe import recipe_to_dict
+    from dynamicdet_cli.checkpoint.store import new_checkpoint
+    from dynamicdet_cli.config.recipe import recipe_to_dict
     train_set, _ = shapes
     torch.manual_seed(0)
     model = build_model(tiny_recipe.model, num_classes=train_set.num_classes)

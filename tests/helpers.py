@@ -36,7 +36,7 @@ def regrouped_at_median(model, images):
     alone on its route: (regrouped in input order, alone), for every family's tests."""
     import torch
 
-    from dynamicdet_cli.model.regrouping import RouteBatcher
+    from dynamicdet_cli.speed.batcher import RouteBatcher
 
     _, alone, _, tau = routed_at_median(model, images)
     batcher = RouteBatcher(model, tau, batch_size=3, regroup=True)

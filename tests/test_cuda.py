@@ -20,9 +20,9 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
 from dynamicdet_cli.data.coco import collate
-from dynamicdet_cli.distributed import Dist
-from dynamicdet_cli.latency import measure_routes
-from dynamicdet_cli.train import build_optimizer, train_one_epoch
+from dynamicdet_cli.train.distributed import Dist
+from dynamicdet_cli.speed.latency import measure_routes
+from dynamicdet_cli.train.loop import build_optimizer, train_one_epoch
 from helpers import routed_at_median
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")

@@ -29,8 +29,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.data.coco_json import check_coco, is_segmentation, read_coco_json
-from dynamicdet_cli.errors import DynamicDetError
-from dynamicdet_cli.stats import held_out
+from dynamicdet_cli.core.errors import DynamicDetError
+from dynamicdet_cli.core.stats import held_out
 
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
 

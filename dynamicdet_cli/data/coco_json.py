@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dynamicdet_cli.errors import DynamicDetError, missing_file, warn
+from dynamicdet_cli.core.errors import DynamicDetError, missing_file, warn
 
 
 def read_coco_json(path: Path) -> dict:

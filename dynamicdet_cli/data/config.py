@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dynamicdet_cli.errors import DynamicDetError, missing_file
+from dynamicdet_cli.core.errors import DynamicDetError, missing_file
 
 
 @dataclass(frozen=True)

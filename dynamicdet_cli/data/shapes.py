@@ -36,8 +36,8 @@ import yaml
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
-from dynamicdet_cli.atomic import write_text
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.core.atomic import write_text
+from dynamicdet_cli.core.errors import DynamicDetError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
 MAX_HIDDEN = 0.7  # shapes hidden more than this are too ambiguous to annotate

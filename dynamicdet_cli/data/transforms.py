@@ -15,7 +15,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError
 
 Transform = Callable[[tv_tensors.Image, dict[str, Any]], tuple[tv_tensors.Image, dict[str, Any]]]
 

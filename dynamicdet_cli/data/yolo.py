@@ -31,7 +31,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from dynamicdet_cli.data.coco import TURNED, SKIP_HINT
 from dynamicdet_cli.data.config import DataConfig
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError
 
 # What Pillow or torchvision decode among Ultralytics' image suffixes.
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")

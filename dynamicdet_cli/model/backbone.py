@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.models import regnet, resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from dynamicdet_cli.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError
 
 _LAYOUTS = {  # depth -> (block, blocks per stage)
     10: (resnet.BasicBlock, [1, 1, 1, 1]),

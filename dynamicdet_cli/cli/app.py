@@ -1,0 +1,635 @@
+"""The `dynamicdet` command line: each command parses, calls one library function, prints.
+
+User errors print one line and exit with status 2; never a traceback. All of them pass
+through one funnel: `DynamicDetError` and file-system errors (OSError) raised by a command,
+and typer's usage errors (unknown option, value out of range), are printed as one
+`error: ...` line. Text from the user (paths, names) is never read as rich markup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
+
+from dynamicdet_cli import __version__
+from dynamicdet_cli.core.errors import USER_ERRORS, DynamicDetError, memory_message, set_warning_sink, user_message
+
+# Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
+_QUIET = os.environ.get("RANK", "0") not in ("", "0")
+console = Console(quiet=_QUIET)
+err_console = Console(stderr=True)
+
+
+def _say(*parts) -> None:
+    """Print one line on stdout; `parts` are plain strings or (text, style) pairs, never markup."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    if not _QUIET:
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True, highlight=False)
+
+
+def _fail(message: str, status: int = 2):
+    if not (_QUIET and status == 130):  # Ctrl-C reaches every rank; rank 0 says it once
+        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
+    raise SystemExit(status)
+
+
+_said: set[str] = set()
+
+
+def _library_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning from torch or another library: one `warning:` line, once per text (the
+    library's own form spans two lines, with its source line, and repeats)."""
+    text = " ".join(str(message).split())
+    if text and text not in _said:
+        _said.add(text)
+        _warn(text)
+
+
+class _OneLineErrors(TyperGroup):
+    """typer's group, with usage errors (bad option values, ranges, unknown options) printed
+    as one `error:` line instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        set_warning_sink(_warn)
+        _said.clear()
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _library_warning
+                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            hint = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
+            _fail(" ".join(err.format_message().split()) + hint, err.exit_code)
+        except Abort:
+            _fail("aborted", 1)
+        except BrokenPipeError:
+            sys.stderr = open(os.devnull, "w")  # the reader went away (| head): nothing to say
+            sys.exit(1)
+        finally:
+            set_warning_sink(None)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+typer_app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False,
+                        help="DynamicDet: one cascaded detector whose average speed you choose at inference time.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        _say(f"dynamicdet {__version__}")
+        raise typer.Exit()
+
+
+@typer_app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print the version and exit")] = False) -> None:
+    """DynamicDet: one cascaded detector whose average speed you choose at inference time."""
+
+
+class _App:
+    """Registers commands on the typer app so that a user error (DynamicDetError, or an OSError
+    from the file system) in any of them prints one line and exits with status 2 instead of
+    showing a traceback; Ctrl-C prints one line and exits with 130."""
+
+    def command(self, name: str | None = None):
+        def register(fn):
+            @functools.wraps(fn)
+            def friendly(*args, **kwargs):
+                try:
+                    return fn(*args, **kwargs)
+                except USER_ERRORS as err:
+                    _fail(user_message(err))
+                except (MemoryError, RuntimeError) as err:
+                    message = memory_message(err)
+                    if message is None:
+                        raise  # a programmer error: its traceback is wanted
+                    _fail(message)
+                except KeyboardInterrupt:
+                    _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
+            return typer_app.command(name)(friendly)
+        return register
+
+
+app = _App()
+
+# Shared option types.
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override one recipe key, e.g. model.router.reduction=8 (repeatable)")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="checkpoint to write")]
+
+
+@app.command()
+def build(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/shapes-tiny.yaml")],
+    output: OutOpt,
+    overrides: SetOpt = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file; '' = fresh (default: the recipe's model.backbone.weights)")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: class1..classN)")] = None,
+):
+    """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""
+    from dynamicdet_cli.checkpoint.store import new_checkpoint, save_checkpoint
+    from dynamicdet_cli.model.build import build_model
+    from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.train.starting_weights import load_backbone_weights
+
+    cfg = load_recipe(recipe, overrides or [])
+    names = _class_names(classes) if classes is not None else None
+    num_classes = len(names) if names else cfg.model.num_classes
+    names = names or [f"class{i}" for i in range(1, num_classes + 1)]
+    model = build_model(cfg.model, num_classes)
+    spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
+    if spec:
+        _say(load_backbone_weights(model, spec, cfg.model.backbone))
+    ckpt = new_checkpoint(recipe_to_dict(cfg), names, list(range(1, num_classes + 1)), model)
+    _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
+
+
+def _class_names(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise DynamicDetError(f"--classes {text!r}: a class name is empty; write e.g. --classes cat,dog")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DynamicDetError(f"--classes {text!r}: {', '.join(twice)} given more than once; class names must differ")
+    return names
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
+    flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
+    overrides: SetOpt = None,
+):
+    """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
+    from dynamicdet_cli.checkpoint.store import load_checkpoint
+    from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.cli.tables import info_table, recipe_info_table
+
+    if checkpoint.suffix.lower() in (".yaml", ".yml"):
+        console.print(recipe_info_table(recipe_to_dict(load_recipe(checkpoint, overrides or [])), flops, image_size))
+        return
+    if overrides:
+        raise DynamicDetError("--set applies to a recipe; a checkpoint's recipe is the one it was trained with")
+    console.print(info_table(load_checkpoint(checkpoint), flops, image_size))
+
+
+@app.command("make-shapes")
+def make_shapes(
+    out: Annotated[Path, typer.Argument(help="folder to write the dataset into")],
+    train: Annotated[int, typer.Option(min=1, help="training images")] = 2048,
+    val: Annotated[int, typer.Option(min=1, help="validation images")] = 512,
+    router: Annotated[int, typer.Option(min=0, help="images of a router split (router_ann/router_images) the detectors never train on; 0 = none")] = 0,
+    size: Annotated[int, typer.Option(min=32, max=2048, help="image side in pixels")] = 128,
+    seed: Annotated[int, typer.Option(min=0, help="random seed (same seed, same dataset)")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace the dataset in a folder that is not empty")] = False,
+    val_difficulty: Annotated[Optional[str], typer.Option("--val-difficulty", help="the val split as a stream unlike the training data: LOW-HIGH draws every image's difficulty in that range (e.g. 0.6-1: hard-ish), drift rises from easy to hard along the file order (drift:LOW-HIGH within a range); default: uniform in 0-1")] = None,
+):
+    """Write the built-in synthetic COCO-format dataset of shapes, from easy to hard images."""
+    from dynamicdet_cli.data.shapes import make_shapes as _make
+    from dynamicdet_cli.data.shapes import parse_difficulty
+    spec = None if val_difficulty is None else parse_difficulty(val_difficulty)
+    data_yaml = _make(out, n_train=train, n_val=val, size=size, seed=seed, n_router=router, force=force,
+                      val_difficulty=spec)
+    extra = f", {router} router" if router else ""
+    shaped = "" if spec is None else f" (difficulty {'drifting over ' if spec.drift else 'in '}{spec.low:g}-{spec.high:g})"
+    _say(f"wrote {train} train{extra} and {val} val images{shaped}; data file: ", (str(data_yaml), "bold"))
+
+
+# ----------------------------------------------------------------------------- data options
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="data YAML with train_ann, train_images, val_ann, val_images (and optionally router_ann, router_images), or a YOLO-format one (path, train, val, names)")]
+TrainAnnOpt = Annotated[Optional[Path], typer.Option("--train-ann", help="training annotations (COCO JSON)")]
+TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="training image folder")]
+ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
+ValImgOpt = Annotated[Optional[Path], typer.Option("--val-images", help="validation image folder")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable images (counted) instead of stopping")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice); latencies are stored per thread count")]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def _data_config(data, train_ann, train_images, val_ann, val_images):
+    from dynamicdet_cli.data.config import DataConfig, load_data_config
+    if data is not None:
+        if train_ann or train_images or val_ann or val_images:
+            raise DynamicDetError("give either --data or --train-ann/--train-images/--val-ann/--val-images, not both")
+        return load_data_config(data)
+    if not (train_ann and train_images):
+        raise DynamicDetError("no data: give --data data.yaml, or --train-ann and --train-images")
+    if (val_ann is None) != (val_images is None):
+        raise DynamicDetError("give both --val-ann and --val-images, or neither")
+    return DataConfig(train_ann, train_images, val_ann, val_images)
+
+
+def _open_dataset(ann, images, train: bool, augment, skip_bad: bool, family: str = "faster_rcnn"):
+    """A CocoDataset with the recipe's augmentation (training) or none (evaluation), with
+    instance masks when the detector `family` needs them."""
+    from dynamicdet_cli.data.coco import CocoDataset
+    from dynamicdet_cli.data.transforms import build_transforms
+    from dynamicdet_cli.model.build import needs_masks
+    tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
+    ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad, masks=needs_masks(family))
+    skipped = f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}" \
+        if ds.skipped else ""
+    if not ds.image_ids:  # the error says it all: no warning line before it
+        raise DynamicDetError(f"{ann}: no usable images" + (f" ({skipped})" if skipped else ""))
+    if train and ds.n_boxes == 0:
+        raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
+    if skipped:
+        _warn(skipped)
+    if ds.n_degenerate or ds.n_clipped:
+        _warn(ds.box_report())
+    return ds
+
+
+@app.command("train-detectors")
+def train_detectors(
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (not needed with --resume)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")] = Path("runs/train"),
+    data: DataOpt = None, train_ann: TrainAnnOpt = None, train_images: TrainImgOpt = None,
+    val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    overrides: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="override train.epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="override train.batch_size")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="override train.lr")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="override the input size (shorter and longer side)")] = None,
+    router_holdout: Annotated[Optional[float], typer.Option(min=0.0, max=0.9, help="override train.router_holdout: share of training images kept out for the router's targets")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
+    force: Annotated[bool, typer.Option("--force", help="start a new run in an --out that holds one (its checkpoints and metrics are replaced)")] = False,
+    init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
+    skip_bad_images: SkipBadOpt = False,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
+    _set_threads(threads)
+    from dynamicdet_cli.config.recipe import load_recipe, recipe_from_dict
+    from dynamicdet_cli.cli.tables import epoch_table
+    from dynamicdet_cli.train.loop import TrainingInterrupted, load_run_state, train_detectors as _train
+
+    if resume:
+        cfg = recipe_from_dict(load_run_state(out)["recipe"])
+        if recipe or overrides or epochs or batch_size or lr is not None or image_size or router_holdout is not None:
+            _warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
+    elif recipe is None:
+        raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
+    else:
+        sets = list(overrides or [])
+        sets += [f"train.epochs={epochs}"] if epochs else []
+        sets += [f"train.batch_size={batch_size}"] if batch_size else []
+        sets += [f"train.lr={lr}"] if lr is not None else []
+        sets += [f"train.router_holdout={router_holdout}"] if router_holdout is not None else []
+        sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
+        cfg = load_recipe(recipe, sets)
+    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+    family = cfg.model.family
+    train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images, family)
+    val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
+    try:
+        with _run_folder(out):
+            result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
+                            init=init, max_steps=max_steps, show_progress=progress, force=force,
+                            on_epoch=lambda record: console.print(epoch_table(record)))
+    except TrainingInterrupted as stop:
+        _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
+    if result.complete:
+        _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), " (best.pt, last.pt, metrics.jsonl)")
+    else:
+        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+
+
+@contextlib.contextmanager
+def _run_folder(run: Path):
+    """Hold the run folder while training writes it: a second train-detectors into the same
+    --out is refused at once instead of interleaving its files with the first's. Under torchrun
+    rank 0 holds it (the only writer)."""
+    from dynamicdet_cli.core.atomic import locked
+    if _QUIET:
+        yield
+        return
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(locked(run, wait=False))
+            except BlockingIOError:
+                raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to "
+                                      "finish, or choose another --out") from None
+            yield
+    finally:
+        if created and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # nothing was written: leave no empty folder behind
+
+
+def _saved(run: Path, epochs: int) -> str:
+    """What a train-detectors run folder holds, and how to go on."""
+    if epochs == 0:
+        return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
+    return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
+            "to continue, run the same command with --resume")
+
+
+@app.command("train-router")
+def train_router(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint with trained detectors, e.g. runs/NAME/best.pt")],
+    data: DataOpt = None, train_ann: TrainAnnOpt = None, train_images: TrainImgOpt = None,
+    val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
+    overrides: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="override router.epochs")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="override router.lr")] = None,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    skip_bad_images: SkipBadOpt = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Step 2: train the router with both detectors frozen; store it with the validation scores."""
+    _set_threads(threads)
+    from dynamicdet_cli.checkpoint.store import first_non_finite, load_checkpoint, save_checkpoint
+    from dynamicdet_cli.config.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
+    from dynamicdet_cli.router.summary import summary_table
+    from dynamicdet_cli.router.training import train_router_checkpoint
+    from dynamicdet_cli.train.distributed import resolve_device
+
+    sets = list(overrides or [])
+    for item in sets:  # the detectors (and the loss their targets come from) were fixed by step 1
+        keys, _ = parse_override(item)
+        if keys[0] != "router" and keys[:2] != ["model", "router"]:
+            raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
+                                  "model.router.*); the detectors' keys were fixed when train-detectors trained them")
+    with _updating(checkpoint, output):
+        ckpt = load_checkpoint(checkpoint)
+        sets += [f"router.epochs={epochs}"] if epochs else []
+        sets += [f"router.lr={lr}"] if lr is not None else []
+        recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
+        ckpt["recipe"] = recipe_to_dict(recipe)
+        dc = _data_config(data, train_ann, train_images, val_ann, val_images)
+        if not dc.has_val:
+            raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
+        family = recipe.model.family
+        train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
+        val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
+        router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
+        new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
+                                               show_progress=progress, router_set=router_set)
+        bad = first_non_finite(new)
+        if bad is not None:  # never saved: every later load would refuse it
+            raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "
+                                  "was written (lower router.lr, e.g. --lr)")
+        path = save_checkpoint(new, output or checkpoint)
+    console.print(summary_table(summary))
+    _say("router trained; wrote ", (str(path), "bold"))
+
+
+@contextlib.contextmanager
+def _updating(checkpoint: Path, output: Path | None):
+    """Hold a checkpoint that a command rewrites in place from its read to its write: two
+    commands updating one file then run one after the other, and neither update is lost."""
+    from dynamicdet_cli.core.atomic import locked
+    if not checkpoint.is_file() or (output is not None and not (output.exists() and os.path.samefile(output, checkpoint))):
+        yield
+        return
+    with locked(checkpoint, on_wait=lambda: _warn(f"{checkpoint} is being updated by another command; "
+                                                     "waiting for it to finish")):
+        yield
+
+
+# ----------------------------------------------------------------------------- inference
+def _latency_with_unit(text: str | None) -> str | None:
+    """A bare number could be ms or s: ask for the unit rather than guess."""
+    if text is not None and text.strip().replace(".", "", 1).isdigit():
+        raise typer.BadParameter(f"{text!r} has no unit: write {text.strip()}ms or {text.strip()}s")
+    return text
+
+
+RouteLatency = Annotated[Optional[str], typer.Option("--latency", callback=_latency_with_unit,
+                                                     help="target mean latency per image, with its unit (40ms or 0.04s), or a share of the way from the easy route's latency to the hard one's (50%)")]
+RouteRatio = Annotated[Optional[float], typer.Option("--hard-ratio", min=0.0, max=1.0, help="share of images routed hard, e.g. 0.3")]
+RouteTau = Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0, help="difficulty threshold tau: phi > tau goes hard")]
+RoutePoint = Annotated[Optional[str], typer.Option("--point", help="a stored operating point (or easy / hard)")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per batch")]
+
+
+class Speed(str, Enum):
+    fixed = "fixed"
+    held = "held"
+
+
+SpeedOpt = Annotated[Speed, typer.Option("--speed", help="fixed: route every image at the threshold the route options give (reproducible: the same images take the same routes); held: hold the latency target (--latency, or the point's) over the images sent, moving the threshold after each batch as the measured speed asks")]
+
+
+def _load_model(checkpoint: Path, device_name: str):
+    from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
+    from dynamicdet_cli.train.distributed import resolve_device
+    device = resolve_device(device_name)
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt, model_from_checkpoint(ckpt, device).eval(), device
+
+
+@app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint with a trained router")],
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None,
+    name: Annotated[str, typer.Option("--name", help="name of the stored operating point")] = "default",
+    clamp: Annotated[bool, typer.Option("--clamp", help="clamp an unreachable latency target to the nearest end")] = False,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per batch, as predict / evaluate will run (latencies hold per batch size)")] = 8,
+    images: Annotated[Optional[Path], typer.Option("--images", help="time the routes on this folder's images (default: the validation images the router scores were computed on)")] = None,
+    random_images: Annotated[bool, typer.Option("--random-images", help="time random images instead of real ones")] = False,
+    image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="side of the --random-images (default: the recipe's input size)")] = None,
+    max_images: Annotated[int, typer.Option(min=1, help="time at most this many images, spread over the set")] = 128,
+    repeats: Annotated[int, typer.Option(min=1, help="timed passes over the images per route (median)")] = 5,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of in place")] = None,
+    reuse_latency: Annotated[bool, typer.Option("--reuse-latency", help="use the latency stored for this regime instead of timing again")] = False,
+):
+    """Measure lat1/lat2 in this regime and store a threshold for a target latency (or hard ratio / threshold).
+
+    With none of --latency, --hard-ratio, --threshold: only measure and store the latency."""
+    _set_threads(threads)
+    if not name.strip() or name in ("easy", "hard"):
+        raise DynamicDetError(f"--name {name!r}: give a non-empty name other than easy / hard "
+                              "(those select a whole route in --point)")
+    from dynamicdet_cli.checkpoint.store import save_checkpoint
+    from dynamicdet_cli.speed.latency import calibrate_checkpoint
+    from dynamicdet_cli.cli.tables import calibrate_table
+
+    with _updating(checkpoint, output):
+        ckpt, model, dev = _load_model(checkpoint, device)
+        result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
+                                      hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
+                                      repeats=repeats, reuse=reuse_latency, images=images,
+                                      random_images=random_images, image_size=image_size, max_images=max_images)
+        if result.warning:
+            _warn(result.warning)
+        path = save_checkpoint(ckpt, output or checkpoint)
+    console.print(calibrate_table(result.measured, result.point, name))
+    _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint")],
+    data: DataOpt = None, val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
+    do_sweep: Annotated[bool, typer.Option("--sweep", help="the whole accuracy-latency curve instead of one point")] = False,
+    ratios: Annotated[str, typer.Option(help="hard ratios of the sweep, comma-separated")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    draws: Annotated[int, typer.Option(min=0, help="random-routing draws per sweep point")] = 5,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files")] = None,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
+    skip_bad_images: SkipBadOpt = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """COCO box AP (and mask AP for Mask R-CNN) on the validation data at one operating point, or the accuracy-latency --sweep."""
+    _set_threads(threads)
+    from dynamicdet_cli.evaluation import evaluate as engine
+    from dynamicdet_cli.core.atomic import write_json
+    from dynamicdet_cli.speed.regime import Regime, missing_latency
+    from dynamicdet_cli.speed.routing import resolve_route
+    from dynamicdet_cli.cli.tables import evaluate_table, sweep_table
+
+    ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
+    ckpt, model, dev = _load_model(checkpoint, device)
+    if do_sweep and ckpt["router"] is None:
+        raise DynamicDetError(f"{checkpoint} has no trained router, so --sweep would route by meaningless scores: "
+                              "run train-router on it first, or evaluate one route (--point easy / hard)")
+    if data is not None:
+        dc = _data_config(data, None, None, None, None)
+        if not dc.has_val:
+            raise DynamicDetError(f"{data}: no val_ann / val_images to evaluate on")
+        val_ann, val_images = dc.val_ann, dc.val_images
+    elif not (val_ann and val_images):
+        raise DynamicDetError("no data: give --data data.yaml, or --val-ann and --val-images")
+    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images, ckpt["recipe"]["model"]["family"])
+    if dataset.classes != ckpt["classes"]:
+        raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {ckpt['classes'][:5]}")
+    out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")
+    if do_sweep:
+        rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
+        console.print(sweep_table(rows))
+        if measured is None:
+            console.print(f"latency column empty: {missing_latency(ckpt, Regime.of_run(model, dev, batch_size), checkpoint)}",
+                          markup=False, highlight=False, soft_wrap=True)
+        plot = written.get("plot")
+        _say(f"sweep: {written['json']}, {written['csv']}, " +
+             (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
+        return
+    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                                regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
+    result = engine.evaluate_route(model, dataset, route, dev, out, batch_size, progress)
+    write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
+                                             "hard_share": result.hard_share, "latency_ms": result.latency_ms,
+                                             "images": result.n_images})
+    console.print(evaluate_table(result, text))
+
+
+def _sweep_ratios(ratios: str, *route_options) -> list[float]:
+    """The sweep's hard ratios; a route option with --sweep is a mistake, not something to ignore."""
+    if any(option is not None for option in route_options):
+        raise DynamicDetError("--sweep covers every hard ratio: drop --latency / --hard-ratio / --threshold / "
+                              "--point, or drop --sweep to evaluate that one point")
+    try:
+        ks = [float(x) for x in ratios.split(",") if x.strip()]
+    except ValueError:
+        ks = None
+    if not ks or not all(0.0 <= k <= 1.0 for k in ks):
+        raise DynamicDetError(f"--ratios {ratios!r}: expected comma-separated numbers in [0, 1], e.g. 0,0.5,1")
+    return ks
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="image folders, files or glob patterns")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a dynamicdet checkpoint")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("predictions"),
+    latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None, point: RoutePoint = None,
+    speed: SpeedOpt = Speed.fixed,
+    conf: Annotated[float, typer.Option("--conf", min=0.0, max=1.0, help="score threshold of kept detections")] = 0.3,
+    render: Annotated[bool, typer.Option("--render/--no-render", help="write pictures with boxes and labels")] = True,
+    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+):
+    """Detect objects in images; each image takes the route its difficulty asks for."""
+    _set_threads(threads)
+    from dynamicdet_cli import predict as engine
+    from dynamicdet_cli.speed.regime import Regime, find_latency
+    from dynamicdet_cli.speed.routing import hold_target, resolve_route
+
+    ckpt, model, dev = _load_model(checkpoint, device)
+    regime = Regime.of_run(model, dev, batch_size)
+    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                                regime=regime, checkpoint=str(checkpoint))
+    hold = None
+    if speed is Speed.held:
+        hold = hold_target(ckpt, route, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                           regime=regime, checkpoint=str(checkpoint))
+        text += f"; held at {hold.target_ms:.1f} ms/image, tau moving after each batch"
+    _say(f"route: {text}")
+    from dynamicdet_cli.data.images import list_images
+    paths = list_images(inputs)
+    summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
+                             conf=conf, render=render, device=dev, progress=progress,
+                             calibration=find_latency(ckpt, regime), hold=hold)
+    console.print(engine.summary_table(summary))
+    gap = summary.calibration_gap()
+    if hold is None and gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE \
+            and summary.n_images >= engine.WARN_AFTER_BATCHES * batch_size:
+        _warn(f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
+              f"device's speed has changed (load, power state, other images); re-run "
+              f"`{regime.calibrate_command(str(checkpoint))}` to measure it again")
+    _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    pt2 = "pt2"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint (onnx: Faster R-CNN or YOLO family; torchscript: Faster R-CNN; pt2: YOLO)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx: three graphs a runtime chains per image; torchscript: one module(images, tau); pt2: three torch.export programs")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder to write the files into")],
+):
+    """Export both routes for deployment, with the classes, input transform and operating points (dynamicdet.json)."""
+    from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
+    from dynamicdet_cli.export.exporter import check_exportable, export_checkpoint, export_table
+
+    ckpt = load_checkpoint(checkpoint)
+    check_exportable(ckpt, fmt.value, output)  # before building the model: a refused export stops here
+    result = export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt.value, output, source=str(checkpoint))
+    console.print(export_table(result))
+    _say("exported to ", (str(result.out_dir), "bold"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    typer_app(prog_name="dynamicdet")

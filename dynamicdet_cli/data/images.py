@@ -1,0 +1,29 @@
+"""Image files named on a command line: folders, files and glob patterns, in a stable order."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from dynamicdet_cli.core.errors import DynamicDetError
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files named by `inputs`: folders (their files, not recursive, sorted), files, or glob
+    patterns (sorted matches). Input order is kept and duplicates are dropped. Hidden files
+    in folders are left out. Whether a file is an image is decided later, when it is read."""
+    found: dict[Path, None] = {}  # ordered set
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not files:
+                raise DynamicDetError(f"{item}: no such file or folder, and no file matches it as a pattern")
+        found.update(dict.fromkeys(files))
+    if not found:
+        raise DynamicDetError(f"no files in {', '.join(inputs) or 'the (empty) input list'}: "
+                              "give image files, folders holding images, or glob patterns")
+    return list(found)
