@@ -57,6 +57,7 @@ from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from dynamicdet_cli.checkpoint.types import LatencyRecord
 from dynamicdet_cli.core.atomic import atomic_path, write_text
 from dynamicdet_cli.speed.calibrate import expected_latency
 from dynamicdet_cli.evaluation.coco import NON_FINITE, encode_masks, to_coco_results
@@ -106,7 +107,7 @@ class PredictSummary:
     out_dir: Path
     written: list[Path] = field(default_factory=list)
     renders: list[Path] = field(default_factory=list)
-    calibration: dict | None = None
+    calibration: LatencyRecord | None = None
     warm_routes: tuple[str, ...] = ()  # routes whose figure includes warm-up: none of their images ran without
     image_ms: list[float] = field(default_factory=list)
     hold: HoldReport | None = None
@@ -131,14 +132,14 @@ class PredictSummary:
         m = self.calibration
         if m is None or not self.n_images:
             return None
-        expected = expected_latency(self.share_hard, m["easy_ms"], m["hard_ms"], m.get("curve_ms"))
+        expected = expected_latency(self.share_hard, m.easy_ms, m.hard_ms, m.curve_ms)
         return expected, self.mean_ms / expected - 1.0
 
 
 def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, class_names: list[str],
             category_ids: list[int], batch_size: int = 8, conf: float = 0.3, render: bool = True,
             device: str | torch.device = "cpu", progress: bool = True,
-            calibration: dict | None = None, regroup: bool | None = None,
+            calibration: LatencyRecord | None = None, regroup: bool | None = None,
             hold: LatencyHold | None = None) -> PredictSummary:
     """Run `model` (a DynamicDetector) on the image files `paths` and write the outputs.
 
@@ -276,7 +277,7 @@ def summary_table(summary: PredictSummary) -> Table:
     gap = summary.calibration_gap()
     if gap is not None:
         table.add_row("vs calibration", f"{summary.mean_ms:.1f} ms/image here; {gap[0]:.1f} expected at "
-                      f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.get('time', '?')}): "
+                      f"{100 * summary.share_hard:.0f}% hard by calibrate ({summary.calibration.time or '?'}): "
                       f"{100 * gap[1]:+.0f}%" + (f" ({' and '.join(summary.warm_routes)} route: warm-up included)" if summary.warm_routes else ""))
     if summary.hold is not None:
         for what, value in hold_rows(summary.hold):

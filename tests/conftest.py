@@ -87,11 +87,12 @@ def shapes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_ckpt(shapes, tiny_recipe):
     """A tiny model's checkpoint marked as having trained detectors (the weights are fresh)."""
+    from dataclasses import replace
+
     from dynamicdet_cli.checkpoint.store import new_checkpoint
-    from dynamicdet_cli.config.recipe import recipe_to_dict
+    from dynamicdet_cli.checkpoint.types import TrainingRecord
     train_set, _ = shapes
     torch.manual_seed(0)
     model = build_model(tiny_recipe.model, num_classes=train_set.num_classes)
-    ckpt = new_checkpoint(recipe_to_dict(tiny_recipe), train_set.classes, train_set.cat_ids, model)
-    ckpt["training"] = {"epochs": 1}
-    return ckpt
+    ckpt = new_checkpoint(tiny_recipe, train_set.classes, train_set.cat_ids, model)
+    return replace(ckpt, training=TrainingRecord(epochs=1, steps=0, run=""))

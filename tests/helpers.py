@@ -1,4 +1,8 @@
-"""Assertions shared by the CLI tests (imported as `helpers`: pytest puts tests/ on sys.path)."""
+"""Assertions and data helpers shared by the tests (imported as `helpers`: pyproject puts tests/ on sys.path)."""
+
+import json
+import shutil
+from pathlib import Path
 
 
 def one_error_line(result, *needles: str) -> str:
@@ -49,3 +53,30 @@ def regrouped_at_median(model, images):
     regrouped = [d.detection for d in sorted(done, key=lambda d: d.key)]
     assert [r["route"] for r in regrouped] == [r["route"] for r in alone]
     return regrouped, alone
+
+
+def coco_to_yolo(coco: Path, dest: Path, splits=("train", "val")) -> Path:
+    """A YOLO-format copy of make-shapes data: images/<split>/, labels/<split>/*.txt (none for an
+    image without objects), and data.yaml with `names` as an {index: name} mapping."""
+    names = None
+    for split in splits:
+        data = json.loads((coco / f"{split}.json").read_text())
+        cats = sorted(c["id"] for c in data["categories"])
+        names = {i: next(c["name"] for c in data["categories"] if c["id"] == cat) for i, cat in enumerate(cats)}
+        (dest / "images" / split).mkdir(parents=True)
+        (dest / "labels" / split).mkdir(parents=True)
+        for img in data["images"]:
+            shutil.copy(coco / split / img["file_name"], dest / "images" / split / img["file_name"])
+            lines = []
+            for ann in data["annotations"]:
+                if ann["image_id"] == img["id"]:
+                    x, y, w, h = ann["bbox"]
+                    W, H = img["width"], img["height"]
+                    lines.append(f"{cats.index(ann['category_id'])} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} "
+                                 f"{w / W:.6f} {h / H:.6f}\n")
+            if lines:
+                (dest / "labels" / split / img["file_name"]).with_suffix(".txt").write_text("".join(lines))
+    text = "path: .\n" + "".join(f"{s}: images/{s}\n" for s in splits) + "names:\n"
+    text += "".join(f"  {i}: {n}\n" for i, n in names.items())
+    (dest / "data.yaml").write_text(text)
+    return dest / "data.yaml"

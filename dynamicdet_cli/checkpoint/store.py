@@ -29,6 +29,9 @@ A checkpoint is one file holding a plain dict of tensors and primitives (so it l
                       shape and every other field (checksum.py); absent in files written
                       by earlier versions, which still load with a warning
 
+In code the checkpoint is a `types.Checkpoint` (frozen, typed): load_checkpoint parses the
+file into one after checking it, save_checkpoint writes its to_dict().
+
 Resume state (optimizer, scheduler, epoch, RNG) lives in the run folder, not here.
 Writes are atomic: a temporary file in the same folder, then a rename. Loading checks the
 checksum and the type of every field (one line naming the first bad field), and the model
@@ -51,11 +54,10 @@ import torchvision
 from dynamicdet_cli import __version__
 from dynamicdet_cli.core import allocator
 from dynamicdet_cli.core.atomic import atomic_path
+from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core.checksum import content_checksum
 from dynamicdet_cli.core.errors import DynamicDetError, missing_file, warn
-
-FORMAT_NAME = "dynamicdet"
-FORMAT_VERSION = 1
+from dynamicdet_cli.checkpoint.types import FORMAT_NAME, FORMAT_VERSION, Checkpoint
 REQUIRED_KEYS = ("recipe", "classes", "category_ids", "detector", "router", "router_stats", "training",
                  "validation", "latency", "operating_points", "provenance")
 
@@ -70,42 +72,34 @@ def provenance() -> dict:
     }
 
 
-def new_checkpoint(recipe: dict, classes: list[str], category_ids: list[int], model: torch.nn.Module) -> dict:
+def new_checkpoint(recipe: Recipe, classes: list[str], category_ids: list[int], model: torch.nn.Module) -> Checkpoint:
     """A checkpoint for `model` with nothing measured or trained yet."""
-    ckpt = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "recipe": recipe,
-        "classes": [str(c) for c in classes],
-        "category_ids": [int(c) for c in category_ids],
-        "detector": None,
-        "router": None,
-        "router_stats": {},
-        "training": None,
-        "validation": None,
-        "latency": [],
-        "operating_points": {},
-        "provenance": provenance(),
-    }
-    store_detector(ckpt, model)
-    return ckpt
+    return Checkpoint(recipe=recipe, classes=tuple(str(c) for c in classes),
+                      category_ids=tuple(int(c) for c in category_ids), detector=detector_state(model),
+                      provenance=provenance())
 
 
 def _cpu_state(module: torch.nn.Module, prefix: str = "") -> dict:
     return {k[len(prefix):]: v.detach().cpu().clone() for k, v in module.state_dict().items() if k.startswith(prefix)}
 
 
-def store_detector(ckpt: dict, model: torch.nn.Module) -> None:
-    """Copy the detector weights (everything but the router) of `model` into `ckpt`."""
-    ckpt["detector"] = {k: v for k, v in _cpu_state(model).items() if not k.startswith("router.")}
+def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The detector weights (everything but the router) of `model`, on the CPU."""
+    return {k: v for k, v in _cpu_state(model).items() if not k.startswith("router.")}
 
 
-def store_router(ckpt: dict, model: torch.nn.Module) -> None:
-    ckpt["router"] = _cpu_state(model.router)
+def router_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return _cpu_state(model.router)
 
 
-def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write atomically: nothing at `path` is lost if the write fails half-way."""
+    return write_checkpoint_dict(checkpoint.to_dict(), path)
+
+
+def write_checkpoint_dict(ckpt: dict, path: str | Path) -> Path:
+    """Write a checkpoint's plain dict (Checkpoint.to_dict) atomically, with the save time and
+    checksum added. Tests write damaged dicts through it; code saves a Checkpoint."""
     path = Path(path)
     ckpt = dict(ckpt, provenance=dict(ckpt.get("provenance") or {}, saved=provenance()["created"]))
     ckpt.pop("checksum", None)
@@ -120,8 +114,13 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read and check a dynamicdet checkpoint; every failure is a one-line DynamicDetError."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read, check and parse a dynamicdet checkpoint; every failure is a one-line DynamicDetError."""
+    return Checkpoint.from_dict(read_checkpoint_dict(path))
+
+
+def read_checkpoint_dict(path: str | Path) -> dict:
+    """The checked plain dict a checkpoint file holds (what load_checkpoint parses)."""
     path = Path(path)
     if not path.is_file():
         raise missing_file(path, f"{path}: checkpoint not found")
@@ -160,13 +159,14 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def first_non_finite(ckpt: dict) -> str | None:
+def first_non_finite(ckpt: Checkpoint | dict) -> str | None:
     """The first weight (as `detector[key]` / `router[key]`) holding NaN or inf, or None.
 
     One summing pass over every floating tensor, after the checksum has read the same pages;
     bench/bench_finite_check.py measures what it adds to a load."""
-    for field in ("detector", "router"):
-        for key, value in (ckpt.get(field) or {}).items():
+    states = (ckpt.get("detector"), ckpt.get("router")) if isinstance(ckpt, dict) else (ckpt.detector, ckpt.router)
+    for field, state in zip(("detector", "router"), states):
+        for key, value in (state or {}).items():
             if value.is_floating_point() and not _finite(value):
                 return f"{field}[{key}]"
     return None
@@ -290,25 +290,23 @@ def _check_points(points, bad) -> None:
                                                "target_ms and expected_ms positive or empty)")
 
 
-def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu"):
+def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu"):
     """Build the model the checkpoint describes and load its weights (router if stored)."""
     from dynamicdet_cli.model.build import build_model
-    from dynamicdet_cli.config.recipe import recipe_from_dict
 
-    recipe = recipe_from_dict(ckpt["recipe"])
-    model = build_model(recipe.model, num_classes=len(ckpt["classes"]))
-    state = dict(ckpt["detector"])
-    if ckpt["router"] is not None:
-        state.update({f"router.{k}": v for k, v in ckpt["router"].items()})
+    model = build_model(ckpt.recipe.model, num_classes=ckpt.num_classes)
+    state = dict(ckpt.detector)
+    if ckpt.router is not None:
+        state.update({f"router.{k}": v for k, v in ckpt.router.items()})
     expected = model.state_dict()
     for key, value in state.items():
         if key in expected and value.shape != expected[key].shape:
             field = f"router[{key[7:]}]" if key.startswith("router.") else f"detector[{key}]"
             raise DynamicDetError(
                 f"checkpoint field {field} has shape {list(value.shape)}, but its recipe and "
-                f"{len(ckpt['classes'])} classes need {list(expected[key].shape)}; the file is damaged")
+                f"{ckpt.num_classes} classes need {list(expected[key].shape)}; the file is damaged")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k.startswith("router.") and ckpt["router"] is None)]
+    missing = [k for k in missing if not (k.startswith("router.") and ckpt.router is None)]
     if missing or unexpected:
         example = (missing or unexpected)[0]
         raise DynamicDetError(f"checkpoint weights do not match its recipe (e.g. {example}); the file is damaged")

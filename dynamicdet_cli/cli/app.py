@@ -9,6 +9,7 @@ and typer's usage errors (unknown option, value out of range), are printed as on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -150,7 +151,7 @@ def build(
     """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""
     from dynamicdet_cli.checkpoint.store import new_checkpoint, save_checkpoint
     from dynamicdet_cli.model.build import build_model
-    from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.config.recipe import load_recipe
     from dynamicdet_cli.train.starting_weights import load_backbone_weights
 
     cfg = load_recipe(recipe, overrides or [])
@@ -161,7 +162,7 @@ def build(
     spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
     if spec:
         _say(load_backbone_weights(model, spec, cfg.model.backbone))
-    ckpt = new_checkpoint(recipe_to_dict(cfg), names, list(range(1, num_classes + 1)), model)
+    ckpt = new_checkpoint(cfg, names, list(range(1, num_classes + 1)), model)
     _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
 
 
@@ -184,11 +185,11 @@ def info(
 ):
     """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
     from dynamicdet_cli.checkpoint.store import load_checkpoint
-    from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
+    from dynamicdet_cli.config.recipe import load_recipe
     from dynamicdet_cli.cli.tables import info_table, recipe_info_table
 
     if checkpoint.suffix.lower() in (".yaml", ".yml"):
-        console.print(recipe_info_table(recipe_to_dict(load_recipe(checkpoint, overrides or [])), flops, image_size))
+        console.print(recipe_info_table(load_recipe(checkpoint, overrides or []), flops, image_size))
         return
     if overrides:
         raise DynamicDetError("--set applies to a recipe; a checkpoint's recipe is the one it was trained with")
@@ -374,7 +375,7 @@ def train_router(
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
     from dynamicdet_cli.checkpoint.store import first_non_finite, load_checkpoint, save_checkpoint
-    from dynamicdet_cli.config.recipe import parse_override, recipe_from_dict, recipe_to_dict, with_overrides
+    from dynamicdet_cli.config.recipe import parse_override, with_overrides
     from dynamicdet_cli.router.summary import summary_table
     from dynamicdet_cli.router.training import train_router_checkpoint
     from dynamicdet_cli.train.distributed import resolve_device
@@ -389,8 +390,8 @@ def train_router(
         ckpt = load_checkpoint(checkpoint)
         sets += [f"router.epochs={epochs}"] if epochs else []
         sets += [f"router.lr={lr}"] if lr is not None else []
-        recipe = with_overrides(recipe_from_dict(ckpt["recipe"]), sets)
-        ckpt["recipe"] = recipe_to_dict(recipe)
+        recipe = with_overrides(ckpt.recipe, sets)
+        ckpt = dataclasses.replace(ckpt, recipe=recipe)
         dc = _data_config(data, train_ann, train_images, val_ann, val_images)
         if not dc.has_val:
             raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
@@ -489,7 +490,7 @@ def calibrate(
                                       random_images=random_images, image_size=image_size, max_images=max_images)
         if result.warning:
             _warn(result.warning)
-        path = save_checkpoint(ckpt, output or checkpoint)
+        path = save_checkpoint(result.checkpoint, output or checkpoint)
     console.print(calibrate_table(result.measured, result.point, name))
     _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
 
@@ -517,7 +518,7 @@ def evaluate(
 
     ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
     ckpt, model, dev = _load_model(checkpoint, device)
-    if do_sweep and ckpt["router"] is None:
+    if do_sweep and ckpt.router is None:
         raise DynamicDetError(f"{checkpoint} has no trained router, so --sweep would route by meaningless scores: "
                               "run train-router on it first, or evaluate one route (--point easy / hard)")
     if data is not None:
@@ -527,9 +528,9 @@ def evaluate(
         val_ann, val_images = dc.val_ann, dc.val_images
     elif not (val_ann and val_images):
         raise DynamicDetError("no data: give --data data.yaml, or --val-ann and --val-images")
-    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images, ckpt["recipe"]["model"]["family"])
-    if dataset.classes != ckpt["classes"]:
-        raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {ckpt['classes'][:5]}")
+    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images, ckpt.family)
+    if tuple(dataset.classes) != ckpt.classes:
+        raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {list(ckpt.classes[:5])}")
     out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")
     if do_sweep:
         rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
@@ -594,7 +595,7 @@ def predict(
     _say(f"route: {text}")
     from dynamicdet_cli.data.images import list_images
     paths = list_images(inputs)
-    summary = engine.predict(model, paths, route, out, ckpt["classes"], ckpt["category_ids"], batch_size=batch_size,
+    summary = engine.predict(model, paths, route, out, list(ckpt.classes), list(ckpt.category_ids), batch_size=batch_size,
                              conf=conf, render=render, device=dev, progress=progress,
                              calibration=find_latency(ckpt, regime), hold=hold)
     console.print(engine.summary_table(summary))

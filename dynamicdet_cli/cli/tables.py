@@ -10,7 +10,8 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES
+from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord, OperatingPoint
+from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, BackboneConfig, ModelConfig, Recipe
 from dynamicdet_cli.speed.regime import Regime
 
 
@@ -22,31 +23,31 @@ def _fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def _backbone_text(b: dict) -> str:
-    if b["kind"] == "csp":
-        return f"CSP (width {b['width_multiple']}, depth {b['depth_multiple']})"
-    return f"ResNet-{b['depth']}" if b["kind"] == "resnet" else f"RegNet (widths {b['widths']})"
+def _backbone_text(b: BackboneConfig) -> str:
+    if b.kind == "csp":
+        return f"CSP (width {b.width_multiple}, depth {b.depth_multiple})"
+    return f"ResNet-{b.depth}" if b.kind == "resnet" else f"RegNet (widths {list(b.widths)})"
 
 
-def _neck_text(m: dict) -> str:
-    if m["family"] == "yolo":
+def _neck_text(m: ModelConfig) -> str:
+    if m.family == "yolo":
         return "SPPF + PAN"
-    return f"FPN {m['neck']['out_channels']}"
+    return f"FPN {m.neck.out_channels}"
 
 
-def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int | None) -> None:
+def _model_rows(table: Table, m: ModelConfig, model, count_flops: bool, image_size: int | None) -> None:
     """Family, architecture, input size, and parameters and FLOPs of each route (route_cost.py)."""
     from dynamicdet_cli.model.cost import route_flops, route_params
 
     params = route_params(model)
-    side = image_size or m["transform"]["min_size"][-1]
+    side = image_size or m.transform.min_size[-1]
     flops = route_flops(model, side, side) if count_flops else None
-    b = m["backbone"]
-    extra = " + P6, P7" if m["family"] in ONE_STAGE_FAMILIES else ""
-    table.add_row("family", m["family"])
-    table.add_row("detector", f"Dy-{m['family']}: 2 x {_backbone_text(b)}, {_neck_text(m)} over "
-                              f"stages {b['stages']}{extra}, shared stem: {b['share_stem']}")
-    table.add_row("input size", f"min {m['transform']['min_size']}, max {m['transform']['max_size']}")
+    b = m.backbone
+    extra = " + P6, P7" if m.family in ONE_STAGE_FAMILIES else ""
+    table.add_row("family", m.family)
+    table.add_row("detector", f"Dy-{m.family}: 2 x {_backbone_text(b)}, {_neck_text(m)} over "
+                              f"stages {list(b.stages)}{extra}, shared stem: {b.share_stem}")
+    table.add_row("input size", f"min {list(m.transform.min_size)}, max {m.transform.max_size}")
     for route, parts in (("easy", "backbone 1 + router + head 1"),
                          ("hard", "backbone 1 + router + composite + backbone 2 + head 2")):
         cost = f"{params[route] / 1e6:.2f} M params"
@@ -57,21 +58,19 @@ def _model_rows(table: Table, m: dict, model, count_flops: bool, image_size: int
     table.add_row("total parameters", f"{params['total'] / 1e6:.2f} M")
 
 
-def recipe_info_table(recipe: dict, count_flops: bool = True, image_size: int | None = None) -> Table:
+def recipe_info_table(recipe: Recipe, count_flops: bool = True, image_size: int | None = None) -> Table:
     """What a recipe builds and what each route costs, on fresh weights (the recipe's num_classes)."""
     from dynamicdet_cli.model.build import build_model
-    from dynamicdet_cli.config.recipe import recipe_from_dict
 
-    m = recipe["model"]
     table = Table(title="dynamicdet recipe", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    _model_rows(table, m, build_model(recipe_from_dict(recipe).model), count_flops, image_size)
-    table.add_row("classes", str(m["num_classes"]))
+    _model_rows(table, recipe.model, build_model(recipe.model), count_flops, image_size)
+    table.add_row("classes", str(recipe.model.num_classes))
     return table
 
 
-def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = None) -> Group:
+def info_table(ckpt: Checkpoint, count_flops: bool = True, image_size: int | None = None) -> Group:
     """What a checkpoint holds and the cost of each route; then the stored latencies and
     operating points, each with its regime, as tables of their own."""
     from dynamicdet_cli.checkpoint.store import model_from_checkpoint
@@ -79,67 +78,67 @@ def info_table(ckpt: dict, count_flops: bool = True, image_size: int | None = No
     table = Table(title="dynamicdet checkpoint", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    _model_rows(table, ckpt["recipe"]["model"], model_from_checkpoint(ckpt), count_flops, image_size)
-    table.add_row("classes", f"{len(ckpt['classes'])}: {escape(', '.join(ckpt['classes'][:8]))}"
-                             + (" ..." if len(ckpt["classes"]) > 8 else ""))
-    training = ckpt["training"]
-    table.add_row("detectors", "fresh weights (not trained)" if not training else
-                  f"trained {training.get('epochs', '?')} epochs; " +
-                  ", ".join(f"{k} {_fmt(v)}" for k, v in (training.get("val") or {}).items()))
-    stats = ckpt["router_stats"]
+    _model_rows(table, ckpt.recipe.model, model_from_checkpoint(ckpt), count_flops, image_size)
+    table.add_row("classes", f"{ckpt.num_classes}: {escape(', '.join(ckpt.classes[:8]))}"
+                             + (" ..." if ckpt.num_classes > 8 else ""))
+    training = ckpt.training
+    table.add_row("detectors", "fresh weights (not trained)" if training is None else
+                  f"trained {training.epochs} epochs; " +
+                  ", ".join(f"{k} {_fmt(v)}" for k, v in training.val.items()))
+    stats = ckpt.router_stats
     shown = {"delta": "Delta", "val_spearman": "val Spearman(phi, L1-L2)", "ap_router_50": "AP at 50% hard",
              "gap_router_50": "gap recovered at 50%"}
-    table.add_row("router", "not trained" if ckpt["router"] is None else
+    table.add_row("router", "not trained" if ckpt.router is None else
                   "trained; " + ", ".join(f"{name} {_fmt(stats[k])}" for k, name in shown.items() if k in stats)
                   + (f"; targets: {escape(str(stats['targets']))}" if stats.get("targets") else ""))
-    val = ckpt["validation"]
-    table.add_row("validation scores", "none" if not val else
-                  f"{len(val['image_ids'])} images ({escape(str(val.get('dataset', '')))}"
-                  + (f", images in {escape(str(val['images']))})" if val.get("images") else ")"))
-    if not ckpt["latency"]:
+    val = ckpt.validation
+    table.add_row("validation scores", "none" if val is None else
+                  f"{len(val.image_ids)} images ({escape(str(val.dataset or ''))}"
+                  + (f", images in {escape(str(val.images))})" if val.images else ")"))
+    if not ckpt.latency:
         table.add_row("latency", "not measured (run calibrate)")
-    if not ckpt["operating_points"]:
+    if not ckpt.operating_points:
         table.add_row("operating points", "none (run calibrate)")
-    prov = ckpt["provenance"]
+    prov = ckpt.provenance
     table.add_row("written by", escape(f"dynamicdet {prov.get('package')}, torch {prov.get('torch')}, "
                                        f"{prov.get('saved', prov.get('created'))}"))
     tables = [table]
-    if ckpt["latency"]:
-        tables.append(latency_table(ckpt["latency"]))
-    if ckpt["operating_points"]:
-        tables.append(points_table(ckpt["operating_points"]))
+    if ckpt.latency:
+        tables.append(latency_table(ckpt.latency))
+    if ckpt.operating_points:
+        tables.append(points_table(ckpt.operating_points))
     return Group(*tables)
 
 
-def latency_table(measurements: list[dict]) -> Table:
+def latency_table(measurements: tuple[LatencyRecord, ...]) -> Table:
     """The stored route latencies, one row per regime they were measured in. How malloc
     treated freed memory (allocator.py) is a column when CPU rows differ in it, else the caption."""
     table = Table(title="latency per image, by regime (predict / evaluate --latency use their own regime's)")
-    mallocs = {m.get("malloc") or "default" for m in measurements if m["device"] == "cpu"}
+    mallocs = {m.malloc for m in measurements if m.device == "cpu"}
     columns = ("device", "batch", "px", "threads", "dtype", *(("malloc",) if len(mallocs) > 1 else ()),
                "lat1 ms", "lat2 ms")
     for col in columns:
         table.add_column(col, justify="left" if col in ("device", "dtype", "malloc") else "right", no_wrap=True)
     table.add_column("timed on", overflow="fold")
     for m in measurements:
-        malloc = (escape(m.get("malloc") or "default") if m["device"] == "cpu" else "-",) if len(mallocs) > 1 else ()
-        table.add_row(escape(str(m["device"])), str(m["batch_size"]), str(m["image_size"]), _fmt(m.get("threads")),
-                      escape(str(m.get("dtype") or "float32")), *malloc, f"{m['easy_ms']:.2f}", f"{m['hard_ms']:.2f}",
-                      escape(f"{m.get('images') or 'random images'}, {m.get('time', '?')}"))
+        malloc = (escape(m.malloc) if m.device == "cpu" else "-",) if len(mallocs) > 1 else ()
+        table.add_row(escape(str(m.device)), str(m.batch_size), str(m.image_size), _fmt(m.threads),
+                      escape(str(m.dtype)), *malloc, f"{m.easy_ms:.2f}", f"{m.hard_ms:.2f}",
+                      escape(f"{m.images or 'random images'}, {m.time or '?'}"))
     if len(mallocs) == 1:
         table.caption = f"CPU rows measured with malloc {escape(mallocs.pop())}"
     return table
 
 
-def points_table(points: dict[str, dict]) -> Table:
+def points_table(points: dict[str, OperatingPoint]) -> Table:
     """The stored operating points, with the regime a latency-bound point was calibrated in."""
     table = Table(title="operating points")
     for col in ("name", "tau", "hard on val", "target ms", "expected ms", "calibrated for"):
         table.add_column(col, justify="left" if col in ("name", "calibrated for") else "right")
     for name, p in points.items():
-        regime = Regime.of_record(p).describe() if "device" in p else "-"
-        table.add_row(escape(name), f"{p['tau']:.4f}", f"{100 * p['hard_ratio']:.0f}%", _fmt(p.get("target_ms"), 2),
-                      _fmt(p.get("expected_ms"), 2), escape(regime))
+        regime = Regime.of_record(p).describe() if p.has_regime else "-"
+        table.add_row(escape(name), f"{p.tau:.4f}", f"{100 * p.hard_ratio:.0f}%", _fmt(p.target_ms, 2),
+                      _fmt(p.expected_ms, 2), escape(regime))
     return table
 
 
@@ -159,25 +158,25 @@ def epoch_table(record: dict) -> Table:
     return table
 
 
-def calibrate_table(latency: dict | None, point: dict | None, name: str) -> Table:
+def calibrate_table(latency: LatencyRecord | None, point: OperatingPoint | None, name: str) -> Table:
     """lat1, lat2 and the regime and images they were measured in; target, k, tau and
     expected latency of the stored operating point (None: the latency was only measured)."""
     table = Table(title=f"operating point '{escape(name)}'" if point else "route latencies", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     if latency is not None:
-        table.add_row("lat1 (easy route)", f"{latency['easy_ms']:.2f} ms per image")
-        table.add_row("lat2 (hard route)", f"{latency['hard_ms']:.2f} ms per image")
+        table.add_row("lat1 (easy route)", f"{latency.easy_ms:.2f} ms per image")
+        table.add_row("lat2 (hard route)", f"{latency.hard_ms:.2f} ms per image")
         table.add_row("regime", escape(Regime.of_record(latency).describe()))
-        table.add_row("timed on", escape(str(latency.get("images") or "random images")))
-        if latency.get("spread_pct") is not None:
-            table.add_row("passes disagree by", f"{latency['spread_pct']:.1f}% ({latency.get('repeats')} passes)")
+        table.add_row("timed on", escape(str(latency.images or "random images")))
+        if latency.spread_pct is not None:
+            table.add_row("passes disagree by", f"{latency.spread_pct:.1f}% ({latency.repeats} passes)")
     if point is None:
         return table
-    table.add_row("target", "-" if point.get("target_ms") is None else f"{point['target_ms']:.2f} ms")
-    table.add_row("k (share routed hard on val)", f"{point['hard_ratio']:.3f}")
-    table.add_row("tau", f"{point['tau']:.4f}")
-    table.add_row("expected latency", "-" if point.get("expected_ms") is None else f"{point['expected_ms']:.2f} ms")
+    table.add_row("target", "-" if point.target_ms is None else f"{point.target_ms:.2f} ms")
+    table.add_row("k (share routed hard on val)", f"{point.hard_ratio:.3f}")
+    table.add_row("tau", f"{point.tau:.4f}")
+    table.add_row("expected latency", "-" if point.expected_ms is None else f"{point.expected_ms:.2f} ms")
     return table
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord
 from dynamicdet_cli.core.atomic import write_json
 from dynamicdet_cli.evaluation.coco import coco_metrics, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
@@ -68,9 +69,9 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
     return Evaluation(metrics, n_hard / max(n_images, 1), ms / max(n_images, 1), n_images, path)
 
 
-def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir: Path,
+def sweep(model, ckpt: Checkpoint, dataset: CocoDataset, device: torch.device, out_dir: Path,
           ratios: list[float], random_draws: int = 5, batch_size: int = 8,
-          show_progress: bool = True) -> tuple[list[dict], dict, dict | None]:
+          show_progress: bool = True) -> tuple[list[dict], dict, LatencyRecord | None]:
     """The accuracy-latency curve. Returns (rows, written paths, latency measurement used).
 
     The latency column comes from the measurement of this run's regime (device, batch size,
@@ -78,10 +79,10 @@ def sweep(model, ckpt: dict, dataset: CocoDataset, device: torch.device, out_dir
     routes = run_both_routes(model, dataset, device, batch_size, show_progress=show_progress,
                              label="running both detectors")
     measured = find_latency(ckpt, Regime.of_run(model, device, batch_size))
-    lat1, lat2 = (measured["easy_ms"], measured["hard_ms"]) if measured else (None, None)
+    lat1, lat2 = (measured.easy_ms, measured.hard_ms) if measured else (None, None)
     rows = compose_sweep(dataset.coco, routes.image_ids, routes.easy, routes.hard, routes.scores,
                          ratios, lat1, lat2, random_draws=random_draws,
-                         latency_curve=measured.get("curve_ms") if measured else None, masks=dataset.masks)
+                         latency_curve=measured.curve_ms if measured else None, masks=dataset.masks)
     written = write_sweep(rows, out_dir)
     for name, results in (("easy", routes.easy), ("hard", routes.hard)):
         flat = [r for i in routes.image_ids for r in results[i]]

@@ -39,6 +39,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dynamicdet_cli import __version__
+from dynamicdet_cli.checkpoint.types import Checkpoint
 from dynamicdet_cli.core.atomic import write_json
 from dynamicdet_cli.core.errors import DynamicDetError, warn
 
@@ -59,12 +60,12 @@ class ExportResult:
     meta: dict
 
 
-def check_exportable(ckpt: dict, fmt: str, out_dir: Path | None = None) -> None:
+def check_exportable(ckpt: Checkpoint, fmt: str, out_dir: Path | None = None) -> None:
     """DynamicDetError unless `fmt` is a known format, the checkpoint's family exports, `out_dir`
     (if given) can take this export, and (for ONNX) the onnx package is installed."""
     if fmt not in FORMATS:
         raise DynamicDetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    family = ckpt["recipe"].get("model", {}).get("family", "faster_rcnn")
+    family = ckpt.family
     families = EXPORTABLE_FAMILIES[fmt]
     if family not in families:
         raise DynamicDetError(f"export --format {fmt} supports {', '.join(families)} only; "
@@ -78,7 +79,7 @@ def check_exportable(ckpt: dict, fmt: str, out_dir: Path | None = None) -> None:
             raise DynamicDetError("ONNX export needs the onnx package: pip install 'dynamicdet[export]'") from None
 
 
-def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Path,
+def export_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, fmt: str, out_dir: Path,
                       source: str = "") -> ExportResult:
     """Export `model` (built from `ckpt`, on the CPU) as `fmt` into `out_dir`; files are written atomically.
 
@@ -87,7 +88,7 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
     out_dir = Path(out_dir)
     check_exportable(ckpt, fmt, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt["router"] is None:
+    if ckpt.router is None:
         warn("this checkpoint has no trained router: its difficulty scores mean nothing, so only the "
              "all-easy / all-hard routes are meaningful (run train-router before exporting)")
     model = model.cpu().eval()
@@ -115,13 +116,13 @@ def export_checkpoint(ckpt: dict, model: torch.nn.Module, fmt: str, out_dir: Pat
         text = json.dumps(meta, indent=2, allow_nan=False)
         files = [export_torchscript(model, out_dir / TORCHSCRIPT_FILE, example, text)]
     if meta["family"] == "yolo":
-        y = ckpt["recipe"]["model"].get("yolo", {})
+        y = ckpt.recipe.model.yolo
         meta["postprocess"] = {
             "where": "outside the graphs: the route graphs give every point's boxes and class scores",
             "steps": "per image: clip boxes to the image, keep (point, class) pairs with score > score_thresh, "
                      "the topk_candidates best, NMS per class at nms_thresh, the detections_per_img best",
-            "score_thresh": y.get("score_thresh"), "topk_candidates": y.get("topk_candidates"),
-            "nms_thresh": y.get("nms_thresh"), "detections_per_img": y.get("detections_per_img"),
+            "score_thresh": y.score_thresh, "topk_candidates": y.topk_candidates,
+            "nms_thresh": y.nms_thresh, "detections_per_img": y.detections_per_img,
             "labels": "column c of scores is label c + 1"}
     files.append(write_json(out_dir / META_FILE, meta, indent=2))
     return ExportResult(out_dir, files, meta)
@@ -141,28 +142,27 @@ def _check_folder(out_dir: Path, fmt: str) -> None:
         raise DynamicDetError(f"{out_dir} holds a {other} export; export --format {fmt} into another folder")
 
 
-def export_meta(ckpt: dict, source: str = "") -> dict:
+def export_meta(ckpt: Checkpoint, source: str = "") -> dict:
     """Everything in dynamicdet.json but the format-specific part (see the module docstring)."""
-    m = ckpt["recipe"]["model"]
-    t = m.get("transform", {})
-    points = ckpt["operating_points"]
+    t = ckpt.recipe.model.transform
+    points = ckpt.operating_points
     default = "default" if "default" in points else next(iter(points)) if len(points) == 1 else None
-    if default is None and ckpt["router"] is None:
+    if default is None and ckpt.router is None:
         default = "hard"  # what predict does without a router
     return {
         "format": "dynamicdet-export",
         "version": 1,
-        "family": m.get("family", "faster_rcnn"),
-        "classes": list(ckpt["classes"]),
-        "category_ids": list(ckpt["category_ids"]),
+        "family": ckpt.family,
+        "classes": list(ckpt.classes),
+        "category_ids": list(ckpt.category_ids),
         "input": {"color": "RGB", "dtype": "float32", "range": [0.0, 1.0], "layout": "channels first (3,H,W)"},
-        "transform": {"min_size": int(list(t.get("min_size", [800]))[-1]), "max_size": int(t.get("max_size", 1333)),
-                      "image_mean": list(t.get("image_mean", [])), "image_std": list(t.get("image_std", [])),
+        "transform": {"min_size": int(t.min_size[-1]), "max_size": int(t.max_size),
+                      "image_mean": list(t.image_mean), "image_std": list(t.image_std),
                       "resize": "bilinear, scale = min(min_size / shorter side, max_size / longer side)",
                       "size_divisible": 32, "applied": "inside the exported graphs / module"},
-        "operating_points": {name: dict(p) for name, p in points.items()},
+        "operating_points": {name: p.to_dict() for name, p in points.items()},
         "default_point": default,
-        "router_trained": ckpt["router"] is not None,
+        "router_trained": ckpt.router is not None,
         "provenance": {"dynamicdet": __version__, "torch": str(torch.__version__),
                        "torchvision": str(torchvision.__version__), "checkpoint": source},
     }

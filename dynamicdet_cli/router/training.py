@@ -15,13 +15,14 @@ Where the targets come from (the summary always says):
 
 from __future__ import annotations
 
-import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from dynamicdet_cli.checkpoint.store import model_from_checkpoint, store_router
+from dynamicdet_cli.checkpoint.store import model_from_checkpoint, router_state
+from dynamicdet_cli.checkpoint.types import Checkpoint, ValidationScores
 from dynamicdet_cli.data.transforms import Transform, build_transforms
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.evaluation.inference import run_both_routes
@@ -31,38 +32,38 @@ from dynamicdet_cli.router.fit import exact_median, reset_router, train_router
 from dynamicdet_cli.router.summary import router_summary
 
 
-def _check_inputs(ckpt: dict, datasets: dict) -> None:
-    if ckpt.get("training") is None:
+def _check_inputs(ckpt: Checkpoint, datasets: dict) -> None:
+    if ckpt.training is None:
         raise DynamicDetError("detectors never trained: run train-detectors first (the router learns which "
                               "images detector 2 helps, which fresh detectors cannot tell)")
     if datasets.get("validation") is None:
         raise DynamicDetError("train-router needs a validation set (its router scores calibrate the "
                               "thresholds): give val_ann/val_images")
-    family = ckpt["recipe"]["model"]["family"]
+    family = ckpt.family
     for name, ds in datasets.items():
         if ds is not None and needs_masks(family) and not ds.masks:
             raise DynamicDetError(f"the {name} data was opened without instance masks, but the detectors "
                                   f"({family}) need them for their losses: open it with masks=True")
-        if ds is not None and list(ds.classes) != list(ckpt["classes"]):
+        if ds is not None and list(ds.classes) != list(ckpt.classes):
             raise DynamicDetError(f"the {name} data's classes {_brief(ds.classes)} differ from the checkpoint's "
-                                  f"{_brief(ckpt['classes'])}; use the data the detectors were trained on")
+                                  f"{_brief(list(ckpt.classes))}; use the data the detectors were trained on")
 
 
 def _brief(names: list[str], n: int = 5) -> str:
     return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
 
 
-def view_augmentation(ckpt: dict) -> Transform:
+def view_augmentation(ckpt: Checkpoint) -> Transform:
     """The checkpoint recipe's training augmentation, for the extra cached views."""
-    aug = (ckpt["recipe"].get("train") or {}).get("augment") or {}
-    return build_transforms(True, aug.get("hflip", 0.5), aug.get("photometric", 0.5), aug.get("zoom_out", 0.0))
+    aug = ckpt.recipe.train.augment
+    return build_transforms(True, aug.hflip, aug.photometric, aug.zoom_out)
 
 
-def router_targets(ckpt: dict, train_set, router_set=None):
+def router_targets(ckpt: Checkpoint, train_set, router_set=None):
     """(dataset whose losses are the targets, a phrase saying where they come from)."""
     if router_set is not None:
         return router_set, f"router split {Path(router_set.ann_file).name} ({len(router_set)} images)"
-    held = (ckpt.get("training") or {}).get("router_image_ids") or []
+    held = list(ckpt.training.router_image_ids) if ckpt.training is not None else []
     if held:
         subset = train_set.restricted_to(held)
         if len(subset) != len(held):
@@ -72,8 +73,8 @@ def router_targets(ckpt: dict, train_set, router_set=None):
     return train_set, f"the {len(train_set)} training images (as the paper)"
 
 
-def train_router_checkpoint(ckpt: dict, train_set, val_set, cfg, device, show_progress: bool = True,
-                            random_draws: int = 10, router_set=None) -> tuple[dict, dict]:
+def train_router_checkpoint(ckpt: Checkpoint, train_set, val_set, cfg, device, show_progress: bool = True,
+                            random_draws: int = 10, router_set=None) -> tuple[Checkpoint, dict]:
     """The whole of `train-router`: returns (new checkpoint, summary); the caller saves it.
 
     train_set / val_set / router_set: CocoDatasets with evaluation transforms (no
@@ -90,7 +91,7 @@ def train_router_checkpoint(ckpt: dict, train_set, val_set, cfg, device, show_pr
     augment = view_augmentation(ckpt) if cfg.views > 1 else None
     # Images go through the detectors in the batches they were trained in (known to fit in
     # memory); cfg.batch_size is the router's batch over cached vectors.
-    images_per_batch = int((ckpt["recipe"].get("train") or {}).get("batch_size", 8))
+    images_per_batch = ckpt.recipe.train.batch_size
 
     start = time.perf_counter()
     train_cache = cache_router_inputs(model, targets, device, images_per_batch, cfg.views, cfg.loss_draws,
@@ -110,11 +111,12 @@ def train_router_checkpoint(ckpt: dict, train_set, val_set, cfg, device, show_pr
                    held_out_images=history["held_out_images"], logit_scale=history["logit_scale"],
                    cache_seconds=cache_seconds, train_seconds=history["seconds"])
 
-    new = copy.copy(ckpt)  # shallow: "detector" stays the very dict of tensors that was read
-    store_router(new, model)
-    new["router_stats"] = {k: v for k, v in summary.items() if v is None or isinstance(v, (int, float, str))}
-    new["validation"] = {"image_ids": routes.image_ids, "scores": routes.scores,
-                         "dataset": str(Path(val_set.ann_file).resolve()), "images": str(Path(val_set.image_dir).resolve())}
-    # Scores of another router are void, and so are thresholds picked from them.
-    new["operating_points"] = {}
+    # The detector weights stay the very tensors that were read. Scores of another router are
+    # void, and so are thresholds picked from them: the operating points go.
+    new = replace(ckpt, router=router_state(model),
+                  router_stats={k: v for k, v in summary.items() if v is None or isinstance(v, (int, float, str))},
+                  validation=ValidationScores(tuple(routes.image_ids), routes.scores,
+                                              str(Path(val_set.ann_file).resolve()),
+                                              str(Path(val_set.image_dir).resolve())),
+                  operating_points={})
     return new, summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from dynamicdet_cli.speed.calibrate import (expected_latency, hard_ratio_for_latency, hard_ratio_for_threshold,
                                       measure_latency, parse_latency_target, target_latency_ms,
                                       threshold_for_hard_ratio)
+from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord, OperatingPoint
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.speed.batcher import RouteBatcher
 from dynamicdet_cli.speed.regime import Regime, find_latency  # noqa: F401 (device_name: re-export)
@@ -31,7 +32,7 @@ SPREAD_WARN_PCT = 10.0  # calibrate warns when a route's passes disagree by more
 
 @torch.inference_mode()
 def measure_routes(model, device: torch.device, images: list[torch.Tensor], batch_size: int,
-                   warmup: int = 2, repeats: int = 5, source: str = "", mixed_taus: list[float] = ()) -> dict:
+                   warmup: int = 2, repeats: int = 5, source: str = "", mixed_taus: list[float] = ()) -> LatencyRecord:
     """Mean per-image latency of each route over `images`, in ms, with its regime.
 
     `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
@@ -81,17 +82,17 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
         for route in routes:
             passes[route].append(spent[route])
     regime = Regime.of_run(model, device, batch_size)
-    return {
+    return LatencyRecord(
         **regime.record(),
-        "easy_ms": statistics.median(passes["easy"]) / len(images),
-        "hard_ms": statistics.median(passes["hard"]) / len(images),
-        "curve_ms": [[sum(d.detection["route"] == "hard" for d in done[tau]) / len(images),
-                      statistics.median(passes[tau]) / len(images)] for tau in routes[len(ROUTES):]],
-        "images": source or f"{len(images)} images",
-        "repeats": repeats,
-        "spread_pct": max(spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+        easy_ms=statistics.median(passes["easy"]) / len(images),
+        hard_ms=statistics.median(passes["hard"]) / len(images),
+        curve_ms=tuple((sum(d.detection["route"] == "hard" for d in done[tau]) / len(images),
+                        statistics.median(passes[tau]) / len(images)) for tau in routes[len(ROUTES):]),
+        images=source or f"{len(images)} images",
+        repeats=repeats,
+        spread_pct=max(spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
+        time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def spread_pct(values: list[float]) -> float:
@@ -99,32 +100,33 @@ def spread_pct(values: list[float]) -> float:
     return 100.0 * (max(values) - min(values)) / statistics.median(values)
 
 
-def store_latency(ckpt: dict, measured: dict) -> int:
-    """Add a measurement to the checkpoint, replacing one taken in the same regime."""
+def store_latency(ckpt: Checkpoint, measured: LatencyRecord) -> Checkpoint:
+    """The checkpoint with `measured` added, replacing one taken in the same regime."""
     regime = Regime.of_record(measured)
-    ckpt["latency"] = [m for m in ckpt["latency"] if not regime.matches(m)]
-    ckpt["latency"].append(measured)
-    return len(ckpt["latency"]) - 1
+    return replace(ckpt, latency=(*(m for m in ckpt.latency if not regime.matches(m)), measured))
 
 
 @dataclass
 class Calibration:
-    """What `calibrate` did: the stored point (None when it only measured), the measurement
-    used (None without a latency), whether it was timed now, and a warning for the user."""
+    """What `calibrate` did: the checkpoint with its results stored (the caller saves it), the
+    stored point (None when it only measured), the measurement used (None without a latency),
+    whether it was timed now, and a warning for the user."""
 
-    point: dict | None
-    measured: dict | None
+    checkpoint: Checkpoint
+    point: OperatingPoint | None
+    measured: LatencyRecord | None
     timed: bool = False
     warning: str | None = None
 
 
-def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "default", *,
+def calibrate_checkpoint(ckpt: Checkpoint, model, device: torch.device, name: str = "default", *,
                          target: str | None = None, hard_ratio: float | None = None,
                          threshold: float | None = None, clamp: bool = False, batch_size: int = 8,
                          repeats: int = 5, reuse: bool = False, images: Path | None = None,
                          random_images: bool = False, image_size: int | None = None,
                          max_images: int = 128) -> Calibration:
-    """The whole of `calibrate`, on `ckpt` in place (the caller saves it).
+    """The whole of `calibrate`: returns what it did and the checkpoint with its results
+    stored (Calibration.checkpoint; the caller saves it).
 
     With a latency target, or with no option at all (measure only), both routes are timed
     in this run's regime (or the stored measurement of that regime is reused with `reuse`)
@@ -134,7 +136,7 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
     options: see timing_images.timing_images.
     """
     validation_scores(ckpt)  # fail before timing anything
-    result = Calibration(None, None)
+    result = Calibration(ckpt, None, None)
     if target is not None:
         parse_latency_target(target)  # a malformed target fails before timing anything
     if target is not None or (hard_ratio is None and threshold is None):
@@ -149,41 +151,43 @@ def calibrate_checkpoint(ckpt: dict, model, device: torch.device, name: str = "d
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
                                              source=chosen.source, mixed_taus=curve_thresholds(ckpt))
             result.timed = True
-            spread = result.measured.get("spread_pct")
+            spread = result.measured.spread_pct
             if spread is not None and spread > SPREAD_WARN_PCT:
                 noisy = (f"a route's timed passes disagree by {spread:.0f}%: the device is busy or changing "
                          "speed, and these latencies are no surer than that; calibrate on an idle device "
                          "or with more --repeats")
                 result.warning = f"{result.warning}; {noisy}" if result.warning else noisy
-    target_ms = None if target is None else target_latency_ms(target, result.measured["easy_ms"],
-                                                              result.measured["hard_ms"])
+    target_ms = None if target is None else target_latency_ms(target, result.measured.easy_ms,
+                                                              result.measured.hard_ms)
     if target_ms is not None or hard_ratio is not None or threshold is not None:
         result.point = operating_point(ckpt, target_ms=target_ms, hard_ratio=hard_ratio, threshold=threshold,
                                        latency=result.measured, clamp=clamp)
-        ckpt["operating_points"][name] = result.point
+        ckpt = replace(ckpt, operating_points={**ckpt.operating_points, name: result.point})
     if result.measured is not None:
-        store_latency(ckpt, result.measured)
+        ckpt = store_latency(ckpt, result.measured)
+    result.checkpoint = ckpt
     return result
 
 
-def curve_thresholds(ckpt: dict) -> list[float]:
+def curve_thresholds(ckpt: Checkpoint) -> list[float]:
     """The thresholds that route CURVE_SHARES of the validation images hard: where calibrate
     times mixed batches."""
     scores = validation_scores(ckpt)
     return [threshold_for_hard_ratio(scores, k) for k in CURVE_SHARES]
 
 
-def validation_scores(ckpt: dict) -> torch.Tensor:
-    val = ckpt.get("validation")
-    if ckpt.get("router") is None or not val or len(val["image_ids"]) == 0:
+def validation_scores(ckpt: Checkpoint) -> torch.Tensor:
+    val = ckpt.validation
+    if ckpt.router is None or val is None or len(val.image_ids) == 0:
         raise DynamicDetError("the checkpoint has no trained router / validation scores: run train-router first")
-    return val["scores"].float()
+    return val.scores.float()
 
 
-def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: float | None = None,
-                    threshold: float | None = None, latency: dict | None = None, clamp: bool = False) -> dict:
+def operating_point(ckpt: Checkpoint, *, target_ms: float | None = None, hard_ratio: float | None = None,
+                    threshold: float | None = None, latency: LatencyRecord | None = None,
+                    clamp: bool = False) -> OperatingPoint:
     """An operating point from exactly one of: a target latency (needs `latency`), a hard
-    ratio k, or a threshold tau. Returns dict(tau, hard_ratio, target_ms, expected_ms)."""
+    ratio k, or a threshold tau; with `latency`, its expected latency and regime."""
     given = [x is not None for x in (target_ms, hard_ratio, threshold)]
     if sum(given) != 1:
         raise DynamicDetError("give exactly one of --latency, --hard-ratio or --threshold")
@@ -191,8 +195,8 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
     if target_ms is not None:
         if latency is None:
             raise DynamicDetError("a latency target needs a latency measurement on this device")
-        hard_ratio = hard_ratio_for_latency(target_ms, latency["easy_ms"], latency["hard_ms"], clamp=clamp,
-                                            curve=latency.get("curve_ms"))
+        hard_ratio = hard_ratio_for_latency(target_ms, latency.easy_ms, latency.hard_ms, clamp=clamp,
+                                            curve=latency.curve_ms)
     if threshold is not None:
         if not 0.0 <= threshold <= 1.0:
             raise DynamicDetError(f"--threshold {threshold}: must lie in [0, 1]")
@@ -202,8 +206,8 @@ def operating_point(ckpt: dict, *, target_ms: float | None = None, hard_ratio: f
             raise DynamicDetError(f"--hard-ratio {hard_ratio}: must lie in [0, 1]")
         tau = threshold_for_hard_ratio(scores, hard_ratio)
     share = hard_ratio_for_threshold(scores, tau)
-    point = {"tau": float(tau), "hard_ratio": float(share), "target_ms": target_ms, "expected_ms": None}
-    if latency is not None:
-        point["expected_ms"] = expected_latency(share, latency["easy_ms"], latency["hard_ms"], latency.get("curve_ms"))
-        point.update(Regime.of_record(latency).record())  # the regime its latency holds in
-    return point
+    if latency is None:
+        return OperatingPoint(float(tau), float(share), target_ms)
+    return OperatingPoint(float(tau), float(share), target_ms,
+                          expected_latency(share, latency.easy_ms, latency.hard_ms, latency.curve_ms),
+                          **Regime.of_record(latency).record())  # the regime its latency holds in

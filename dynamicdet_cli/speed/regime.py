@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dynamicdet_cli.core import allocator
-# The keys a latency measurement and a latency-bound operating point store.
-REGIME_KEYS = ("device", "batch_size", "image_size", "threads", "dtype", "malloc")
+from dynamicdet_cli.checkpoint.types import REGIME_KEYS, Checkpoint, LatencyRecord, OperatingPoint
 
 
 def device_name(device: torch.device) -> str:
@@ -54,12 +53,12 @@ class Regime:
                    torch.get_num_threads(), str(dtype).removeprefix("torch."), allocator.setting(), str(device))
 
     @classmethod
-    def of_record(cls, record: dict) -> Regime:
-        """The regime of a stored measurement or point. Records written before the dtype was
-        stored are float32: inference had no other dtype then."""
-        device = record["device"]
-        return cls(device, int(record["batch_size"]), int(record["image_size"]), record.get("threads"),
-                   record.get("dtype") or "float32", record.get("malloc") or allocator.DEFAULT,
+    def of_record(cls, record: LatencyRecord | OperatingPoint) -> Regime:
+        """The regime of a stored measurement, or of a point stored with one. Records written
+        before the dtype was stored are float32: inference had no other dtype then."""
+        device = record.device
+        return cls(device, int(record.batch_size), int(record.image_size), record.threads,
+                   record.dtype or "float32", record.malloc or allocator.DEFAULT,
                    "cpu" if device == "cpu" else "cuda")
 
     def record(self) -> dict:
@@ -73,9 +72,10 @@ class Regime:
         return (self.device, self.batch_size, self.image_size, self.threads if cpu else None, self.dtype,
                 self.malloc if cpu else None)
 
-    def matches(self, record: dict) -> bool:
-        return all(k in record for k in ("device", "batch_size", "image_size")) and \
-            Regime.of_record(record).key() == self.key()
+    def matches(self, record: LatencyRecord | OperatingPoint) -> bool:
+        if isinstance(record, OperatingPoint) and not record.has_regime:
+            return False
+        return Regime.of_record(record).key() == self.key()
 
     def describe(self) -> str:
         threads = "? threads" if self.threads is None else f"{self.threads} thread{'s' * (self.threads != 1)}"
@@ -91,21 +91,21 @@ class Regime:
                 f"--batch-size {self.batch_size}{threads}{dtype}")
 
 
-def find_latency(ckpt: dict, regime: Regime) -> dict | None:
+def find_latency(ckpt: Checkpoint, regime: Regime) -> LatencyRecord | None:
     """The latest measurement stored for `regime`, or None."""
-    for record in reversed(ckpt["latency"]):
+    for record in reversed(ckpt.latency):
         if regime.matches(record):
             return record
     return None
 
 
-def stored_regimes(ckpt: dict) -> str:
+def stored_regimes(ckpt: Checkpoint) -> str:
     """The regimes of the stored measurements, '; '-separated ('none' when there are none)."""
-    described = dict.fromkeys(Regime.of_record(m).describe() for m in ckpt["latency"])
+    described = dict.fromkeys(Regime.of_record(m).describe() for m in ckpt.latency)
     return "; ".join(described) or "none"
 
 
-def missing_latency(ckpt: dict, regime: Regime, checkpoint: str) -> str:
+def missing_latency(ckpt: Checkpoint, regime: Regime, checkpoint: str) -> str:
     """One line: no latency for this run's regime, which are stored, and how to measure it."""
     return (f"no latency measured for this run ({regime.describe()}); stored: {stored_regimes(ckpt)}. "
             f"Measure this one with `{regime.calibrate_command(checkpoint)}`")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from dynamicdet_cli.checkpoint.types import Checkpoint
 from dynamicdet_cli.core.errors import DynamicDetError
 
 
@@ -32,7 +33,7 @@ class TimingImages:
     warning: str | None = None
 
 
-def timing_images(ckpt: dict, batch_size: int, limit: int = 128, folder: Path | None = None,
+def timing_images(ckpt: Checkpoint, batch_size: int, limit: int = 128, folder: Path | None = None,
                   random: bool = False, side: int | None = None) -> TimingImages:
     """The images to time: `folder`'s, random ones of `side` px (default: the recipe's input
     size) if `random`, else the checkpoint's validation images (random ones, with a warning,
@@ -41,7 +42,7 @@ def timing_images(ckpt: dict, batch_size: int, limit: int = 128, folder: Path | 
         raise DynamicDetError("give --images DIR or --random-images, not both")
     if side is not None and not random:
         raise DynamicDetError("--image-size sets the side of random images: give it with --random-images")
-    side = side or int(ckpt["recipe"]["model"]["transform"]["min_size"][-1])
+    side = side or int(ckpt.recipe.model.transform.min_size[-1])
     if random:
         return random_images(_count(limit, limit, batch_size), side)
     if folder is not None:
@@ -56,13 +57,13 @@ def timing_images(ckpt: dict, batch_size: int, limit: int = 128, folder: Path | 
         return fallback
 
 
-def validation_images(ckpt: dict, batch_size: int, limit: int = 128) -> TimingImages:
+def validation_images(ckpt: Checkpoint, batch_size: int, limit: int = 128) -> TimingImages:
     """The validation images whose router scores the checkpoint stores, in their stored order."""
     from dynamicdet_cli.data.coco import CocoDataset
     from dynamicdet_cli.data.transforms import build_transforms
 
-    val = ckpt.get("validation") or {}
-    ann, folder = val.get("dataset"), val.get("images")
+    val = ckpt.validation
+    ann, folder = (val.dataset, val.images) if val is not None else (None, None)
     if not ann or not folder:
         raise DynamicDetError("the checkpoint does not record where its validation images are (train-router "
                               "of an older dynamicdet; rerun it to record them)")
@@ -71,11 +72,11 @@ def validation_images(ckpt: dict, batch_size: int, limit: int = 128) -> TimingIm
         raise DynamicDetError(f"the validation images recorded in the checkpoint are gone ({missing} not found)")
     if Path(ann).is_dir():  # YOLO-format data: the recorded "dataset" is the split's label folder
         from dynamicdet_cli.data.yolo import YoloLabels
-        ann = YoloLabels(images=Path(folder), labels=Path(ann), names=tuple(ckpt["classes"]))
+        ann = YoloLabels(images=Path(folder), labels=Path(ann), names=ckpt.classes)
     dataset = CocoDataset(ann, folder, transforms=build_transforms(False))
     position = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
-    ids = [i for i in val["image_ids"] if i in position]
-    if len(ids) < len(val["image_ids"]):
+    ids = [i for i in val.image_ids if i in position]
+    if len(ids) < len(val.image_ids):
         raise DynamicDetError(f"{ann} no longer holds the validation images whose scores the checkpoint stores")
     chosen = _spread(ids, _count(len(ids), limit, batch_size))
     images = [dataset[position[i]][0].as_subclass(torch.Tensor) for i in chosen]

@@ -30,7 +30,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from dynamicdet_cli.core.atomic import atomic_path, write_text
 from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, save_checkpoint
+from dynamicdet_cli.checkpoint.types import TrainingRecord
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.mosaic import Mosaic
 from dynamicdet_cli.train.ema import WeightAverage
@@ -363,9 +364,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 record["val"] = last_val
             if env.is_main:
                 metric = (last_val["d1"]["AP"] + last_val["d2"]["AP"]) / 2 if "val" in record else None
-                ckpt = new_checkpoint(recipe_data, train_set.classes, train_set.cat_ids, saved)
-                ckpt["training"] = {"epochs": epoch + 1, "steps": step, "run": str(run),
-                                    "val": _flat_val(record.get("val")), "router_image_ids": router_ids}
+                ckpt = replace(new_checkpoint(recipe, train_set.classes, train_set.cat_ids, saved),
+                               training=TrainingRecord(epoch + 1, step, str(run), _flat_val(record.get("val")),
+                                                       tuple(router_ids)))
                 save_checkpoint(ckpt, run / "last.pt")
                 # best.pt: the best evaluated epoch; until an epoch is evaluated (or without
                 # validation data), the last one

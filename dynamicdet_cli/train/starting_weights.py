@@ -182,7 +182,7 @@ def load_init_weights(model, spec: str, backbone_cfg=None) -> str:
     state = read_spec(spec, backbone_cfg, allow_detector=True)
     if state.get("format") == "dynamicdet":
         ckpt = load_checkpoint(Path(spec).expanduser())
-        loaded, skipped = _load_matching(model, ckpt["detector"])
+        loaded, skipped = _load_matching(model, dict(ckpt.detector))
         kind = "dynamicdet checkpoint"
     elif any(k.startswith("backbone.body.") for k in state):
         renamed = {}

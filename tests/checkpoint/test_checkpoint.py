@@ -7,16 +7,20 @@ import torch
 from torch.testing import assert_close
 
 from dynamicdet_cli.checkpoint import store as ckpt_mod
+from dataclasses import FrozenInstanceError, replace
+
 from dynamicdet_cli.checkpoint.store import (
     FORMAT_VERSION,
     load_checkpoint,
     model_from_checkpoint,
     new_checkpoint,
+    router_state,
     save_checkpoint,
-    store_router,
+    write_checkpoint_dict,
 )
+from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord, OperatingPoint
+from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core.errors import DynamicDetError
-from dynamicdet_cli.config.recipe import recipe_to_dict
 
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
 
@@ -26,10 +30,9 @@ class NotWeights:
 
 
 @pytest.fixture
-def ckpt(tiny_recipe, tiny_model) -> dict:
-    c = new_checkpoint(recipe_to_dict(tiny_recipe), CLASSES, [1, 2, 3, 4, 5], tiny_model)
-    store_router(c, tiny_model)
-    return c
+def ckpt(tiny_recipe, tiny_model) -> Checkpoint:
+    c = new_checkpoint(tiny_recipe, CLASSES, [1, 2, 3, 4, 5], tiny_model)
+    return replace(c, router=router_state(tiny_model))
 
 
 @pytest.fixture
@@ -39,7 +42,8 @@ def saved(ckpt, tmp_path):
 
 def test_round_trip_is_bit_identical(tiny_model, saved, images):
     loaded = load_checkpoint(saved)
-    assert loaded["version"] == FORMAT_VERSION and loaded["classes"] == CLASSES
+    assert isinstance(loaded, Checkpoint) and isinstance(loaded.recipe, Recipe) and loaded.classes == tuple(CLASSES)
+    assert torch.load(saved, weights_only=True)["version"] == FORMAT_VERSION
     model = model_from_checkpoint(loaded).eval()
     want, got = tiny_model.state_dict(), model.state_dict()
     assert list(got) == list(want)
@@ -53,8 +57,8 @@ def test_round_trip_is_bit_identical(tiny_model, saved, images):
 
 
 def test_fresh_checkpoint_without_router_loads(tiny_recipe, tiny_model, tmp_path):
-    c = new_checkpoint(recipe_to_dict(tiny_recipe), CLASSES, [1, 2, 3, 4, 5], tiny_model)
-    assert c["router"] is None
+    c = new_checkpoint(tiny_recipe, CLASSES, [1, 2, 3, 4, 5], tiny_model)
+    assert c.router is None
     model = model_from_checkpoint(load_checkpoint(save_checkpoint(c, tmp_path / "fresh.pt")))
     want = tiny_model.state_dict()
     for key, value in model.state_dict().items():
@@ -112,14 +116,14 @@ def test_other_torch_file_is_refused(tmp_path):
 
 
 def test_newer_format_is_refused(ckpt, tmp_path):
-    path = save_checkpoint(dict(ckpt, version=FORMAT_VERSION + 1), tmp_path / "future.pt")
+    path = write_checkpoint_dict(dict(ckpt.to_dict(), version=FORMAT_VERSION + 1), tmp_path / "future.pt")
     with pytest.raises(DynamicDetError, match="newer.*upgrade"):
         load_checkpoint(path)
 
 
 def test_missing_keys_are_refused(ckpt, tmp_path):
-    damaged = {k: v for k, v in ckpt.items() if k != "operating_points"}
-    path = save_checkpoint(damaged, tmp_path / "damaged.pt")
+    damaged = {k: v for k, v in ckpt.to_dict().items() if k != "operating_points"}
+    path = write_checkpoint_dict(damaged, tmp_path / "damaged.pt")
     with pytest.raises(DynamicDetError, match="missing operating_points"):
         load_checkpoint(path)
 
@@ -134,13 +138,36 @@ def test_save_is_atomic(ckpt, saved, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(dict(ckpt, classes=["other"] * 5), saved)
+        save_checkpoint(replace(ckpt, classes=("other",) * 5), saved)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
     monkeypatch.undo()
-    assert load_checkpoint(saved)["classes"] == CLASSES
+    assert load_checkpoint(saved).classes == tuple(CLASSES)
 
 
 def test_save_creates_missing_folders(ckpt, tmp_path):
     path = save_checkpoint(ckpt, tmp_path / "a" / "b" / "m.pt")
-    assert load_checkpoint(path)["format"] == ckpt_mod.FORMAT_NAME
+    assert torch.load(path, weights_only=True)["format"] == ckpt_mod.FORMAT_NAME and load_checkpoint(path).classes
+
+
+def test_the_checkpoint_is_typed_frozen_data_that_round_trips(ckpt, tmp_path):
+    measured = LatencyRecord("cpu", 8, 64, 2, 10.0, 20.0, curve_ms=((0.5, 15.0),), repeats=3, spread_pct=2.0)
+    point = OperatingPoint(0.4, 0.5, 15.0, 15.0, **{k: getattr(measured, k) for k in
+                                                    ("device", "batch_size", "image_size", "threads", "dtype", "malloc")})
+    full = replace(ckpt, latency=(measured,), operating_points={"default": point, "half": OperatingPoint(0.3, 0.5)})
+    with pytest.raises(FrozenInstanceError):
+        full.classes = ("x",)  # a change is a new value, never an edit in place
+    loaded = load_checkpoint(save_checkpoint(full, tmp_path / "full.pt"))
+    assert loaded.latency == (measured,) and loaded.operating_points == full.operating_points
+    assert loaded.recipe == ckpt.recipe and loaded.category_ids == (1, 2, 3, 4, 5)
+    assert loaded.operating_points["half"].has_regime is False and point.has_regime
+
+
+def test_an_older_file_without_dtype_or_malloc_takes_the_one_default(ckpt, tmp_path):
+    """Defaults live in types.py only: a latency record written before dtype and malloc were
+    stored reads as float32 and malloc default, without a second default where it is read."""
+    raw = ckpt.to_dict()
+    raw["latency"] = [{"device": "cpu", "batch_size": 8, "image_size": 64, "threads": 2, "easy_ms": 1.0, "hard_ms": 2.0}]
+    loaded = load_checkpoint(write_checkpoint_dict(raw, tmp_path / "old.pt"))
+    (record,) = loaded.latency
+    assert (record.dtype, record.malloc, record.curve_ms, record.spread_pct) == ("float32", "default", (), None)

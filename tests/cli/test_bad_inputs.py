@@ -12,6 +12,7 @@ tiny recipe's, so the module takes a few seconds on a 2-core CPU.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -28,10 +29,11 @@ from PIL import Image
 from dynamicdet_cli import __version__
 from dynamicdet_cli.core import atomic
 from dynamicdet_cli.cli import app as cli
-from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, save_checkpoint, store_router
+from dynamicdet_cli.checkpoint.store import (load_checkpoint, new_checkpoint, read_checkpoint_dict, router_state,
+                                             save_checkpoint, write_checkpoint_dict)
+from dynamicdet_cli.checkpoint.types import ValidationScores
 from dynamicdet_cli.data.shapes import CLASSES, make_shapes
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.config.recipe import recipe_to_dict
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
@@ -96,11 +98,10 @@ def run(monkeypatch, capsys) -> Cli:
 def _checkpoint(recipe, path: Path, seed: int = 0, router: bool = False, val_ids=()) -> Path:
     torch.manual_seed(seed)
     model = build_model(recipe.model, num_classes=len(CLASSES))
-    ckpt = new_checkpoint(recipe_to_dict(recipe), list(CLASSES), list(range(1, len(CLASSES) + 1)), model)
+    ckpt = new_checkpoint(recipe, list(CLASSES), list(range(1, len(CLASSES) + 1)), model)
     if router:
-        store_router(ckpt, model)
-        ckpt["validation"] = {"image_ids": list(val_ids), "scores": torch.linspace(0.1, 0.9, len(val_ids)),
-                              "dataset": "val.json"}
+        ckpt = replace(ckpt, router=router_state(model),
+                       validation=ValidationScores(tuple(val_ids), torch.linspace(0.1, 0.9, len(val_ids)), "val.json"))
     return save_checkpoint(ckpt, path)
 
 
@@ -124,9 +125,9 @@ def _touch(path: Path) -> Path:
 
 def _damaged(ckpt: Path, dest: Path, edit) -> Path:
     """A copy of `ckpt` whose content `edit(ckpt_dict)` changed, saved with a valid checksum."""
-    data = load_checkpoint(ckpt)
+    data = read_checkpoint_dict(ckpt)
     edit(data)
-    return save_checkpoint(data, dest)
+    return write_checkpoint_dict(data, dest)
 
 
 # ----------------------------------------------------------------------------- class 1
@@ -210,7 +211,7 @@ def test_damaged_checkpoints_are_refused_and_nan_never_written(run, world, tmp_p
 
 
 def test_a_checkpoint_without_checksum_still_loads_and_says_so(run, world, tmp_path):
-    old = load_checkpoint(world["fresh"])
+    old = read_checkpoint_dict(world["fresh"])
     torch.save(old, tmp_path / "old.pt")  # as dynamicdet 0.1 wrote it: no checksum field
     code, out, err = run("info", tmp_path / "old.pt", "--no-flops")
     assert code == 0, err
@@ -409,4 +410,4 @@ def test_kill_9_during_training_loses_at_most_one_epoch(world, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == list(range(1, epochs + 1))
-    assert load_checkpoint(out / "last.pt")["training"]["epochs"] == epochs
+    assert load_checkpoint(out / "last.pt").training.epochs == epochs

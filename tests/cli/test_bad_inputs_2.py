@@ -9,6 +9,7 @@ byte-identical afterwards (test_bad_inputs.Cli.fails). Tiny recipe, shapes at 64
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 from pathlib import Path
 
@@ -123,8 +124,8 @@ def test_weights_that_went_bad_with_a_valid_checksum(run, world, tmp_path, monke
     from dynamicdet_cli.checkpoint.store import load_checkpoint
 
     def diverged_router(ckpt, *args, **kwargs):
-        new = dict(ckpt, router={k: torch.full_like(v, float("nan")) for k, v in ckpt["detector"].items()
-                                 if k.startswith("head1.roi_heads.box_predictor")})
+        new = replace(ckpt, router={k: torch.full_like(v, float("nan")) for k, v in ckpt.detector.items()
+                                    if k.startswith("head1.roi_heads.box_predictor")})
         return new, {}
     monkeypatch.setattr(router_training, "train_router_checkpoint", diverged_router)
     routed = tmp_path / "to-route.pt"
@@ -145,7 +146,7 @@ def test_weights_that_went_bad_with_a_valid_checksum(run, world, tmp_path, monke
     out = tmp_path / "run"
     run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress", "--epochs", 3,
                *FAST_SETS], "diverged in epoch 2", "last.pt keeps epoch 1", inputs=[world["data"]])
-    assert load_checkpoint(out / "last.pt")["training"]["epochs"] == 1
+    assert load_checkpoint(out / "last.pt").training.epochs == 1
     assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
 
 
@@ -185,7 +186,7 @@ def test_writers_that_collide_lose_nothing(run, world, tmp_path):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "stored operating point" in out
-    points = load_checkpoint(ckpt)["operating_points"]
+    points = load_checkpoint(ckpt).operating_points
     assert set(points) == {"a", "b"}
 
     # A second train-detectors into an --out being written is refused; the first loses nothing.
@@ -207,7 +208,7 @@ def test_writers_that_collide_lose_nothing(run, world, tmp_path):
     run.fails([*train, "--epochs", 1], str(out), "best.pt", "--force", inputs=[out])
     code, text, err = run(*train, "--epochs", 1, "--force")
     assert code == 0, err
-    assert load_checkpoint(out / "best.pt")["training"]["epochs"] == 1
+    assert load_checkpoint(out / "best.pt").training.epochs == 1
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
 
     # predict DIR/render --out DIR would render each image over itself.
@@ -279,7 +280,7 @@ def test_messages_say_what_is_wrong_with_the_input_given(run, world, tmp_path, m
     import errno
 
     from dynamicdet_cli.core import atomic
-    from test_yolo_data import coco_to_yolo
+    from helpers import coco_to_yolo
 
     fresh, data = world["fresh"], world["data"]
     folder = tmp_path / "a-folder"

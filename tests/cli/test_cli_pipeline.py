@@ -20,6 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dynamicdet_cli.checkpoint.types import LatencyRecord
 from dynamicdet_cli.core import allocator
 from dynamicdet_cli.speed import latency
 from dynamicdet_cli.cli.app import typer_app
@@ -125,8 +126,8 @@ def fixed_latency(monkeypatch):
         easy, hard = LATENCIES[min(len(calls), len(LATENCIES) - 1)]
         calls.append((batch_size, len(images), repeats))
         assert len(mixed_taus) == len(latency.CURVE_SHARES)  # calibrate times mixed batches too
-        return {**Regime.of_run(model, device, batch_size).record(), "easy_ms": easy, "hard_ms": hard,
-                "curve_ms": [], "images": source, "time": "2026-01-01T00:00:00+00:00"}
+        return LatencyRecord(**Regime.of_run(model, device, batch_size).record(), easy_ms=easy, hard_ms=hard,
+                             images=source, time="2026-01-01T00:00:00+00:00")
 
     monkeypatch.setattr(latency, "measure_routes", measure)
     return calls
@@ -275,9 +276,8 @@ def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(ca
 
 def test_calibrate_warns_when_its_passes_disagree(calibrated, tmp_path, monkeypatch):
     def noisy(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=()):
-        return {**Regime.of_run(model, device, batch_size).record(), "easy_ms": 10.0, "hard_ms": 20.0,
-                "curve_ms": [], "images": source, "repeats": repeats, "spread_pct": 25.0,
-                "time": "2026-01-01T00:00:00+00:00"}
+        return LatencyRecord(**Regime.of_run(model, device, batch_size).record(), easy_ms=10.0, hard_ms=20.0,
+                             images=source, repeats=repeats, spread_pct=25.0, time="2026-01-01T00:00:00+00:00")
 
     monkeypatch.setattr(latency, "measure_routes", noisy)
     model = copy_of(calibrated, tmp_path)

@@ -19,7 +19,7 @@ from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.data.yolo import YoloLabels
 from dynamicdet_cli.core.errors import DynamicDetError
-from helpers import one_error_line
+from helpers import coco_to_yolo, one_error_line
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "shapes-tiny.yaml"
 FAST = ["model.transform.min_size=[64]", "model.transform.max_size=64", "train.batch_size=2",
@@ -29,33 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def cli(*args):
     return CliRunner().invoke(typer_app, [str(a) for a in args])
-
-
-def coco_to_yolo(coco: Path, dest: Path, splits=("train", "val")) -> Path:
-    """A YOLO-format copy of make-shapes data: images/<split>/, labels/<split>/*.txt (none for an
-    image without objects), and data.yaml with `names` as an {index: name} mapping."""
-    names = None
-    for split in splits:
-        data = json.loads((coco / f"{split}.json").read_text())
-        cats = sorted(c["id"] for c in data["categories"])
-        names = {i: next(c["name"] for c in data["categories"] if c["id"] == cat) for i, cat in enumerate(cats)}
-        (dest / "images" / split).mkdir(parents=True)
-        (dest / "labels" / split).mkdir(parents=True)
-        for img in data["images"]:
-            shutil.copy(coco / split / img["file_name"], dest / "images" / split / img["file_name"])
-            lines = []
-            for ann in data["annotations"]:
-                if ann["image_id"] == img["id"]:
-                    x, y, w, h = ann["bbox"]
-                    W, H = img["width"], img["height"]
-                    lines.append(f"{cats.index(ann['category_id'])} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} "
-                                 f"{w / W:.6f} {h / H:.6f}\n")
-            if lines:
-                (dest / "labels" / split / img["file_name"]).with_suffix(".txt").write_text("".join(lines))
-    text = "path: .\n" + "".join(f"{s}: images/{s}\n" for s in splits) + "names:\n"
-    text += "".join(f"  {i}: {n}\n" for i, n in names.items())
-    (dest / "data.yaml").write_text(text)
-    return dest / "data.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +181,13 @@ def test_train_and_evaluate_on_yolo_data_match_the_coco_copy(shapes_coco, yolo, 
 
 def test_calibrate_finds_the_yolo_validation_images_again(yolo):
     """train-router records a YOLO split by its label folder; calibrate times those images."""
+    from dynamicdet_cli.checkpoint.types import Checkpoint, ValidationScores
+    from dynamicdet_cli.config.recipe import Recipe
     from dynamicdet_cli.speed.timing_images import validation_images
     val = open_split(yolo, "val")
-    ckpt = {"classes": list(val.classes), "validation": {
-        "image_ids": val.image_ids[:2], "dataset": str(val.ann_file.resolve()), "images": str(val.image_dir.resolve())}}
+    scores = ValidationScores(tuple(val.image_ids[:2]), torch.rand(2), str(val.ann_file.resolve()),
+                              str(val.image_dir.resolve()))
+    ckpt = Checkpoint(Recipe(), tuple(val.classes), tuple(range(len(val.classes))), {}, validation=scores)
     timed = validation_images(ckpt, batch_size=2)
     assert len(timed.images) == 2
     assert torch.equal(timed.images[1], val[1][0].as_subclass(torch.Tensor))

@@ -10,6 +10,7 @@ use hand-made checkpoints with known validation scores.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ from dynamicdet_cli.speed import latency as latency_module
 from dynamicdet_cli.speed.latency import measure_routes, operating_point, store_latency
 from dynamicdet_cli.predict import _check_route
 from dynamicdet_cli.config.recipe import load_recipe
-from dynamicdet_cli.speed.regime import REGIME_KEYS, Regime, find_latency
+from dynamicdet_cli.checkpoint.types import REGIME_KEYS, Checkpoint, LatencyRecord, OperatingPoint, ValidationScores
+from dynamicdet_cli.config.recipe import Recipe
+from dynamicdet_cli.speed.regime import Regime, find_latency
 from dynamicdet_cli.speed.routing import resolve_route
 from dynamicdet_cli.train.loop import train_detectors
 
@@ -120,18 +123,26 @@ SCORES = torch.tensor([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.9
 LATENCY = {"device": "cpu", "threads": 2, "batch_size": 1, "image_size": 64, "easy_ms": 10.0, "hard_ms": 20.0}
 
 
-def make_ckpt(points: dict | None = None, latency: list | None = None, router: bool = True) -> dict:
-    return {
-        "router": {"mlp.0.weight": torch.zeros(1)} if router else None,
-        "validation": {"image_ids": list(range(len(SCORES))), "scores": SCORES.clone(), "dataset": "val.json"}
-        if router else None,
-        "latency": list(latency or []),
-        "operating_points": dict(points or {}),
-    }
+def lat(**changes) -> LatencyRecord:
+    """LATENCY as a stored record, with `changes`."""
+    return LatencyRecord.from_dict(dict(LATENCY, **changes))
 
 
-def point(tau: float, share: float) -> dict:
-    return {"tau": tau, "hard_ratio": share, "target_ms": None, "expected_ms": None}
+def make_ckpt(points: dict | None = None, latency: list | None = None, router: bool = True,
+              scores: torch.Tensor | None = None) -> Checkpoint:
+    """A checkpoint holding only what routing reads (no detector weights)."""
+    scores = SCORES.clone() if scores is None else scores
+    return Checkpoint(
+        recipe=Recipe(), classes=("a",), category_ids=(1,), detector={},
+        router={"mlp.0.weight": torch.zeros(1)} if router else None,
+        validation=ValidationScores(tuple(range(len(scores))), scores, "val.json") if router else None,
+        latency=tuple(latency or ()),
+        operating_points=dict(points or {}),
+    )
+
+
+def point(tau: float, share: float) -> OperatingPoint:
+    return OperatingPoint(tau, share)
 
 
 def test_no_option_takes_the_default_point():
@@ -175,7 +186,7 @@ def test_named_points_and_fixed_routes():
 ])
 def test_more_than_one_option_is_refused(options):
     with pytest.raises(DynamicDetError, match="at most one"):
-        resolve_route(make_ckpt({"x": point(0.5, 0.5)}, [LATENCY]), **options)
+        resolve_route(make_ckpt({"x": point(0.5, 0.5)}, [lat()]), **options)
 
 
 # The regime LATENCY was measured in (a record of before dtypes were stored: float32).
@@ -183,21 +194,21 @@ RUN = Regime("cpu", batch_size=1, image_size=64, threads=2)
 
 
 def test_latency_uses_the_measurement_of_this_runs_regime():
-    gpu = dict(LATENCY, device="cuda:NVIDIA H100", easy_ms=1.0, hard_ms=2.0)
-    batch8 = dict(LATENCY, batch_size=8, easy_ms=5.0, hard_ms=6.0)
-    tau, text = resolve_route(make_ckpt(latency=[LATENCY, gpu, batch8]), latency="15ms", regime=RUN)
+    gpu = lat(device="cuda:NVIDIA H100", easy_ms=1.0, hard_ms=2.0)
+    batch8 = lat(batch_size=8, easy_ms=5.0, hard_ms=6.0)
+    tau, text = resolve_route(make_ckpt(latency=[lat(), gpu, batch8]), latency="15ms", regime=RUN)
     assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # k = (15 - 10) / (20 - 10): batch 1, not 8
     assert "batch 1" in text
-    tau, _ = resolve_route(make_ckpt(latency=[LATENCY, gpu, batch8]), latency="5.5ms",
+    tau, _ = resolve_route(make_ckpt(latency=[lat(), gpu, batch8]), latency="5.5ms",
                            regime=Regime("cpu", 8, 64, 2))
     assert hard_ratio_for_threshold(SCORES, tau) == 0.5  # (5.5 - 5) / (6 - 5)
 
 
 def test_latency_as_a_share_uses_this_regimes_routes():
     """'50%' is halfway between lat1 and lat2 of the regime the run is in, not of another."""
-    batch8 = dict(LATENCY, batch_size=8, easy_ms=5.0, hard_ms=6.0)
+    batch8 = lat(batch_size=8, easy_ms=5.0, hard_ms=6.0)
     for regime in (RUN, Regime("cpu", 8, 64, 2)):
-        tau, text = resolve_route(make_ckpt(latency=[LATENCY, batch8]), latency="50%", regime=regime)
+        tau, text = resolve_route(make_ckpt(latency=[lat(), batch8]), latency="50%", regime=regime)
         assert hard_ratio_for_threshold(SCORES, tau) == 0.5
     assert "target 5.5 ms" in text  # (5 + 6) / 2 at batch 8
 
@@ -207,14 +218,14 @@ def test_latency_as_a_share_uses_this_regimes_routes():
     {"malloc": "keep-freed"},
 ])
 def test_latency_of_another_regime_is_never_used(other):
-    ckpt = make_ckpt(latency=[dict(LATENCY, **other)])
+    ckpt = make_ckpt(latency=[lat(**other)])
     with pytest.raises(DynamicDetError, match="no latency measured for this run"):
         resolve_route(ckpt, latency="15ms", regime=RUN)
     assert find_latency(ckpt, RUN) is None
 
 
 def test_threads_and_malloc_do_not_split_gpu_regimes():
-    gpu = dict(LATENCY, device="cuda:NVIDIA H100", threads=8)
+    gpu = lat(device="cuda:NVIDIA H100", threads=8)
     assert find_latency(make_ckpt(latency=[gpu]), Regime("cuda:NVIDIA H100", 1, 64, 2, device_arg="cuda")) is gpu
     run = Regime("cuda:NVIDIA H100", 1, 64, 2, malloc="keep-freed", device_arg="cuda")
     assert find_latency(make_ckpt(latency=[gpu]), run) is gpu
@@ -227,14 +238,14 @@ def test_a_record_from_before_malloc_was_stored_holds_for_the_default_malloc_onl
     keeping = Regime("cpu", batch_size=1, image_size=64, threads=2, malloc="keep-freed")
     monkeypatch.delenv("DYNAMICDET_MALLOC", raising=False)  # not opted out: the command needs no prefix
     with pytest.raises(DynamicDetError) as err:
-        resolve_route(make_ckpt(latency=[LATENCY]), latency="15ms", regime=keeping, checkpoint="m.pt")
+        resolve_route(make_ckpt(latency=[lat()]), latency="15ms", regime=keeping, checkpoint="m.pt")
     assert "stored: cpu, batch 1, 64 px, 2 threads, float32, malloc default." in str(err.value)
     assert "`dynamicdet calibrate m.pt --device cpu --batch-size 1 --threads 2`" in str(err.value)
-    assert find_latency(make_ckpt(latency=[dict(LATENCY, malloc="keep-freed")]), keeping)["easy_ms"] == 10.0
+    assert find_latency(make_ckpt(latency=[lat(malloc="keep-freed")]), keeping).easy_ms == 10.0
 
 
 def test_the_missing_regime_message_names_the_stored_ones_and_the_command(monkeypatch):
-    ckpt = make_ckpt(latency=[LATENCY, dict(LATENCY, device="cuda:NVIDIA H100")])
+    ckpt = make_ckpt(latency=[lat(), lat(device="cuda:NVIDIA H100")])
     run = Regime("cpu", batch_size=8, image_size=64, threads=2)
     monkeypatch.setenv("DYNAMICDET_MALLOC", "default")  # the user opted out: the command says so
     with pytest.raises(DynamicDetError) as err:
@@ -250,7 +261,7 @@ def test_the_missing_regime_message_names_the_stored_ones_and_the_command(monkey
 
 
 def test_a_point_calibrated_for_another_regime_says_so():
-    bound = dict(point(0.5, 0.5), target_ms=15.0, **LATENCY)
+    bound = OperatingPoint(0.5, 0.5, 15.0, **{k: v for k, v in LATENCY.items() if k in REGIME_KEYS})
     _, text = resolve_route(make_ckpt({"default": bound}), regime=RUN)
     assert "calibrated for" not in text
     _, text = resolve_route(make_ckpt({"default": bound}), regime=Regime("cpu", 8, 64, 2))
@@ -268,38 +279,39 @@ def test_threshold_outside_the_scores_range_routes_all_one_way():
 
 @pytest.mark.parametrize("target, k", [(10.0, 0.0), (12.0, 0.2), (15.0, 0.5), (18.0, 0.8), (20.0, 1.0)])
 def test_operating_point_from_a_latency(target, k):
-    p = operating_point(make_ckpt(), target_ms=target, latency=LATENCY)
-    assert p["hard_ratio"] == pytest.approx(k)
-    assert hard_ratio_for_threshold(SCORES, p["tau"]) == pytest.approx(k)
-    assert p["tau"] == threshold_for_hard_ratio(SCORES, k)
-    assert p["target_ms"] == target
-    assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
-    assert {k: p[k] for k in REGIME_KEYS} == RUN.record()
+    p = operating_point(make_ckpt(), target_ms=target, latency=lat())
+    assert p.hard_ratio == pytest.approx(k)
+    assert hard_ratio_for_threshold(SCORES, p.tau) == pytest.approx(k)
+    assert p.tau == threshold_for_hard_ratio(SCORES, k)
+    assert p.target_ms == target
+    assert p.expected_ms == pytest.approx(10.0 + 10.0 * k)
+    assert {k: getattr(p, k) for k in REGIME_KEYS} == RUN.record()
 
 
 def test_an_all_hard_point_with_a_score_of_zero_is_accepted_by_predict():
-    ckpt = make_ckpt()
-    ckpt["validation"]["scores"][0] = 0.0  # a saturated sigmoid
-    p = operating_point(ckpt, target_ms=20.0, latency=LATENCY)
-    assert p["tau"] == 0.0
-    _check_route(p["tau"])  # no "threshold must lie in [0, 1]"
-    assert p["hard_ratio"] == pytest.approx(0.9) and p["expected_ms"] == pytest.approx(19.0)
+    scores = SCORES.clone()
+    scores[0] = 0.0  # a saturated sigmoid
+    ckpt = make_ckpt(scores=scores)
+    p = operating_point(ckpt, target_ms=20.0, latency=lat())
+    assert p.tau == 0.0
+    _check_route(p.tau)  # no "threshold must lie in [0, 1]"
+    assert p.hard_ratio == pytest.approx(0.9) and p.expected_ms == pytest.approx(19.0)
 
 
 def test_operating_point_ends_route_everything_one_way():
-    easy = operating_point(make_ckpt(), target_ms=10.0, latency=LATENCY)
-    hard = operating_point(make_ckpt(), target_ms=20.0, latency=LATENCY)
-    assert (SCORES > easy["tau"]).sum() == 0 and easy["tau"] >= 1.0
-    assert (SCORES > hard["tau"]).all() and hard["tau"] <= 0.0
+    easy = operating_point(make_ckpt(), target_ms=10.0, latency=lat())
+    hard = operating_point(make_ckpt(), target_ms=20.0, latency=lat())
+    assert (SCORES > easy.tau).sum() == 0 and easy.tau >= 1.0
+    assert (SCORES > hard.tau).all() and hard.tau <= 0.0
 
 
 @pytest.mark.parametrize("target, k", [(5.0, 0.0), (9.99, 0.0), (20.01, 1.0), (100.0, 1.0)])
 def test_operating_point_out_of_range(target, k):
     with pytest.raises(DynamicDetError, match=r"cannot be met: achievable range is 10\.0-20\.0 ms"):
-        operating_point(make_ckpt(), target_ms=target, latency=LATENCY)
-    p = operating_point(make_ckpt(), target_ms=target, latency=LATENCY, clamp=True)
-    assert p["hard_ratio"] == k
-    assert p["expected_ms"] == pytest.approx(10.0 + 10.0 * k)
+        operating_point(make_ckpt(), target_ms=target, latency=lat())
+    p = operating_point(make_ckpt(), target_ms=target, latency=lat(), clamp=True)
+    assert p.hard_ratio == k
+    assert p.expected_ms == pytest.approx(10.0 + 10.0 * k)
 
 
 def test_operating_point_refusals():
@@ -308,7 +320,7 @@ def test_operating_point_refusals():
     with pytest.raises(DynamicDetError, match="needs a latency measurement"):
         operating_point(make_ckpt(), target_ms=15.0)
     with pytest.raises(DynamicDetError, match="not slower"):
-        operating_point(make_ckpt(), target_ms=15.0, latency=dict(LATENCY, hard_ms=9.0))
+        operating_point(make_ckpt(), target_ms=15.0, latency=lat(hard_ms=9.0))
     with pytest.raises(DynamicDetError, match="run train-router"):
         operating_point(make_ckpt(router=False), hard_ratio=0.5)
 
@@ -317,17 +329,18 @@ def test_operating_point_refusals():
 
 def test_store_latency_replaces_a_measurement_under_the_same_conditions(trained, images):
     _, model, _ = trained
-    ckpt = make_ckpt(latency=[dict(LATENCY, device="cuda:NVIDIA H100")])
+    ckpt = make_ckpt(latency=[lat(device="cuda:NVIDIA H100")])
     first = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1, source="4 test images")
-    assert first["easy_ms"] > 0 and first["hard_ms"] > 0 and first["batch_size"] == 2
-    assert first["images"] == "4 test images" and first["dtype"] == "float32" and first["image_size"] == 64
-    assert store_latency(ckpt, first) == 1
+    assert first.easy_ms > 0 and first.hard_ms > 0 and first.batch_size == 2
+    assert first.images == "4 test images" and first.dtype == "float32" and first.image_size == 64
+    ckpt = store_latency(ckpt, first)
+    assert len(ckpt.latency) == 2 and ckpt.latency[1] is first
     second = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1)
-    assert store_latency(ckpt, second) == 1  # same device, threads, batch and size: replaced
-    assert len(ckpt["latency"]) == 2 and ckpt["latency"][1] is second
-    other = dict(second, batch_size=8)
-    assert store_latency(ckpt, other) == 2  # another batch size is another measurement
-    assert [m["device"] for m in ckpt["latency"]] == ["cuda:NVIDIA H100", "cpu", "cpu"]
+    ckpt = store_latency(ckpt, second)  # same device, threads, batch and size: replaced
+    assert len(ckpt.latency) == 2 and ckpt.latency[1] is second
+    other = replace(second, batch_size=8)
+    ckpt = store_latency(ckpt, other)  # another batch size is another measurement
+    assert [m.device for m in ckpt.latency] == ["cuda:NVIDIA H100", "cpu", "cpu"]
 
 
 class _RouteRecorder(torch.nn.Module):
@@ -368,19 +381,19 @@ def test_measure_routes_times_every_image_under_both_routes_interleaved(images):
     timed = model.calls[2:]  # one warm-up batch per route first
     assert timed == [("easy", 2), ("hard", 2), ("hard", 1), ("easy", 1),  # pass 1
                      ("hard", 2), ("easy", 2), ("easy", 1), ("hard", 1)]  # pass 2: the other order
-    assert measured["batch_size"] == 2 and measured["images"] == "3 images"
+    assert measured.batch_size == 2 and measured.images == "3 images"
 
 
 def test_the_sweep_takes_the_latency_of_its_own_regime_only(trained, tmp_path):
     ckpt, model, val_set = trained
     here = Regime.of_run(model, CPU, BATCH).record()
-    other = dict(here, batch_size=1, easy_ms=1.0, hard_ms=2.0)
-    ckpt = dict(ckpt, latency=[other], validation={"image_ids": val_set.image_ids, "scores": torch.rand(6)})
+    other = LatencyRecord(**dict(here, batch_size=1), easy_ms=1.0, hard_ms=2.0)
+    ckpt = replace(ckpt, latency=(other,), validation=ValidationScores(tuple(val_set.image_ids), torch.rand(6)))
     rows, _, measured = sweep(model, ckpt, val_set, CPU, tmp_path, [0.0, 1.0], 0, BATCH, show_progress=False)
     assert measured is None and rows[0]["latency_ms"] is None  # batch 1's latency is not batch 4's
-    ckpt["latency"].append(dict(here, easy_ms=10.0, hard_ms=20.0))
+    ckpt = replace(ckpt, latency=(other, LatencyRecord(**here, easy_ms=10.0, hard_ms=20.0)))
     rows, _, measured = sweep(model, ckpt, val_set, CPU, tmp_path, [0.0, 1.0], 0, BATCH, show_progress=False)
-    assert measured["batch_size"] == BATCH and [r["latency_ms"] for r in rows] == [10.0, 20.0]
+    assert measured.batch_size == BATCH and [r["latency_ms"] for r in rows] == [10.0, 20.0]
 
 
 def test_mixed_batches_are_timed_at_the_shares_their_thresholds_route_hard(trained, images):
@@ -389,10 +402,10 @@ def test_mixed_batches_are_timed_at_the_shares_their_thresholds_route_hard(train
         phi = torch.stack([out["difficulty"] for out in model(images, route="easy")])  # B
     taus = [float(phi.max()) + 1e-6, float(phi.median()), -1.0]  # none, half (rounded down), all
     measured = measure_routes(model, CPU, images, batch_size=2, warmup=1, repeats=1, mixed_taus=taus)
-    shares = [share for share, _ in measured["curve_ms"]]
+    shares = [share for share, _ in measured.curve_ms]
     assert shares == [0.0, float((phi > float(phi.median())).float().mean()), 1.0]
-    assert all(ms > 0 for _, ms in measured["curve_ms"])
-    assert "curve_ms" in measured and measure_routes(model, CPU, images, 2, 1, 1)["curve_ms"] == []
+    assert all(ms > 0 for _, ms in measured.curve_ms)
+    assert measure_routes(model, CPU, images, 2, 1, 1).curve_ms == ()
 
 
 def test_measure_routes_reports_how_far_its_passes_disagree(images, monkeypatch):
@@ -408,8 +421,8 @@ def test_measure_routes_reports_how_far_its_passes_disagree(images, monkeypatch)
     monkeypatch.setattr(latency_module, "measure_latency", fake_latency)
     measured = measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=2)
     assert len(model.calls) == 6
-    assert abs(measured["spread_pct"] - 100 * (2 - 1) / 1.5) < 1e-9
-    assert measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=1)["spread_pct"] is None
+    assert abs(measured.spread_pct - 100 * (2 - 1) / 1.5) < 1e-9
+    assert measure_routes(model, CPU, images[:2], batch_size=2, warmup=1, repeats=1).spread_pct is None
 
 
 def test_the_latency_table_shows_malloc_as_a_column_only_when_cpu_rows_differ():
@@ -422,8 +435,8 @@ def test_the_latency_table_shows_malloc_as_a_column_only_when_cpu_rows_differ():
         console.print(latency_table(records))
         return console.export_text()
 
-    kept = dict(LATENCY, malloc="keep-freed")
-    text = shown([kept, dict(kept, batch_size=8)])
+    kept = lat(malloc="keep-freed")
+    text = shown([kept, replace(kept, batch_size=8)])
     assert "CPU rows measured with malloc keep-freed" in text and "│ malloc" not in text
-    text = shown([kept, LATENCY])  # LATENCY: a record from before malloc was stored
+    text = shown([kept, lat()])  # LATENCY: a record from before malloc was stored
     assert "malloc" in text.splitlines()[2] and "keep-freed" in text and "default" in text

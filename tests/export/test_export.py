@@ -3,6 +3,7 @@ module against the PyTorch model, on a batch that mixes routes and image sizes; 
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ from helpers import one_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
-from dynamicdet_cli.checkpoint.store import new_checkpoint, save_checkpoint, store_router
+from dynamicdet_cli.checkpoint.store import new_checkpoint, router_state, save_checkpoint
+from dynamicdet_cli.checkpoint.types import OperatingPoint
 from dynamicdet_cli.cli.app import typer_app
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.export.exporter import META_FILE, TORCHSCRIPT_FILE, check_exportable, export_checkpoint
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.config.recipe import recipe_to_dict
+from dynamicdet_cli.config.recipe import with_overrides
 
 # torch 2.9+ marks torch.jit (TorchScript) deprecated in favour of torch.export; it still works.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -40,9 +42,8 @@ def ckpt_and_model(tiny_recipe):
     """The tiny recipe's model (64 px, 5 classes, seed 0) and its checkpoint, with a stored point."""
     torch.manual_seed(0)
     model = build_model(tiny_recipe.model).eval()
-    ckpt = new_checkpoint(recipe_to_dict(tiny_recipe), CLASSES, [3, 4, 5, 6, 7], model)
-    store_router(ckpt, model)
-    ckpt["operating_points"]["default"] = {"tau": 0.45, "hard_ratio": 0.5, "target_ms": None, "expected_ms": None}
+    ckpt = replace(new_checkpoint(tiny_recipe, CLASSES, [3, 4, 5, 6, 7], model), router=router_state(model),
+                   operating_points={"default": OperatingPoint(tau=0.45, hard_ratio=0.5)})
     return ckpt, model
 
 
@@ -129,7 +130,7 @@ def test_onnx_json_holds_classes_transform_and_operating_points(onnx_dir, ckpt_a
     meta = json.loads((onnx_dir / META_FILE).read_text())
     assert meta["classes"] == CLASSES and meta["category_ids"] == [3, 4, 5, 6, 7]
     assert meta["transform"]["min_size"] == 64 and meta["transform"]["max_size"] == 64
-    assert meta["transform"]["image_mean"] == list(ckpt["recipe"]["model"]["transform"]["image_mean"])
+    assert meta["transform"]["image_mean"] == list(ckpt.recipe.model.transform.image_mean)
     assert meta["operating_points"]["default"]["tau"] == 0.45 and meta["default_point"] == "default"
     assert meta["onnx"]["graphs"]["easy"]["inputs"] == ["image", "image_size", "original_size", "f1_2", "f1_3", "f1_4"]
 
@@ -207,7 +208,7 @@ def test_cli_exports_torchscript_and_refuses_bad_requests(ckpt_and_model, tmp_pa
 
 def test_other_families_are_refused_with_one_line(ckpt_and_model):
     ckpt, _ = ckpt_and_model
-    other = dict(ckpt, recipe={**ckpt["recipe"], "model": {**ckpt["recipe"]["model"], "family": "retinanet"}})
+    other = replace(ckpt, recipe=with_overrides(ckpt.recipe, ["model.family=retinanet"]))
     with pytest.raises(DynamicDetError, match="export --format torchscript supports faster_rcnn only; .* retinanet"):
         check_exportable(other, "torchscript")
 

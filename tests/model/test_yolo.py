@@ -512,14 +512,14 @@ def test_the_onnx_example_runs_a_yolo_export_as_the_model_does(make_yolo, tmp_pa
     pytest.importorskip("onnxruntime")
     import importlib.util
 
-    from dynamicdet_cli.checkpoint.store import new_checkpoint
+    from dataclasses import replace
+
+    from dynamicdet_cli.checkpoint.store import new_checkpoint, router_state
     from dynamicdet_cli.export.exporter import export_checkpoint
-    from dynamicdet_cli.config.recipe import recipe_to_dict
 
     model, cfg = make_yolo()
     recipe = with_overrides(load_recipe(YOLO_TINY), TINY_OVERRIDES)
-    ckpt = new_checkpoint(recipe_to_dict(recipe), list("abcde"), [1, 2, 3, 4, 5], model)
-    ckpt["router"] = {k[len("router."):]: v for k, v in model.state_dict().items() if k.startswith("router.")}
+    ckpt = replace(new_checkpoint(recipe, list("abcde"), [1, 2, 3, 4, 5], model), router=router_state(model))
     export_checkpoint(ckpt, model, "onnx", tmp_path)
     spec = importlib.util.spec_from_file_location("onnx_predict", RECIPES.parent / "examples" / "onnx_predict.py")
     example = importlib.util.module_from_spec(spec)

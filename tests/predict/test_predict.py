@@ -1,6 +1,7 @@
 """predict: bad and odd image files, mixed routes under a threshold, glob inputs, the outputs."""
 
 import json
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.model.build import build_model
+from dynamicdet_cli.checkpoint.types import LatencyRecord
 from dynamicdet_cli.data.images import list_images
 from dynamicdet_cli.predict import CAPTION_HEIGHT, PredictSummary, predict, summary_table
 from dynamicdet_cli.config.recipe import load_recipe, with_overrides
@@ -225,10 +227,10 @@ def test_the_summary_holds_the_run_against_its_calibration():
                              latency_ms={"easy": 10.0, "hard": 20.0}, batch_size=2, out_dir=Path("."))
     assert summary.mean_ms == 12.5
     assert summary.calibration_gap() is None  # nothing to hold it against
-    summary.calibration = {"easy_ms": 5.0, "hard_ms": 15.0, "time": "2026-01-01T00:00:00+00:00"}
+    summary.calibration = LatencyRecord("cpu", 8, 64, 2, easy_ms=5.0, hard_ms=15.0, time="2026-01-01T00:00:00+00:00")
     expected, gap = summary.calibration_gap()  # the straight line at 25% hard: 7.5 ms
     assert expected == 7.5 and abs(gap - (12.5 / 7.5 - 1)) < 1e-12
-    summary.calibration["curve_ms"] = [[0.25, 10.0]]  # a measured mixed-batch point at 25% hard
+    summary.calibration = replace(summary.calibration, curve_ms=((0.25, 10.0),))  # a measured mixed-batch point at 25% hard
     assert summary.calibration_gap() == (10.0, 0.25)
     rendered = Console(width=200, record=True)
     rendered.print(summary_table(summary))

@@ -3,9 +3,13 @@ targets from the training images, a held-out share or a router split)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 
 import pytest
 import torch
+
+from dynamicdet_cli.checkpoint.types import LatencyRecord, OperatingPoint, TrainingRecord
 
 from dynamicdet_cli.checkpoint.store import model_from_checkpoint
 from dynamicdet_cli.data.coco import CocoDataset
@@ -25,21 +29,21 @@ FAST = RouterTrainConfig(epochs=3, lr=1e-3, weight_decay=1e-4, batch_size=4, vie
 
 def test_train_router_checkpoint_keeps_detector_bit_for_bit(shapes, trained_ckpt):
     train_set, val_set = shapes
-    before = {k: v.clone() for k, v in trained_ckpt["detector"].items()}
-    latency = [{"device": "cpu", "easy_ms": 1.0, "hard_ms": 2.0}]
-    calibrated = dict(trained_ckpt, latency=latency, operating_points={"old": {"tau": 0.5, "hard_ratio": 0.5}})
+    before = {k: v.clone() for k, v in trained_ckpt.detector.items()}
+    latency = (LatencyRecord("cpu", 8, 64, 2, easy_ms=1.0, hard_ms=2.0),)
+    calibrated = replace(trained_ckpt, latency=latency, operating_points={"old": OperatingPoint(0.5, 0.5)})
     new, summary = train_router_checkpoint(calibrated, train_set, val_set, FAST, "cpu", show_progress=False,
                                            random_draws=2)
-    assert new["detector"].keys() == before.keys()
-    assert all(torch.equal(new["detector"][k], before[k]) for k in before)
-    assert all(torch.equal(trained_ckpt["detector"][k], before[k]) for k in before)  # input untouched
-    assert trained_ckpt["router"] is None and new["router"] is not None
+    assert new.detector.keys() == before.keys()
+    assert all(torch.equal(new.detector[k], before[k]) for k in before)
+    assert all(torch.equal(trained_ckpt.detector[k], before[k]) for k in before)  # input untouched
+    assert trained_ckpt.router is None and new.router is not None
 
-    val = new["validation"]
-    assert val["image_ids"] == val_set.image_ids and val["dataset"] == str(val_set.ann_file.resolve())
-    assert val["images"] == str(val_set.image_dir.resolve())  # calibrate times these very images
-    assert val["scores"].shape == (len(val_set),) and ((val["scores"] > 0) & (val["scores"] < 1)).all()
-    stats = new["router_stats"]
+    val = new.validation
+    assert list(val.image_ids) == val_set.image_ids and val.dataset == str(val_set.ann_file.resolve())
+    assert val.images == str(val_set.image_dir.resolve())  # calibrate times these very images
+    assert val.scores.shape == (len(val_set),) and ((val.scores > 0) & (val.scores < 1)).all()
+    stats = new.router_stats
     assert all(v is None or type(v) in (int, float, str) for v in stats.values())
     assert summary["targets"] == f"the {len(train_set)} training images (as the paper)"
     assert stats["delta"] == pytest.approx(summary["delta"]) and stats["train_entries"] == len(train_set)
@@ -48,25 +52,25 @@ def test_train_router_checkpoint_keeps_detector_bit_for_bit(shapes, trained_ckpt
         assert isinstance(summary[key], float)
     assert summary_table(summary).row_count >= 8
     # thresholds picked from another router's scores are void; measured latencies are not
-    assert new["operating_points"] == {} and new["latency"] == latency
+    assert new.operating_points == {} and new.latency == latency
 
     # the stored router reproduces the stored validation scores
     model = model_from_checkpoint(new)
     ids, scores = score_dataset(model, val_set, "cpu", batch_size=8)
-    assert ids == val["image_ids"]
-    torch.testing.assert_close(scores, val["scores"], rtol=1e-4, atol=1e-6)
+    assert ids == list(val.image_ids)
+    torch.testing.assert_close(scores, val.scores, rtol=1e-4, atol=1e-6)
 
 
 def test_untrained_checkpoint_is_refused(shapes, trained_ckpt):
     train_set, val_set = shapes
-    fresh = dict(trained_ckpt, training=None)
+    fresh = replace(trained_ckpt, training=None)
     with pytest.raises(DynamicDetError, match="run train-detectors first"):
         train_router_checkpoint(fresh, train_set, val_set, FAST, "cpu", show_progress=False)
 
 
 def test_other_classes_are_refused(shapes, trained_ckpt):
     train_set, val_set = shapes
-    other = dict(trained_ckpt, classes=["cat", "dog", "bird", "fish", "cow"])
+    other = replace(trained_ckpt, classes=("cat", "dog", "bird", "fish", "cow"))
     with pytest.raises(DynamicDetError, match=r"classes \[circle.*differ.*\[cat, dog"):
         train_router_checkpoint(other, train_set, val_set, FAST, "cpu", show_progress=False)
 
@@ -79,17 +83,17 @@ def test_missing_validation_set_is_refused(shapes, trained_ckpt):
 def test_targets_come_from_the_images_kept_out_of_step_1(shapes, trained_ckpt):
     train_set, val_set = shapes
     held = train_set.image_ids[-4:]
-    ckpt = dict(trained_ckpt, training={"epochs": 1, "router_image_ids": held})
+    ckpt = replace(trained_ckpt, training=TrainingRecord(1, 0, "", router_image_ids=tuple(held)))
     new, summary = train_router_checkpoint(ckpt, train_set, val_set, FAST, "cpu", show_progress=False, random_draws=2)
     assert summary["targets"] == "4 training images kept out of step 1"
-    assert summary["train_entries"] == 4 and new["router_stats"]["targets"] == summary["targets"]
+    assert summary["train_entries"] == 4 and new.router_stats["targets"] == summary["targets"]
 
 
 def test_a_router_split_takes_precedence(shapes, trained_ckpt, tmp_path):
     train_set, val_set = shapes
     cfg = load_data_config(make_shapes(tmp_path / "r", n_train=2, n_val=2, n_router=5, size=64, seed=1))
     router_set = CocoDataset(cfg.router_ann, cfg.router_images, build_transforms(False))
-    ckpt = dict(trained_ckpt, training={"epochs": 1, "router_image_ids": train_set.image_ids[-4:]})
+    ckpt = replace(trained_ckpt, training=TrainingRecord(1, 0, "", router_image_ids=tuple(train_set.image_ids[-4:])))
     _, summary = train_router_checkpoint(ckpt, train_set, val_set, FAST, "cpu", show_progress=False,
                                          random_draws=2, router_set=router_set)
     assert summary["targets"] == "router split router.json (5 images)" and summary["train_entries"] == 5
@@ -97,6 +101,6 @@ def test_a_router_split_takes_precedence(shapes, trained_ckpt, tmp_path):
 
 def test_held_out_ids_missing_from_the_data_are_refused(shapes, trained_ckpt):
     train_set, val_set = shapes
-    ckpt = dict(trained_ckpt, training={"epochs": 1, "router_image_ids": [10_001, 10_002]})
+    ckpt = replace(trained_ckpt, training=TrainingRecord(1, 0, "", router_image_ids=(10_001, 10_002)))
     with pytest.raises(DynamicDetError, match="kept 2 training images out of step 1.*only 0"):
         train_router_checkpoint(ckpt, train_set, val_set, FAST, "cpu", show_progress=False)

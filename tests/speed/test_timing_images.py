@@ -12,6 +12,8 @@ import torch
 from torchvision.io import decode_image
 from torchvision.transforms.v2 import functional as F
 
+from dynamicdet_cli.checkpoint.types import Checkpoint, ValidationScores
+from dynamicdet_cli.config.recipe import Recipe, with_overrides
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.speed.timing_images import timing_images
@@ -26,14 +28,14 @@ def shapes(tmp_path_factory) -> Path:
     return folder
 
 
-def ckpt_for(folder: Path, image_ids: list[int] | None = None, images: str | None = "val") -> dict:
+def ckpt_for(folder: Path, image_ids: list[int] | None = None, images: str | None = "val") -> Checkpoint:
     """A checkpoint as train-router leaves it: scores of `image_ids` (default: all, in file order)."""
     import json
     ids = image_ids or [im["id"] for im in json.loads((folder / "val.json").read_text())["images"]]
-    validation = {"image_ids": ids, "scores": torch.rand(len(ids)), "dataset": str(folder / "val.json")}
-    if images is not None:
-        validation["images"] = str(folder / images)
-    return {"recipe": {"model": {"transform": {"min_size": [64], "max_size": 64}}}, "validation": validation}
+    validation = ValidationScores(tuple(ids), torch.rand(len(ids)), str(folder / "val.json"),
+                                  None if images is None else str(folder / images))
+    recipe = with_overrides(Recipe(), ["model.transform.min_size=[64]", "model.transform.max_size=64"])
+    return Checkpoint(recipe, ("a",), (1,), {}, validation=validation)
 
 
 def decoded(folder: Path) -> dict[int, torch.Tensor]:
