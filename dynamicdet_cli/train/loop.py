@@ -3,6 +3,8 @@
 A run folder holds everything about one run:
     recipe.yaml      the recipe used (with the data's classes)
     metrics.jsonl    one JSON line per epoch: mean losses, lr, images/s, COCO metrics
+    results.png      metrics.jsonl drawn (run_plot.py; with matplotlib installed)
+    events.out.tfevents.*  the same as TensorBoard scalars (tensorboard_log.py; with tensorboard installed)
     state.pt         resume state: model, optimizer, scheduler, grad scaler, weight average, epoch, step
     last.pt, best.pt model checkpoints in the one dynamicdet format (best = mean AP of d1, d2)
 
@@ -51,7 +53,9 @@ from dynamicdet_cli.evaluation.inference import evaluate_both
 from dynamicdet_cli.model.build import build_model, needs_masks
 from dynamicdet_cli.core.progress import progress_bar
 from dynamicdet_cli.config.recipe import Recipe, recipe_from_dict, recipe_to_dict, with_overrides
+from dynamicdet_cli.train.run_plot import PLOT_NAME, RunPlot
 from dynamicdet_cli.train.starting_weights import initialise
+from dynamicdet_cli.train.tensorboard_log import TensorBoardLog
 
 STATE_FORMAT = "dynamicdet-run-state"
 RUN_FILES = ("state.pt", "last.pt", "best.pt", "metrics.jsonl")  # a folder holding any of them holds a run
@@ -336,14 +340,16 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         if state is not None:
             _trim_metrics(run, start_epoch)
         else:  # a new run (--force) replaces the old one's files, so none outlives it half-replaced
-            for name in RUN_FILES:
+            for name in (*RUN_FILES, PLOT_NAME):
                 (run / name).unlink(missing_ok=True)
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
 
     history, last_val, complete = [], None, True
     epoch = start_epoch
-    with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history):
+    plot = RunPlot(run)
+    with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history), \
+            TensorBoardLog(run, start_epoch) as board:
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(cfg.seed * 1000 + epoch)
             loader = _train_loader(_augmented(train_set, cfg, epoch), cfg, env, epoch)
@@ -378,6 +384,8 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                             recipe_data, train_set.classes, train_set.cat_ids, ema)
                 if on_epoch is not None:
                     on_epoch(record)
+                plot.update()  # from the whole file: a resumed run's plot shows the whole run
+                board.log(record)
             history.append(record)
             if env.enabled:
                 dist.barrier()
