@@ -1,7 +1,16 @@
+"""dynamicdet: DynamicDet (CVPR 2023), one cascaded detector whose average speed is chosen at
+inference time. `dynamicdet_cli.load(path)` gives the Python API (api.py); the `dynamicdet`
+command is cli/app.py. Importing the package loads neither torch nor the model code, and
+changes nothing process-wide."""
+
 __version__ = "0.1.0"
 
-# Every way into the package (the CLI, its torchrun ranks, the benches, a library user) runs
-# with the same malloc setting, since CPU latencies are measured and promised under it.
-from dynamicdet_cli.core import allocator as _allocator  # noqa: E402
+__all__ = ["DynamicDet", "load", "__version__"]
 
-_allocator.keep_freed_memory()
+
+def __getattr__(name: str):
+    # The API on first use, so `import dynamicdet_cli` stays cheap (no torch import).
+    if name in ("load", "DynamicDet"):
+        from dynamicdet_cli import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'dynamicdet_cli' has no attribute {name!r}")

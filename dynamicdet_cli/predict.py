@@ -154,7 +154,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     COCO category category_ids[l - 1].
     """
     assert len(class_names) == len(category_ids), "one category id per class name"
-    _check_route(route)
+    check_route(route)
     if batch_size < 1:
         raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
     if not 0.0 <= conf <= 1.0:
@@ -193,7 +193,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
             nonlocal n_det
             for d in done:
                 path, img, stem = read.pop(d.key)
-                det = _keep(d.detection, conf)
+                det = keep_confident(d.detection, conf)
                 sums = warm if d.warmup else totals
                 if not d.warmup:
                     image_ms.append(d.ms)
@@ -221,14 +221,14 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
             else:
                 hold.start()
                 done = batcher.add(images, keys, route=hold.tau)
-                _tell(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
+                tell_hold(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
                 write(done)
         if hold is None:
             write(batcher.finish())
         elif batcher.batches:
             hold.start()
             done = batcher.finish()
-            _tell(hold, done, [], first=False)
+            tell_hold(hold, done, [], first=False)
             write(done)
 
     if not lines:
@@ -255,7 +255,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                           image_ms=image_ms, hold=None if hold is None else hold.report())
 
 
-def _tell(hold: LatencyHold, done: list[Done], scores: list[float], first: bool) -> None:
+def tell_hold(hold: LatencyHold, done: list[Done], scores: list[float], first: bool) -> None:
     """Hand the controller the batch it timed: the scores routed, the images finished."""
     n_hard = sum(d.detection["route"] == "hard" for d in done)
     hold.update(scores, len(done) - n_hard, n_hard, warmup=first or any(d.warmup for d in done))
@@ -337,7 +337,7 @@ def _read_batches(paths: list[Path], batch_size: int,
         yield batch
 
 
-def _check_route(route: Route) -> None:
+def check_route(route: Route) -> None:
     if isinstance(route, str):
         if route not in ("easy", "hard"):
             raise DynamicDetError(f"route must be 'easy', 'hard' or a threshold in [0, 1], got {route!r}")
@@ -348,7 +348,7 @@ def _check_route(route: Route) -> None:
 # -- writing ------------------------------------------------------------------------------
 
 
-def _keep(det: dict, conf: float) -> dict:
+def keep_confident(det: dict, conf: float) -> dict:
     """The detections scoring >= conf, on the CPU."""
     if not math.isfinite(float(det["difficulty"])):
         raise DynamicDetError(NON_FINITE)
@@ -411,3 +411,14 @@ def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Pat
     with atomic_path(path) as tmp:
         write_png(torch.cat([caption, canvas], dim=1), str(tmp))
     return path
+
+
+def calibration_warning(summary: PredictSummary) -> str | None:
+    """The warning a run with a fixed threshold earns when its model time per image is further
+    than CALIBRATION_TOLERANCE from what calibrate measured for its regime, once it has run
+    WARN_AFTER_BATCHES batches (before, one-time set-up costs dominate); None otherwise."""
+    gap = summary.calibration_gap()
+    if gap is None or abs(gap[1]) <= CALIBRATION_TOLERANCE or summary.n_images < WARN_AFTER_BATCHES * summary.batch_size:
+        return None
+    return (f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
+            "device's speed has changed (load, power state, other images)")

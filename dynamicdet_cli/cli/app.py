@@ -9,7 +9,6 @@ and typer's usage errors (unknown option, value out of range), are printed as on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import sys
@@ -149,31 +148,13 @@ def build(
     classes: Annotated[Optional[str], typer.Option(help="comma-separated class names (default: class1..classN)")] = None,
 ):
     """Build a model from a recipe (backbones from its model.backbone.weights or --backbone-weights, the rest fresh) and write it as a checkpoint."""
-    from dynamicdet_cli.checkpoint.store import new_checkpoint, save_checkpoint
-    from dynamicdet_cli.model.build import build_model
-    from dynamicdet_cli.config.recipe import load_recipe
-    from dynamicdet_cli.train.starting_weights import load_backbone_weights
+    from dynamicdet_cli import api
+    from dynamicdet_cli.checkpoint.store import save_checkpoint
 
-    cfg = load_recipe(recipe, overrides or [])
-    names = _class_names(classes) if classes is not None else None
-    num_classes = len(names) if names else cfg.model.num_classes
-    names = names or [f"class{i}" for i in range(1, num_classes + 1)]
-    model = build_model(cfg.model, num_classes)
-    spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
-    if spec:
-        _say(load_backbone_weights(model, spec, cfg.model.backbone))
-    ckpt = new_checkpoint(cfg, names, list(range(1, num_classes + 1)), model)
+    ckpt, note = api.build(recipe, classes=classes, backbone_weights=backbone_weights, overrides=overrides or [])
+    if note:
+        _say(note)
     _say("wrote ", (str(save_checkpoint(ckpt, output)), "bold"))
-
-
-def _class_names(text: str) -> list[str]:
-    names = [c.strip() for c in text.split(",")]
-    if not all(names):
-        raise DynamicDetError(f"--classes {text!r}: a class name is empty; write e.g. --classes cat,dog")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise DynamicDetError(f"--classes {text!r}: {', '.join(twice)} given more than once; class names must differ")
-    return names
 
 
 @app.command()
@@ -235,40 +216,6 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _data_config(data, train_ann, train_images, val_ann, val_images):
-    from dynamicdet_cli.data.config import DataConfig, load_data_config
-    if data is not None:
-        if train_ann or train_images or val_ann or val_images:
-            raise DynamicDetError("give either --data or --train-ann/--train-images/--val-ann/--val-images, not both")
-        return load_data_config(data)
-    if not (train_ann and train_images):
-        raise DynamicDetError("no data: give --data data.yaml, or --train-ann and --train-images")
-    if (val_ann is None) != (val_images is None):
-        raise DynamicDetError("give both --val-ann and --val-images, or neither")
-    return DataConfig(train_ann, train_images, val_ann, val_images)
-
-
-def _open_dataset(ann, images, train: bool, augment, skip_bad: bool, family: str = "faster_rcnn"):
-    """A CocoDataset with the recipe's augmentation (training) or none (evaluation), with
-    instance masks when the detector `family` needs them."""
-    from dynamicdet_cli.data.coco import CocoDataset
-    from dynamicdet_cli.data.transforms import build_transforms
-    from dynamicdet_cli.model.build import needs_masks
-    tf = build_transforms(True, augment.hflip, augment.photometric, augment.zoom_out) if train else build_transforms(False)
-    ds = CocoDataset(ann, images, transforms=tf, skip_bad_images=skip_bad, masks=needs_masks(family))
-    skipped = f"skipped {len(ds.skipped)} unreadable image(s) of {ann}, e.g. {ds.skipped[0][0]}: {ds.skipped[0][1]}" \
-        if ds.skipped else ""
-    if not ds.image_ids:  # the error says it all: no warning line before it
-        raise DynamicDetError(f"{ann}: no usable images" + (f" ({skipped})" if skipped else ""))
-    if train and ds.n_boxes == 0:
-        raise DynamicDetError(f"{ann}: no usable box to train on ({ds.box_report()})")
-    if skipped:
-        _warn(skipped)
-    if ds.n_degenerate or ds.n_clipped:
-        _warn(ds.box_report())
-    return ds
-
-
 @app.command("train-detectors")
 def train_detectors(
     recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (not needed with --resume)")] = None,
@@ -292,28 +239,25 @@ def train_detectors(
 ):
     """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
     _set_threads(threads)
-    from dynamicdet_cli.config.recipe import load_recipe, recipe_from_dict
+    from dynamicdet_cli.config.recipe import load_recipe, option_overrides, recipe_from_dict
     from dynamicdet_cli.cli.tables import epoch_table
+    from dynamicdet_cli.data.open import open_splits, resolve_data
+    from dynamicdet_cli.model.build import needs_masks
     from dynamicdet_cli.train.loop import TrainingInterrupted, load_run_state, train_detectors as _train
 
+    sets = option_overrides(epochs=epochs, batch_size=batch_size, lr=lr, router_holdout=router_holdout,
+                            image_size=image_size)
     if resume:
         cfg = recipe_from_dict(load_run_state(out)["recipe"])
-        if recipe or overrides or epochs or batch_size or lr is not None or image_size or router_holdout is not None:
+        if recipe or overrides or sets:
             _warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
     elif recipe is None:
         raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
     else:
-        sets = list(overrides or [])
-        sets += [f"train.epochs={epochs}"] if epochs else []
-        sets += [f"train.batch_size={batch_size}"] if batch_size else []
-        sets += [f"train.lr={lr}"] if lr is not None else []
-        sets += [f"train.router_holdout={router_holdout}"] if router_holdout is not None else []
-        sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
-        cfg = load_recipe(recipe, sets)
-    dc = _data_config(data, train_ann, train_images, val_ann, val_images)
-    family = cfg.model.family
-    train_set = _open_dataset(dc.train_ann, dc.train_images, True, cfg.train.augment, skip_bad_images, family)
-    val_set = _open_dataset(dc.val_ann, dc.val_images, False, cfg.train.augment, skip_bad_images, family) if dc.has_val else None
+        cfg = load_recipe(recipe, [*(overrides or []), *sets])
+    splits = open_splits(resolve_data(data, train_ann, train_images, val_ann, val_images),
+                         needs_masks(cfg.model.family), augment=cfg.train.augment, skip_bad=skip_bad_images)
+    train_set, val_set = splits.train, splits.val
     try:
         with _run_folder(out):
             result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
@@ -374,37 +318,19 @@ def train_router(
 ):
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
-    from dynamicdet_cli.checkpoint.store import first_non_finite, load_checkpoint, save_checkpoint
-    from dynamicdet_cli.config.recipe import parse_override, with_overrides
+    from dynamicdet_cli.checkpoint.store import load_checkpoint, save_checkpoint
+    from dynamicdet_cli.data.open import resolve_data
     from dynamicdet_cli.router.summary import summary_table
-    from dynamicdet_cli.router.training import train_router_checkpoint
+    from dynamicdet_cli.router.training import train_router_step
     from dynamicdet_cli.train.distributed import resolve_device
 
-    sets = list(overrides or [])
-    for item in sets:  # the detectors (and the loss their targets come from) were fixed by step 1
-        keys, _ = parse_override(item)
-        if keys[0] != "router" and keys[:2] != ["model", "router"]:
-            raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
-                                  "model.router.*); the detectors' keys were fixed when train-detectors trained them")
+    sets = [*(overrides or []), *([f"router.epochs={epochs}"] if epochs else []),
+            *([f"router.lr={lr}"] if lr is not None else [])]
     with _updating(checkpoint, output):
-        ckpt = load_checkpoint(checkpoint)
-        sets += [f"router.epochs={epochs}"] if epochs else []
-        sets += [f"router.lr={lr}"] if lr is not None else []
-        recipe = with_overrides(ckpt.recipe, sets)
-        ckpt = dataclasses.replace(ckpt, recipe=recipe)
-        dc = _data_config(data, train_ann, train_images, val_ann, val_images)
-        if not dc.has_val:
-            raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
-        family = recipe.model.family
-        train_set = _open_dataset(dc.train_ann, dc.train_images, False, None, skip_bad_images, family)
-        val_set = _open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images, family)
-        router_set = _open_dataset(dc.router_ann, dc.router_images, False, None, skip_bad_images, family) if dc.has_router else None
-        new, summary = train_router_checkpoint(ckpt, train_set, val_set, recipe.router, resolve_device(device),
-                                               show_progress=progress, router_set=router_set)
-        bad = first_non_finite(new)
-        if bad is not None:  # never saved: every later load would refuse it
-            raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "
-                                  "was written (lower router.lr, e.g. --lr)")
+        new, summary = train_router_step(load_checkpoint(checkpoint),
+                                         resolve_data(data, train_ann, train_images, val_ann, val_images),
+                                         resolve_device(device), overrides=sets, skip_bad=skip_bad_images,
+                                         show_progress=progress)
         path = save_checkpoint(new, output or checkpoint)
     console.print(summary_table(summary))
     _say("router trained; wrote ", (str(path), "bold"))
@@ -447,14 +373,6 @@ class Speed(str, Enum):
 SpeedOpt = Annotated[Speed, typer.Option("--speed", help="fixed: route every image at the threshold the route options give (reproducible: the same images take the same routes); held: hold the latency target (--latency, or the point's) over the images sent, moving the threshold after each batch as the measured speed asks")]
 
 
-def _load_model(checkpoint: Path, device_name: str):
-    from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
-    from dynamicdet_cli.train.distributed import resolve_device
-    device = resolve_device(device_name)
-    ckpt = load_checkpoint(checkpoint)
-    return ckpt, model_from_checkpoint(ckpt, device).eval(), device
-
-
 @app.command()
 def calibrate(
     checkpoint: Annotated[Path, typer.Argument(help="a checkpoint with a trained router")],
@@ -475,22 +393,18 @@ def calibrate(
 
     With none of --latency, --hard-ratio, --threshold: only measure and store the latency."""
     _set_threads(threads)
-    if not name.strip() or name in ("easy", "hard"):
-        raise DynamicDetError(f"--name {name!r}: give a non-empty name other than easy / hard "
-                              "(those select a whole route in --point)")
-    from dynamicdet_cli.checkpoint.store import save_checkpoint
-    from dynamicdet_cli.speed.latency import calibrate_checkpoint
+    from dynamicdet_cli import api
     from dynamicdet_cli.cli.tables import calibrate_table
 
     with _updating(checkpoint, output):
-        ckpt, model, dev = _load_model(checkpoint, device)
-        result = calibrate_checkpoint(ckpt, model, dev, name, target=latency,
-                                      hard_ratio=hard_ratio, threshold=threshold, clamp=clamp, batch_size=batch_size,
-                                      repeats=repeats, reuse=reuse_latency, images=images,
-                                      random_images=random_images, image_size=image_size, max_images=max_images)
+        model = api.load(checkpoint, device)
+        result = model.calibrate(latency=latency, hard_ratio=hard_ratio, threshold=threshold, name=name, clamp=clamp,
+                                 batch_size=batch_size, repeats=repeats, reuse=reuse_latency, images=images,
+                                 random_images=random_images, image_size=image_size, max_images=max_images,
+                                 save=False)
         if result.warning:
             _warn(result.warning)
-        path = save_checkpoint(result.checkpoint, output or checkpoint)
+        path = model.save(output or checkpoint)
     console.print(calibrate_table(result.measured, result.point, name))
     _say((f"stored operating point '{name}'" if result.point else "stored the latency") + " in ", (str(path), "bold"))
 
@@ -510,45 +424,23 @@ def evaluate(
 ):
     """COCO box AP (and mask AP for Mask R-CNN) on the validation data at one operating point, or the accuracy-latency --sweep."""
     _set_threads(threads)
-    from dynamicdet_cli.evaluation import evaluate as engine
-    from dynamicdet_cli.core.atomic import write_json
-    from dynamicdet_cli.speed.regime import Regime, missing_latency
-    from dynamicdet_cli.speed.routing import resolve_route
+    from dynamicdet_cli import api
     from dynamicdet_cli.cli.tables import evaluate_table, sweep_table
 
     ks = _sweep_ratios(ratios, latency, hard_ratio, threshold, point) if do_sweep else None
-    ckpt, model, dev = _load_model(checkpoint, device)
-    if do_sweep and ckpt.router is None:
-        raise DynamicDetError(f"{checkpoint} has no trained router, so --sweep would route by meaningless scores: "
-                              "run train-router on it first, or evaluate one route (--point easy / hard)")
-    if data is not None:
-        dc = _data_config(data, None, None, None, None)
-        if not dc.has_val:
-            raise DynamicDetError(f"{data}: no val_ann / val_images to evaluate on")
-        val_ann, val_images = dc.val_ann, dc.val_images
-    elif not (val_ann and val_images):
-        raise DynamicDetError("no data: give --data data.yaml, or --val-ann and --val-images")
-    dataset = _open_dataset(val_ann, val_images, False, None, skip_bad_images, ckpt.family)
-    if tuple(dataset.classes) != ckpt.classes:
-        raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's {list(ckpt.classes[:5])}")
-    out = out or checkpoint.with_name(f"{checkpoint.stem}-eval")
-    if do_sweep:
-        rows, written, measured = engine.sweep(model, ckpt, dataset, dev, out, ks, draws, batch_size, progress)
-        console.print(sweep_table(rows))
-        if measured is None:
-            console.print(f"latency column empty: {missing_latency(ckpt, Regime.of_run(model, dev, batch_size), checkpoint)}",
-                          markup=False, highlight=False, soft_wrap=True)
-        plot = written.get("plot")
-        _say(f"sweep: {written['json']}, {written['csv']}, " +
-             (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
+    model = api.load(checkpoint, device)
+    report = model.evaluate(data, val_ann=val_ann, val_images=val_images, latency=latency, point=point,
+                            hard_ratio=hard_ratio, threshold=threshold, sweep=ks, draws=draws, out=out,
+                            batch_size=batch_size, skip_bad_images=skip_bad_images, progress=progress)
+    if report.sweep_rows is None:
+        console.print(evaluate_table(report.evaluation, report.route_text))
         return
-    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                                regime=Regime.of_run(model, dev, batch_size), checkpoint=str(checkpoint))
-    result = engine.evaluate_route(model, dataset, route, dev, out, batch_size, progress)
-    write_json(out / "metrics.json", {"route": route, "route_text": text, "metrics": result.metrics,
-                                             "hard_share": result.hard_share, "latency_ms": result.latency_ms,
-                                             "images": result.n_images})
-    console.print(evaluate_table(result, text))
+    console.print(sweep_table(report.sweep_rows))
+    if report.missing_latency:
+        console.print(f"latency column empty: {report.missing_latency}", markup=False, highlight=False, soft_wrap=True)
+    plot = report.written.get("plot")
+    _say(f"sweep: {report.written['json']}, {report.written['csv']}, " +
+         (f"plot: {plot}" if plot else "plot: pip install 'dynamicdet[plot]' to get sweep.png"))
 
 
 def _sweep_ratios(ratios: str, *route_options) -> list[float]:
@@ -579,32 +471,21 @@ def predict(
 ):
     """Detect objects in images; each image takes the route its difficulty asks for."""
     _set_threads(threads)
+    from dynamicdet_cli import api
     from dynamicdet_cli import predict as engine
-    from dynamicdet_cli.speed.regime import Regime, find_latency
-    from dynamicdet_cli.speed.routing import hold_target, resolve_route
-
-    ckpt, model, dev = _load_model(checkpoint, device)
-    regime = Regime.of_run(model, dev, batch_size)
-    route, text = resolve_route(ckpt, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                                regime=regime, checkpoint=str(checkpoint))
-    hold = None
-    if speed is Speed.held:
-        hold = hold_target(ckpt, route, latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
-                           regime=regime, checkpoint=str(checkpoint))
-        text += f"; held at {hold.target_ms:.1f} ms/image, tau moving after each batch"
-    _say(f"route: {text}")
     from dynamicdet_cli.data.images import list_images
-    paths = list_images(inputs)
-    summary = engine.predict(model, paths, route, out, list(ckpt.classes), list(ckpt.category_ids), batch_size=batch_size,
-                             conf=conf, render=render, device=dev, progress=progress,
-                             calibration=find_latency(ckpt, regime), hold=hold)
+
+    model = api.load(checkpoint, device)
+    chosen = model.route(latency=latency, hard_ratio=hard_ratio, threshold=threshold, point=point,
+                         hold=speed is Speed.held, batch_size=batch_size)
+    _say(f"route: {chosen.text}")
+    summary = engine.predict(model.network, list_images(inputs), chosen.route, out, list(model.classes),
+                             list(model.checkpoint.category_ids), batch_size=batch_size, conf=conf, render=render,
+                             device=model.device, progress=progress, calibration=model.calibration(batch_size),
+                             hold=chosen.hold)
     console.print(engine.summary_table(summary))
-    gap = summary.calibration_gap()
-    if hold is None and gap is not None and abs(gap[1]) > engine.CALIBRATION_TOLERANCE \
-            and summary.n_images >= engine.WARN_AFTER_BATCHES * batch_size:
-        _warn(f"this run's model time per image differs from its calibration by {100 * gap[1]:+.0f}%: the "
-              f"device's speed has changed (load, power state, other images); re-run "
-              f"`{regime.calibrate_command(str(checkpoint))}` to measure it again")
+    if chosen.hold is None and (drift := engine.calibration_warning(summary)):
+        _warn(f"{drift}; re-run `{model.regime(batch_size).calibrate_command(str(checkpoint))}` to measure it again")
     _say("predictions: ", (str(out / "predictions.jsonl"), "bold"), f", pictures: {out / 'render'}" if render else "")
 
 
@@ -621,16 +502,21 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="folder to write the files into")],
 ):
     """Export both routes for deployment, with the classes, input transform and operating points (dynamicdet.json)."""
-    from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
-    from dynamicdet_cli.export.exporter import check_exportable, export_checkpoint, export_table
+    from dynamicdet_cli.export.exporter import export_checkpoint_file, export_table
 
-    ckpt = load_checkpoint(checkpoint)
-    check_exportable(ckpt, fmt.value, output)  # before building the model: a refused export stops here
-    result = export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt.value, output, source=str(checkpoint))
+    result = export_checkpoint_file(checkpoint, fmt.value, output)
     console.print(export_table(result))
     _say("exported to ", (str(result.out_dir), "bold"))
 
 
+def main_with_args(args: list[str] | None = None) -> None:
+    """Run the app on `args` (default: the process's): every command may load a model to train
+    or time, so the package's malloc setting is applied first (core/allocator.py)."""
+    from dynamicdet_cli.core import allocator
+    allocator.keep_freed_memory()
+    typer_app(args, prog_name="dynamicdet")
+
+
 def main() -> None:
     """Console-script entry point."""
-    typer_app(prog_name="dynamicdet")
+    main_with_args()

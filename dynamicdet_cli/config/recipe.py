@@ -485,3 +485,15 @@ def describe_keys(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             rows.append((f"{prefix}{f.name}", getattr(tp, "__name__", str(tp)), f.metadata.get("help", "")))
     return rows
+
+
+def option_overrides(*, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                     router_holdout: float | None = None, image_size: int | None = None) -> list[str]:
+    """The `--set` overrides that train-detectors' shortcut options stand for (None: not given);
+    image_size sets both the shorter and the longer side."""
+    sets = [f"train.epochs={epochs}"] if epochs else []
+    sets += [f"train.batch_size={batch_size}"] if batch_size else []
+    sets += [f"train.lr={lr}"] if lr is not None else []
+    sets += [f"train.router_holdout={router_holdout}"] if router_holdout is not None else []
+    sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
+    return sets

@@ -197,3 +197,13 @@ def _example_image(model) -> torch.Tensor:
     """A square image of the model's inference size to trace with, 3,S,S in [0, 1] (seeded)."""
     side = int(model.transform.min_size[-1])
     return torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def export_checkpoint_file(checkpoint: str | Path, fmt: str, out_dir: Path) -> ExportResult:
+    """`export`: load the checkpoint, refuse what cannot be exported before building the model,
+    then export it (on the CPU)."""
+    from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    check_exportable(ckpt, fmt, out_dir)
+    return export_checkpoint(ckpt, model_from_checkpoint(ckpt, "cpu"), fmt, out_dir, source=str(checkpoint))

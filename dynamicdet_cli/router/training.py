@@ -21,8 +21,11 @@ from pathlib import Path
 
 import torch
 
-from dynamicdet_cli.checkpoint.store import model_from_checkpoint, router_state
+from dynamicdet_cli.checkpoint.store import first_non_finite, model_from_checkpoint, router_state
 from dynamicdet_cli.checkpoint.types import Checkpoint, ValidationScores
+from dynamicdet_cli.config.recipe import parse_override, with_overrides
+from dynamicdet_cli.data.config import DataConfig
+from dynamicdet_cli.data.open import open_splits
 from dynamicdet_cli.data.transforms import Transform, build_transforms
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.evaluation.inference import run_both_routes
@@ -119,4 +122,34 @@ def train_router_checkpoint(ckpt: Checkpoint, train_set, val_set, cfg, device, s
                                               str(Path(val_set.ann_file).resolve()),
                                               str(Path(val_set.image_dir).resolve())),
                   operating_points={})
+    return new, summary
+
+
+def check_router_overrides(overrides: list[str]) -> None:
+    """train-router changes only the router's keys: the detectors (and the loss their targets
+    come from) were fixed by step 1."""
+    for item in overrides:
+        keys, _ = parse_override(item)
+        if keys[0] != "router" and keys[:2] != ["model", "router"]:
+            raise DynamicDetError(f"--set {'.'.join(keys)}: train-router changes only the router's keys (router.*, "
+                                  "model.router.*); the detectors' keys were fixed when train-detectors trained them")
+
+
+def train_router_step(ckpt: Checkpoint, data: DataConfig, device, overrides: list[str] = (), skip_bad: bool = False,
+                      show_progress: bool = True) -> tuple[Checkpoint, dict]:
+    """`train-router` from a checkpoint and the data's paths: the router keys in `overrides`
+    applied to the checkpoint's recipe, the splits opened as the model sees them at test time,
+    train_router_checkpoint run, and a router that diverged refused before anything is saved.
+    Returns (new checkpoint, summary); the caller saves it."""
+    check_router_overrides(list(overrides))
+    ckpt = replace(ckpt, recipe=with_overrides(ckpt.recipe, list(overrides)))
+    if not data.has_val:
+        raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
+    splits = open_splits(data, needs_masks(ckpt.family), skip_bad=skip_bad)
+    new, summary = train_router_checkpoint(ckpt, splits.train, splits.val, ckpt.recipe.router, device,
+                                           show_progress=show_progress, router_set=splits.router)
+    bad = first_non_finite(new)
+    if bad is not None:  # never saved: every later load would refuse it
+        raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "
+                              "was written (lower router.lr, e.g. --lr)")
     return new, summary

@@ -1,4 +1,5 @@
-"""allocator.py: the package keeps freed memory on glibc, unless asked not to.
+"""allocator.py: loading a model (the CLI, dynamicdet_cli.load) keeps freed memory on glibc,
+unless asked not to; importing the package changes nothing process-wide.
 
 Each case runs in a fresh interpreter, since the setting is per process and this one has
 already imported the package. Whether a block of 16 MiB is served by mmap is read from
@@ -27,7 +28,11 @@ on_glibc = pytest.mark.skipif(not _glibc_with_mallinfo2(),
 
 PROBE = """
 import ctypes
+import sys
+import dynamicdet_cli
 import dynamicdet_cli.core.allocator as allocator
+if sys.argv[1:] == ["apply"]:
+    allocator.keep_freed_memory()  # what the CLI's main and dynamicdet_cli.load do
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -44,18 +49,38 @@ libc.free(ctypes.c_void_p(block))
 """
 
 
-def probe(value: str | None) -> tuple[str, str]:
+def probe(value: str | None, apply: bool = True) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DYNAMICDET_MALLOC"}
     if value is not None:
         env["DYNAMICDET_MALLOC"] = value
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    args = [sys.executable, "-c", PROBE, *(["apply"] if apply else [])]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip(), out.stderr.strip()
 
 
 @on_glibc
-def test_importing_the_package_keeps_large_blocks_off_mmap():
+def test_loading_a_model_keeps_large_blocks_off_mmap():
     assert probe(None) == ("keep-freed 0", "")
     assert probe("keep-freed") == ("keep-freed 0", "")
+
+
+@on_glibc
+def test_importing_the_package_changes_nothing_process_wide():
+    assert probe(None, apply=False) == ("default 1", "")
+
+
+def test_the_cli_and_the_api_apply_the_setting_where_a_model_is_loaded(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or allocator.setting())
+    import dynamicdet_cli
+    from dynamicdet_cli.cli import app
+
+    with pytest.raises(Exception):
+        dynamicdet_cli.load(tmp_path / "missing.pt")
+    assert calls == [1]
+    with pytest.raises(SystemExit):
+        app.main_with_args(["--version"])
+    assert calls == [1, 1]
 
 
 @on_glibc

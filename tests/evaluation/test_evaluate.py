@@ -29,7 +29,7 @@ from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.evaluation.evaluate import evaluate_route, sweep
 from dynamicdet_cli.speed import latency as latency_module
 from dynamicdet_cli.speed.latency import measure_routes, operating_point, store_latency
-from dynamicdet_cli.predict import _check_route
+from dynamicdet_cli.predict import check_route
 from dynamicdet_cli.config.recipe import load_recipe
 from dynamicdet_cli.checkpoint.types import REGIME_KEYS, Checkpoint, LatencyRecord, OperatingPoint, ValidationScores
 from dynamicdet_cli.config.recipe import Recipe
@@ -294,7 +294,7 @@ def test_an_all_hard_point_with_a_score_of_zero_is_accepted_by_predict():
     ckpt = make_ckpt(scores=scores)
     p = operating_point(ckpt, target_ms=20.0, latency=lat())
     assert p.tau == 0.0
-    _check_route(p.tau)  # no "threshold must lie in [0, 1]"
+    check_route(p.tau)  # no "threshold must lie in [0, 1]"
     assert p.hard_ratio == pytest.approx(0.9) and p.expected_ms == pytest.approx(19.0)
 
 

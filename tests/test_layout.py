@@ -1,0 +1,38 @@
+"""The package's folders are the pipeline, and imports only go down it: a module imports
+from its own stage or an earlier one, never a later one (docs/layout.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dynamicdet_cli"
+# Earliest first: core pieces, the recipe, data, the network, the checkpoint that stores it,
+# choosing the speed, evaluation, the two training steps, inference on files, export, the
+# Python API, and the command line on top.
+ORDER = ["core", "config", "data", "model", "checkpoint", "speed", "evaluation", "train", "router",
+         "predict", "export", "api", "cli"]
+
+
+def _stage(path: Path) -> str | None:
+    first = path.relative_to(PACKAGE).with_suffix("").parts[0]
+    return first if first in ORDER else None
+
+
+def test_every_module_belongs_to_a_stage():
+    loose = [p.name for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__") and _stage(p) is None]
+    assert loose == []
+
+
+def test_imports_only_go_down_the_pipeline():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        me = _stage(path)
+        if me is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dynamicdet_cli."):
+                target = node.module.split(".")[1]
+                if target in ORDER and ORDER.index(target) > ORDER.index(me):
+                    upward.append(f"{path.relative_to(PACKAGE)}:{node.lineno} ({me} imports {target})")
+    assert upward == []
