@@ -206,7 +206,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _f(12, "training epochs", lo=1)
-    batch_size: int = _f(2, "images per step per process", lo=1)
+    batch_size: int = _f(2, "images per optimizer step, all torchrun processes together (each process loads an equal share)", lo=1)
     optimizer: str = _f("sgd", "optimizer", choices=("sgd", "adamw"))
     lr: float = _f(0.02, "peak learning rate", lo=0.0, hi=10.0)
     momentum: float = _f(0.9, "SGD momentum (AdamW beta1)", lo=0.0, hi=1.0)
