@@ -10,8 +10,9 @@ Rules, all checked here:
 - every value is type- and range-checked;
 - single-key overrides (`--set model.router.reduction=8`) go through the same checks.
 
-The meaning and type of every key is written once, as the `help` of its field below, and
-repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe.
+The meaning and type of every key is written once, as the `help` of its field below,
+repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe, and generated
+into docs/recipes.md's key table by keys_doc.py.
 """
 
 from __future__ import annotations
