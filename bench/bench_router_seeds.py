@@ -25,7 +25,7 @@ With --fresh-val N, every pair is measured on the same N validation images of an
 make-shapes seed (--fresh-seed) instead of its data seed's own --val images: at 512 images
 the share of the gap a router recovers moves by several points with the draw of images
 (make demo's pair at 5 epochs: 55-59%, intervals 48-66%, on its 512; 66-69%, intervals 60-74%,
-on 2048 fresh ones; README, Known limitations).
+on 2048 fresh ones; docs/benchmarks.md#router).
 
 The issue's targets: d2 - d1 >= +0.02 (more on the harder half); >= 60% of the gap at 50%
 hard with the interval above zero on every seed; 9 of 9 ratios; Spearman >= 0.6 everywhere.

@@ -1,6 +1,6 @@
 """Issue 22's GPU measurements in one command, inside its own time budget.
 
-    python bench/gpu_check.py OUT --device cuda              # on the GPU machine (README, "GPU check")
+    python bench/gpu_check.py OUT --device cuda              # on the GPU machine (docs/gpu.md)
     python bench/gpu_check.py OUT --device cpu --quick       # the same steps at toy sizes: a dry run
 
 Writes OUT/results.json (rewritten after every step, so a run cut short still leaves what it

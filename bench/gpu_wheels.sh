@@ -7,7 +7,7 @@
 #
 #     bash bench/gpu_wheels.sh
 #
-# Then, in the device tool's `run`, with carry [".whl"] (README, "GPU check"):
+# Then, in the device tool's `run`, with carry [".whl"] (docs/gpu.md):
 #
 #     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; PYTHONUNBUFFERED=1 python3 bench/gpu_check.py $OUT/gpu --device cuda
 #

@@ -1,4 +1,4 @@
-"""The README's table of recipes: parameters and GMACs per route, beside torchvision's figures.
+"""The table of recipes in docs/benchmarks.md#recipe-costs: parameters and GMACs per route, beside torchvision's figures.
 
 For every recipe (default: recipes/*.yaml) the model is built with fresh weights and costed as
 `dynamicdet info RECIPE` costs it (route_cost.py: FlopCounterMode on one random square image of the

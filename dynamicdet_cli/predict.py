@@ -77,9 +77,8 @@ CAPTION_HEIGHT = 28  # px: the strip above each render saying its route and diff
 # A run whose model time per image is further than this from what its regime's calibration
 # expects (at the run's share of hard images) is told so, when it ran WARN_AFTER_BATCHES batches
 # or more: a fresh process pays a one-time set-up for each batch shape a route meets (CPU
-# kernels are prepared per shape), which on the demo's 48 images at batch 8 made the run 14-41%
-# slower than calibrated (three runs, 2 threads), and over its 512 validation images -2 to +0%
-# (glibc's default malloc, then).
+# kernels are prepared per shape), which makes a short run read well slower than calibrated
+# while a long one comes close (docs/benchmarks.md#predict-against-calibration).
 CALIBRATION_TOLERANCE = 0.10
 WARN_AFTER_BATCHES = 16
 

@@ -10,8 +10,9 @@ Rules, all checked here:
 - every value is type- and range-checked;
 - single-key overrides (`--set model.router.reduction=8`) go through the same checks.
 
-The meaning and type of every key is written once, as the `help` of its field below, and
-repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe.
+The meaning and type of every key is written once, as the `help` of its field below,
+repeated as comments in recipes/dy-faster-rcnn-r50-fpn.yaml, the base recipe, and generated
+into docs/recipes.md's key table by keys_doc.py.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _f(12, "training epochs", lo=1)
-    batch_size: int = _f(2, "images per step per process", lo=1)
+    batch_size: int = _f(2, "images per optimizer step, all torchrun processes together (each process loads an equal share)", lo=1)
     optimizer: str = _f("sgd", "optimizer", choices=("sgd", "adamw"))
     lr: float = _f(0.02, "peak learning rate", lo=0.0, hi=10.0)
     momentum: float = _f(0.9, "SGD momentum (AdamW beta1)", lo=0.0, hi=1.0)

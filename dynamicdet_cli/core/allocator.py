@@ -6,15 +6,11 @@ with mmap, and gives the top of its heap back once more than a trim threshold is
 detector's forward pass allocates and frees many feature maps of a few hundred KiB to a
 few MiB, so with those defaults a large share of its allocations get pages the kernel must
 map and zero afresh, and how many depends on which tensors happen to be alive: images
-waiting for their route (regrouping.py) changed it. Measured on a 2-core CPU, demo model,
-batches of 8, 2 threads (bench/bench_malloc.py: bench_mixed_cost.py in fresh processes, four
-of each setting alternated): with this setting the all-easy and all-hard passes took 0.79 and
-0.82 of the time per image they take under the default (medians; per process, all-hard
-4.99-6.22 ms against 6.39-7.96, all-easy 3.41-4.58 against 4.41-5.25), and the processes spent
-2.8 s in the kernel against 21.2 s (188 and 208 s of user time). Setting either threshold
-alone was slower than the default (the other stops adapting). Training speed moved within
-run-to-run noise (bench/bench_train.py, two alternated pairs: 39.7 / 42.1 against 39.9 / 36.5
-images/s).
+waiting for their route (speed/batcher.py) changed it. Measured on the demo model
+(bench/bench_malloc.py), both routes ran faster with this setting in every process and the
+processes spent a fraction of the time in the kernel; setting either threshold alone was
+slower than the default (the other stops adapting); training speed moved within run-to-run
+noise. Figures, command and date: docs/benchmarks.md#malloc.
 
 So on glibc the package raises the mmap threshold to its maximum (32 MiB on 64-bit) and
 keeps up to 1 GiB free at the heap's top, as jemalloc or tcmalloc would (PyTorch's CPU

@@ -4,8 +4,8 @@ torch.load does not check the CRCs of its zip archive, so 64 overwritten bytes i
 weight tensor load silently and give NaN difficulties and empty detections. The checksum
 is zlib's CRC-32 over, in the checkpoint's own order, every field's name and, for tensors,
 dtype, shape and raw bytes, for any other value its repr. CRC-32 rather than a
-cryptographic hash: it runs at memory speed (about 0.13 s on the 354 MB R50 checkpoint, where
-blake2b takes 0.5 s) and it is meant to catch damage, not tampering (weights_only loading
+cryptographic hash: it runs at memory speed (several times faster than blake2b on the R50
+checkpoint: docs/benchmarks.md) and it is meant to catch damage, not tampering (weights_only loading
 already refuses code). Every changed byte changes it; a burst of up to 32 bits is always
 detected.
 """

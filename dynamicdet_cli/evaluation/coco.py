@@ -18,7 +18,8 @@ Two ways in:
   one image's detections, so the per-image records of two runs can be mixed and then
   accumulated; that gives exactly the AP of the composed results list at the cost of
   `accumulate()` alone (no IoUs, no matching), which is what makes a sweep cheap
-  (and `headline_only=True`, enough for AP/AP50/AP75, accumulates about ten times faster).
+  (and `headline_only=True`, enough for AP/AP50/AP75, accumulates much faster: one area
+  range and one detection limit instead of 4 x 3; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ def mixed_stats(
 
     Both evaluators must come from `evaluate_images` over the same ground truth and images.
     Equal to `coco_evaluate` on the composed results list, without re-matching any image.
-    With `headline_only`, only {"AP", "AP50", "AP75"} are computed, about ten times
-    faster (one area range and one detection limit instead of 4 x 3).
+    With `headline_only`, only {"AP", "AP50", "AP75"} are computed, much faster (one
+    area range and one detection limit instead of 4 x 3).
     """
     p_easy, p_hard = easy._paramsEval, hard._paramsEval
     assert p_easy.imgIds == p_hard.imgIds and p_easy.catIds == p_hard.catIds, "different images"

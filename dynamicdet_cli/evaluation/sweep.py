@@ -5,7 +5,7 @@ whose detections count. So the AP of any split is a composition of the two store
 and the whole curve costs two per-image evaluations plus one accumulate per point
 (see coco_eval.mixed_stats); a segmenting model's mask AP is composed the same way, from
 two per-image mask evaluations (`masks=True`). Random routing of the same number of images is the baseline
-the router must beat (METHOD.md: random recovers about half the gain at 50% hard).
+the router must beat (docs/method.md: random recovers about half the gain at 50% hard).
 
 Whether the router beats random routing is a claim about images not yet seen, so each row
 carries a paired bootstrap 95% interval of router AP minus random AP: each replicate draws
@@ -31,7 +31,7 @@ from dynamicdet_cli.core.stats import percentile_interval
 SWEEP_COLUMNS = ("k", "tau", "hard_share", "AP", "AP50", "latency_ms", "random_AP", "random_AP_std",
                  "gain_vs_random", "gain_lo", "gain_hi")
 MASK_COLUMNS = ("mask_AP", "mask_AP50")  # after the others, in sweeps of segmenting models
-BOOTSTRAP_REPLICATES = 200  # enough for a 95% percentile interval; each costs two ResampledAP.ap calls (~4 ms each on 512 images)
+BOOTSTRAP_REPLICATES = 200  # enough for a 95% percentile interval; each costs two ResampledAP.ap calls (docs/benchmarks.md)
 
 
 def compose_sweep(

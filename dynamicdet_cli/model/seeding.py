@@ -10,8 +10,9 @@ def seed_sampling(seed: int, device: torch.device) -> None:
     does for that device.
 
     Not torch.manual_seed itself: on a machine where CUDA, XPU or MPS is not initialised, every
-    call also queues a lazy seeding of each of them with a recorded stack trace, 1.4 ms a call,
-    which made a quarter of train-router's time when each image's sampling is seeded.
+    call also queues a lazy seeding of each of them with a recorded stack trace, which made a
+    large share of train-router's time when each image's sampling is seeded
+    (docs/benchmarks.md#small-costs-in-the-code).
     """
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":

@@ -6,7 +6,7 @@
 
 The loss is linear in phi and L1 - L2 is a small difference of two noisy numbers, so a
 router trained to convergence on a few thousand targets fits their noise: its logits
-diverge and its ranking of unseen images changes from run to run (METHOD.md). The authors'
+diverge and its ranking of unseen images changes from run to run (docs/method.md). The authors'
 2 epochs at lr 1e-5 act as an early stop; here the stop is measured: a seeded share of the
 cached images is held out, the router loss on them is computed after every epoch, and the
 weights of the best epoch are kept.

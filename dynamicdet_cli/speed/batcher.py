@@ -17,17 +17,14 @@ route is a full batch:
 
 Whether to regroup is a trade (regroup_pays): an image's features wait through later
 batches' backbone-1 passes and are copied twice (set aside, gathered). With the malloc
-setting the package applies (allocator.py) that costs little. Measured on a 2-core CPU, demo
-model, batches of 8 that mix routes, against the line lat1 + k (lat2 - lat1) at a quarter /
-half / three quarters hard (bench/bench_calibration.py, mixed-route figure): with 2 threads,
-three runs, regrouped +3.0 / +2.0 / +4.3%, +3.1 / +4.9 / +4.7%, +0.3 / +2.8 / +0.6% and split
-batch by batch +16.9..+32.8%; with 1 thread, two runs, regrouped +3.9 / +4.4 / +3.6%, +3.0 /
-+0.8 / +0.7% and split +8.7..+17.6%. So it regroups on the CPU at any thread count (and on
-CUDA, where every call also pays kernel launches: not measured here). Under glibc's default
-malloc (DYNAMICDET_MALLOC=default) the waiting tensors cost page faults: there, regrouped
-ran +3.6..+11.2% with 2 threads against split's +5.6..+19.5%, and with 1 thread split
-(-6.4..+7.5%) beat regrouping (+1.6..+12.4%), so with that malloc and one thread it splits,
-as model.detect does.
+setting the package applies (allocator.py) that costs little: measured on the demo model's
+mixed batches (bench/bench_calibration.py), regrouped runs stayed close to the line lat1 +
+k (lat2 - lat1) at 1 and 2 threads, while splitting batch by batch cost well above it. So it
+regroups on the CPU at any thread count (and on CUDA, where every call also pays kernel
+launches: not measured here). Under glibc's default malloc (DYNAMICDET_MALLOC=default) the
+waiting tensors cost page faults, and with one thread splitting measured faster than
+regrouping, so with that malloc and one thread it splits, as model.detect does. Figures,
+command and date: docs/benchmarks.md#mixed-batches.
 
 Contract:
 - Results come out when their route runs, not in input order; `key` says which image.

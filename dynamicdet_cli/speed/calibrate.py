@@ -1,4 +1,4 @@
-"""From a latency target to a router threshold (METHOD.md, "Variable-speed inference").
+"""From a latency target to a router threshold (docs/method.md, "Choosing the speed").
 
     k   = (lat_t - lat1) / (lat2 - lat1)      largest fraction of images allowed on the hard route
     tau = percentile(S_val, 100 * (1 - k))    images with phi > tau take the hard route

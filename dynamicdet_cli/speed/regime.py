@@ -4,7 +4,7 @@ A route's latency per image is a property of how the model runs, not of the mode
 the device, the batch size (a batch of 8 costs far less than 8 batches of 1), the input size
 (the recipe's test size, which every image is resized to), the CPU thread count, the dtype,
 and on the CPU how malloc treats freed memory (allocator.py: under glibc's default the demo
-model's routes take 1.22-1.27x as long). A measurement, and every operating point derived
+model's routes take markedly longer, docs/benchmarks.md#malloc). A measurement, and every operating point derived
 from it, holds for its regime only.
 So `predict` / `evaluate --latency` look up the measurement of the regime they run in, and
 when none is stored they say which are and how to measure this one: never another's.

@@ -2,8 +2,9 @@
 
 A route's time depends on the image, not only on its size: the proposals the RPN keeps, the
 boxes NMS sees and the detections per image all follow the content, and the input size
-follows the aspect ratio. Random noise of the recipe's size makes the easy route look up to
-~14% slower than on real images. So by default the routes are timed on the validation images
+follows the aspect ratio. Random noise of the recipe's size made the easy route look slower
+than on real images (docs/benchmarks.md#calibration-accuracy). So by default the routes are
+timed on the validation images
 whose router scores the checkpoint stores (the very images tau is chosen on), or on a folder
 of the user's images; random images only when asked for, or when the validation images are
 gone (with a warning that says so).

@@ -377,13 +377,17 @@ def test_one_line_means_one_line(run, world, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- class 7
 
 def _readme_python_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    """The ```python blocks of README.md and the manual in docs/."""
+    blocks = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        blocks += [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    return blocks
 
 
 def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
     """examples/onnx_predict.py gives one error line and status 2 for a truncated image and a
-    NaN --tau, and runs on a 10000x10 image; README's Python snippets run as written."""
+    NaN --tau, and runs on a 10000x10 image; the Python snippets of README and docs/ run as written."""
     import subprocess
     import sys
 
@@ -395,7 +399,7 @@ def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
                         text=True, timeout=600, env=_env())
     assert ts.returncode == 0, ts.stderr
     blocks = _readme_python_blocks()
-    assert blocks, "README.md has no python snippet"
+    assert blocks, "README.md and docs/ have no python snippet"
     for block in blocks:
         done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
                               timeout=600, env=_env())
