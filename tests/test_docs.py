@@ -24,13 +24,13 @@ def _anchors(page: Path) -> set[str]:
     return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.M)}
 
 
-def test_readme_keeps_the_two_commands_and_the_api_placeholder():
+def test_readme_keeps_the_two_commands_and_the_python_api():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert "make demo    # set up .venv, then the whole pipeline on the built-in synthetic data\n" in text
     assert "make test    # set up .venv, then the test suite\n" in text
     api = text.split("\n## Python API\n", 1)
     assert len(api) == 2, "README.md has no '## Python API' section"
-    assert "\n<!-- python-api -->\n" in api[1].split("\n## ", 1)[0]
+    assert "```python\nimport dynamicdet_cli as dd\n" in api[1].split("\n## ", 1)[0]  # run by test_bad_inputs_2
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

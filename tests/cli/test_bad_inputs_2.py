@@ -400,6 +400,11 @@ def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
     assert ts.returncode == 0, ts.stderr
     blocks = _readme_python_blocks()
     assert blocks, "README.md and docs/ have no python snippet"
+    # the paths the Python API example names: the demo's model (with a router) and its data
+    import shutil
+    shutil.copytree(world["data"], tmp_path / "data" / "shapes")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    shutil.copy(world["routed"], tmp_path / "runs" / "demo" / "model.pt")
     for block in blocks:
         done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
                               timeout=600, env=_env())
