@@ -294,8 +294,13 @@ def hold_rows(report: HoldReport) -> list[tuple[str, str]]:
     else:
         achieved = (f"{report.achieved_ms:.1f} ms/image over the stream ({100 * report.gap:+.1f}%), "
                     f"{report.window_ms:.1f} over its last {report.window_images} images")
+    reach = {"below": f"out of reach here: the easy route alone cost {report.easy_ms:.2f} ms/image, above the "
+                      "target, so every image went easy (the stream is harder or the device slower than calibrated)",
+             "above": f"out of reach here: the hard route alone cost {report.hard_ms:.2f} ms/image, under the "
+                      "target, so every image went hard"}.get(report.out_of_reach)
     return [
         ("held target", f"{report.target_ms:.1f} ms/image: {achieved}"),
+        *((("reach", reach),) if reach else ()),
         ("held share", f"{100 * report.hard_share:.1f}% hard; tau {report.tau_start:.4f} -> {report.tau_end:.4f} "
                        f"(moved within {report.tau_min:.4f}-{report.tau_max:.4f})"),
         ("route costs", f"easy {report.easy_ms:.2f}, hard {report.hard_ms:.2f} ms/image as last measured "

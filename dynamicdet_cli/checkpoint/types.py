@@ -186,6 +186,12 @@ class Checkpoint:
     def has_router(self) -> bool:
         return self.router is not None
 
+    @property
+    def default_point(self) -> str | None:
+        """The stored point used when none is named: "default", else the only one, else None."""
+        points = self.operating_points
+        return "default" if "default" in points else next(iter(points)) if len(points) == 1 else None
+
     @classmethod
     def from_dict(cls, d: Mapping) -> Checkpoint:
         """Parse a dict whose fields store.check_fields has accepted."""

@@ -146,7 +146,7 @@ def export_meta(ckpt: Checkpoint, source: str = "") -> dict:
     """Everything in dynamicdet.json but the format-specific part (see the module docstring)."""
     t = ckpt.recipe.model.transform
     points = ckpt.operating_points
-    default = "default" if "default" in points else next(iter(points)) if len(points) == 1 else None
+    default = ckpt.default_point
     if default is None and ckpt.router is None:
         default = "hard"  # what predict does without a router
     return {

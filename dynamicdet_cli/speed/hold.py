@@ -74,6 +74,17 @@ class HoldReport:
     calibrated_hard_ms: float
 
     @property
+    def out_of_reach(self) -> str | None:
+        """None while the target lies between the routes' costs as last estimated; else which
+        side it fell off: "below" (even the easy route alone cost more: every image went easy
+        and still overshot) or "above" (even the hard route alone cost less)."""
+        if self.target_ms < self.easy_ms:
+            return "below"
+        if self.target_ms > self.hard_ms:
+            return "above"
+        return None
+
+    @property
     def gap(self) -> float | None:
         """Achieved over the whole stream relative to the target, e.g. +0.03 for 3% over."""
         return None if self.achieved_ms is None else self.achieved_ms / self.target_ms - 1.0

@@ -56,9 +56,8 @@ def resolve_route(ckpt: Checkpoint, *, latency: str | None = None, hard_ratio: f
     if hard_ratio is not None or threshold is not None:
         p = operating_point(ckpt, hard_ratio=hard_ratio, threshold=threshold)
         return p.tau, f"tau {p.tau:.4f}, {100 * p.hard_ratio:.0f}% hard on val"
-    if "default" in points or len(points) == 1:
-        name = "default" if "default" in points else next(iter(points))
-        return resolve_route(ckpt, point=name, regime=regime)
+    if ckpt.default_point is not None:
+        return resolve_route(ckpt, point=ckpt.default_point, regime=regime)
     if ckpt.router is None:
         return "hard", "hard route for every image (no router trained)"
     return resolve_route(ckpt, hard_ratio=0.5)
@@ -94,8 +93,7 @@ def hold_target(ckpt: Checkpoint, route, *, latency: str | None = None, hard_rat
         target = target_latency_ms(latency, measured.easy_ms, measured.hard_ms)
     else:
         points = ckpt.operating_points
-        name = point if point is not None else "default" if "default" in points else \
-            next(iter(points)) if len(points) == 1 else None
+        name = point if point is not None else ckpt.default_point
         target = points[name].target_ms if name in points else None
     if target is None or isinstance(route, str):
         raise no_target

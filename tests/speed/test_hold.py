@@ -190,3 +190,23 @@ def test_a_clock_that_does_not_move_leaves_the_costs_alone():
     run_stream(hold, clock, 10, lambda b: (0.0, 0.0), spread)
     assert hold.costs == (10.0, 20.0)
     assert 0.0 <= hold.tau <= 1.0
+
+
+def test_a_stream_whose_easy_route_alone_costs_more_than_the_target_says_so():
+    """Hard images can cost more than the target even on detector 1 (bench_hold's drifting
+    stream): the controller sends every image easy and the report names the target out of
+    reach, instead of leaving a miss unexplained. Back in reach, it says nothing."""
+    clock = FakeClock()
+    hold = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock)
+    history = run_stream(hold, clock, 40, lambda b: (18.0, 30.0), spread)
+    report = hold.report()
+    assert history[-1][1] == 0.0 and report.out_of_reach == "below"
+    assert report.easy_ms > report.target_ms
+    from dynamicdet_cli.predict import hold_rows
+    rows = dict(hold_rows(report))
+    assert "out of reach here: the easy route alone cost" in rows["reach"]
+
+    clock = FakeClock()
+    calm = LatencyHold(15.0, 10.0, 20.0, 0.5, clock=clock)
+    run_stream(calm, clock, 40, lambda b: (10.0, 20.0), spread)
+    assert calm.report().out_of_reach is None and "reach" not in dict(hold_rows(calm.report()))
