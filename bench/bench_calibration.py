@@ -123,7 +123,7 @@ def calibration_figure(model, ckpt, images, device, batch_size: int,
     print(f"\n{batch_size=}: calibration on {len(images)} validation images ({_load()})")
     measured = measure_routes(model, device, images, batch_size, repeats=repeats, source="validation images",
                               mixed_taus=curve_thresholds(ckpt))
-    lat1, lat2 = measured["easy_ms"], measured["hard_ms"]
+    lat1, lat2 = measured.easy_ms, measured.hard_ms
     print(f"   calibrate's measurement: lat1 {lat1:.2f}, lat2 {lat2:.2f} ms per image "
           f"({Regime.of_record(measured).describe()})")
     points = {}
@@ -132,7 +132,7 @@ def calibration_figure(model, ckpt, images, device, batch_size: int,
         points[share] = (target, operating_point(ckpt, target_ms=target, latency=measured))
     batches = _batches(images, batch_size)
     plans = {"easy": ("commands", ["easy"] * len(batches)), "hard": ("commands", ["hard"] * len(batches))}
-    plans.update({share: ("commands", [p["tau"]] * len(batches)) for share, (_, p) in points.items()})
+    plans.update({share: ("commands", [p.tau] * len(batches)) for share, (_, p) in points.items()})
     result = interleaved(model, batches, plans, device, repeats)
     lat1b, lat2b = result["easy"][0], result["hard"][0]
     print(f"   re-measured in the same passes: lat1 {lat1b:.2f} ({100 * (lat1b - lat1) / lat1:+.1f}%), "
@@ -148,7 +148,7 @@ def calibration_figure(model, ckpt, images, device, batch_size: int,
         moved = lat1b + share * (lat2b - lat1b)  # the target, moved with the device's drift
         errors.append(100 * (ms - target) / target)
         corrected.append(100 * (ms - moved) / moved)
-        print(f"   {100 * share:8.0f}%   {target:9.2f}   {p['hard_ratio']:5.3f}   {p['tau']:.4f}   "
+        print(f"   {100 * share:8.0f}%   {target:9.2f}   {p.hard_ratio:5.3f}   {p.tau:.4f}   "
               f"{100 * here:8.1f}%   {ms:11.2f}   {errors[-1]:+5.1f}%   {moved:6.2f} ({corrected[-1]:+5.1f}%)   "
               f"{linear:.2f} ({100 * (ms - linear) / linear:+.1f}%)")
     return errors, corrected
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
-    if ckpt["router"] is None:
+    if ckpt.router is None:
         raise SystemExit(f"{args.checkpoint}: no trained router; run train-router first")
     model = model_from_checkpoint(ckpt, device).eval()
     sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -26,7 +26,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint, new_checkpoint
 from dynamicdet_cli.export.exporter import export_checkpoint
 from dynamicdet_cli.model.build import build_model
-from dynamicdet_cli.config.recipe import load_recipe, recipe_to_dict
+from dynamicdet_cli.config.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 TAU = {"easy": 1.0, "hard": -1.0}
@@ -46,7 +46,7 @@ def _model(checkpoint: str | None, seed: int):
     recipe = load_recipe(REPO / "recipes" / "shapes-tiny.yaml")
     torch.manual_seed(seed)
     model = build_model(recipe.model).eval()
-    return new_checkpoint(recipe_to_dict(recipe), [f"class{i}" for i in range(1, 6)], list(range(1, 6)), model), model
+    return new_checkpoint(recipe, [f"class{i}" for i in range(1, 6)], list(range(1, 6)), model), model
 
 
 def _ms(fn) -> float:

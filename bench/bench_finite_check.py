@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
-    n = sum(t.numel() for t in ckpt["detector"].values())
+    n = sum(t.numel() for t in ckpt.detector.values())
     loads, checks = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()

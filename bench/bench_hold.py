@@ -51,6 +51,7 @@ from pycocotools.coco import COCO  # noqa: E402
 
 from dynamicdet_cli.speed.calibrate import target_latency_ms  # noqa: E402
 from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.checkpoint.types import LatencyRecord, OperatingPoint  # noqa: E402
 from dynamicdet_cli.evaluation.coco import coco_evaluate  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E402
 from dynamicdet_cli.speed.hold import LatencyHold  # noqa: E402
@@ -106,16 +107,16 @@ class Slowdown:
         self.busy = []
 
 
-def run_stream(model, ckpt, paths: list[Path], ann: Path, point: dict, measured: dict, target_ms: float,
-               held: bool, args, out: Path) -> dict:
+def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint, measured: LatencyRecord,
+               target_ms: float, held: bool, args, out: Path) -> dict:
     """One run of `predict` over a stream, slowed halfway; its latency figures and AP."""
-    hold = (LatencyHold(target_ms, measured["easy_ms"], measured["hard_ms"], point["tau"],
-                        curve=measured.get("curve_ms")) if held else None)
+    hold = (LatencyHold(target_ms, measured.easy_ms, measured.hard_ms, point.tau, curve=measured.curve_ms)
+            if held else None)
     n_batches = -(-len(paths) // args.batch_size)
     slow = Slowdown(model, n_batches // 2 + 1, args.busy if args.slow == "busy" else 0, args.duty)
     load = _load()
     try:
-        summary = predict(model, paths, point["tau"], out, ckpt["classes"], ckpt["category_ids"],
+        summary = predict(model, paths, point.tau, out, list(ckpt.classes), list(ckpt.category_ids),
                           batch_size=args.batch_size, conf=0.0, render=False, progress=False,
                           calibration=measured, hold=hold)
     finally:
@@ -168,9 +169,9 @@ def main() -> None:
     cal = calibrate_checkpoint(ckpt, model, device, "bench", target=args.target, batch_size=args.batch_size,
                                repeats=args.repeats)
     measured, point = cal.measured, cal.point
-    target_ms = target_latency_ms(args.target, measured["easy_ms"], measured["hard_ms"])
-    print(f"lat1 {measured['easy_ms']:.2f} ms, lat2 {measured['hard_ms']:.2f} ms, target {target_ms:.2f} ms: "
-          f"tau {point['tau']:.4f}, {100 * point['hard_ratio']:.0f}% hard on val"
+    target_ms = target_latency_ms(args.target, measured.easy_ms, measured.hard_ms)
+    print(f"lat1 {measured.easy_ms:.2f} ms, lat2 {measured.hard_ms:.2f} ms, target {target_ms:.2f} ms: "
+          f"tau {point.tau:.4f}, {100 * point.hard_ratio:.0f}% hard on val"
           + (f" (warning: {cal.warning})" if cal.warning else ""), flush=True)
 
     rows = {}
@@ -190,9 +191,9 @@ def main() -> None:
                   f"{100 * row['hard_share']:.0f}% hard, AP {row['AP']:.4f}"
                   + (f", tau {row['tau_start']:.3f} -> {row['tau_end']:.3f}" if "tau_end" in row else "")
                   + f"  [{row['load']}]", flush=True)
-    result = {"checkpoint": str(checkpoint), "target": args.target, "target_ms": target_ms, "measured": measured,
-              "tau": point["tau"], "images": args.images, "batch_size": args.batch_size, "threads": args.threads,
-              "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows}
+    result = {"checkpoint": str(checkpoint), "target": args.target, "target_ms": target_ms,
+              "measured": measured.to_dict(), "tau": point.tau, "images": args.images, "batch_size": args.batch_size,
+              "threads": args.threads, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows}
     (out / "bench_hold.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'bench_hold.json'}")
 

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,7 +47,8 @@ from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.core.errors import DynamicDetError  # noqa: E402
 from dynamicdet_cli.evaluation.evaluate import evaluate_route, sweep  # noqa: E402
-from dynamicdet_cli.speed.latency import device_name, measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.speed.latency import measure_routes, operating_point  # noqa: E402
+from dynamicdet_cli.speed.regime import device_name  # noqa: E402
 from dynamicdet_cli.speed.batcher import RouteBatcher  # noqa: E402
 from dynamicdet_cli.speed.timing_images import random_images  # noqa: E402
 
@@ -120,13 +122,13 @@ def figure_a(model, ckpt, images, device, batch_size: int, repeats: int, side: i
     rand = measure_routes(model, device, random.images, batch_size, repeats=max(repeats, 10), source=random.source)
     print(f"   lat1 / lat2 on the real validation images: {lat1:7.2f} / {lat2:7.2f} ms per image   <- used")
     print(f"   lat1 / lat2 on one batch of random {side} px images (calibrate --random-images): "
-          f"{rand['easy_ms']:7.2f} / {rand['hard_ms']:7.2f} ms per image")
+          f"{rand.easy_ms:7.2f} / {rand.hard_ms:7.2f} ms per image")
     target = (lat1 + lat2) / 2
-    measured = dict(rand, easy_ms=lat1, hard_ms=lat2)
+    measured = replace(rand, easy_ms=lat1, hard_ms=lat2)
     point = operating_point(ckpt, target_ms=target, latency=measured)
-    tau = point["tau"]
+    tau = point.tau
     print(f"   target {target:.2f} ms -> k {(target - lat1) / (lat2 - lat1):.3f}, tau {tau:.4f}, "
-          f"{100 * point['hard_ratio']:.1f}% hard on the stored val scores, expected {point['expected_ms']:.2f} ms")
+          f"{100 * point.hard_ratio:.1f}% hard on the stored val scores, expected {point.expected_ms:.2f} ms")
     check = interleaved(model, batches, {**fixed, "tau": [tau] * len(batches)}, device, repeats)
     got, n_hard = check["tau"]
     lat1b, lat2b = check["easy"][0], check["hard"][0]
@@ -195,7 +197,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
-    if ckpt["router"] is None:
+    if ckpt.router is None:
         raise SystemExit(f"{args.checkpoint}: no trained router; run train-router first")
     model = model_from_checkpoint(ckpt, device).eval()
     dc = load_data_config(args.data)
@@ -204,7 +206,7 @@ def main(argv=None) -> None:
     dataset = CocoDataset(dc.val_ann, dc.val_images, transforms=build_transforms(False))
     # Decoded once, as plain tensors (3,H,W in [0, 1]): the clock spans the model call only.
     images = [dataset[i][0].as_subclass(torch.Tensor).to(device) for i in range(len(dataset))]
-    side = ckpt["recipe"]["model"]["transform"]["min_size"][-1]
+    side = ckpt.recipe.model.transform.min_size[-1]
     print(f"{args.checkpoint}: {len(images)} validation images, {side} px recipe size, device "
           f"{device_name(device)}, {torch.get_num_threads()} threads, {args.repeats} passes per figure")
 

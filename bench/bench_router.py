@@ -30,7 +30,6 @@ from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
 from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
-from dynamicdet_cli.config.recipe import recipe_from_dict  # noqa: E402
 from dynamicdet_cli.router.training import train_router_checkpoint  # noqa: E402
 
 
@@ -56,7 +55,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     ckpt = load_checkpoint(args.ckpt)
-    cfg = recipe_from_dict(ckpt["recipe"]).router
+    cfg = ckpt.recipe.router
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("epochs", args.epochs), ("loss_draws", args.draws),
                                                          ("views", args.views), ("batch_size", args.batch_size))
                                       if v is not None})
@@ -64,7 +63,7 @@ def main() -> None:
     plain = build_transforms(False)
     train_set = CocoDataset(data.train_ann, data.train_images, plain)
     val_set = CocoDataset(data.val_ann, data.val_images, plain) if data.has_val else None
-    infer_batch = recipe_from_dict(ckpt["recipe"]).train.batch_size
+    infer_batch = ckpt.recipe.train.batch_size
     print(f"{args.ckpt}: {len(train_set)} training images, device {device}, threads {torch.get_num_threads()}, "
           f"router epochs {cfg.epochs}, draws {cfg.loss_draws}, views {cfg.views}, batch {cfg.batch_size}")
 

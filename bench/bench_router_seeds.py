@@ -112,7 +112,7 @@ def one_data_seed(seed: int, args, out: Path) -> list[dict]:
     for router_seed in args.router_seeds:
         cfg = dataclasses.replace(recipe.router, seed=router_seed)  # the recipe's, also for a reused run
         new, summary = train_router_checkpoint(ckpt, train, val, cfg, "cpu", show_progress=False, router_set=router_set)
-        scores = new["validation"]["scores"]
+        scores = new.validation.scores
         sweep = compose_sweep(val.coco, routes.image_ids, routes.easy, routes.hard, scores, RATIOS, None, None,
                               random_draws=10, seed=router_seed)
         half = sweep[5]

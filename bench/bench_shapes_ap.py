@@ -37,7 +37,7 @@ def main() -> None:
 
     dc = load_data_config(args.data)
     ckpt = load_checkpoint(args.checkpoint)
-    masks = needs_masks(ckpt["recipe"]["model"]["family"])
+    masks = needs_masks(ckpt.family)
     ds = CocoDataset(dc.val_ann, dc.val_images, build_transforms(False), masks=masks)
     model = model_from_checkpoint(ckpt)
     start = time.perf_counter()

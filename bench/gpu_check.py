@@ -71,6 +71,7 @@ from bench_train import training_flops  # noqa: E402
 from bench_yolo import train_step_memory  # noqa: E402
 from dynamicdet_cli.speed.calibrate import measure_latency  # noqa: E402
 from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
+from dynamicdet_cli.checkpoint.types import Checkpoint, TrainingRecord  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset, collate  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
@@ -79,7 +80,7 @@ from dynamicdet_cli.speed.latency import measure_routes  # noqa: E402
 from dynamicdet_cli.model.build import build_model  # noqa: E402
 from dynamicdet_cli.model.reference import torchvision_reference  # noqa: E402
 from dynamicdet_cli.speed.batcher import RouteBatcher  # noqa: E402
-from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, load_recipe, recipe_to_dict  # noqa: E402
+from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, load_recipe  # noqa: E402
 from dynamicdet_cli.speed.regime import device_name  # noqa: E402
 from dynamicdet_cli.train.loop import amp_dtype, build_optimizer, lr_factor, train_one_epoch  # noqa: E402
 
@@ -115,7 +116,7 @@ class Sizes:
 QUICK = Sizes(recipe="recipes/shapes-tiny.yaml", side=128, train_images=16, val_images=16, train_steps=4,
               train_warmup=1, train_seconds=20.0, loader_batches=8, easy_repeats=3, sync_repeats=3,
               calibrate_repeats=1, yolo_side=128, yolo_repeats=3, yolo_train_batch=2, yolo_train_boxes=50,
-              suite=("tests/test_cuda.py", "tests/test_recipe.py"))
+              suite=("tests/test_cuda.py", "tests/config/test_recipe.py"))
 
 # Seconds a step needs at least to be worth starting (full run; --quick: a tenth), and at most
 # may take (full run only: a toy run on a busy CPU is slow, and its budget alone stops it).
@@ -446,8 +447,8 @@ def step_easy_route(c: Check) -> dict:
             run = {"batch": batch, "amp": amp, "easy_ms": _median(t_easy), "plain_ms": _median(t_plain),
                    "ratio_of_medians": round(statistics.median(t_easy) / statistics.median(t_plain), 4),
                    "paired_ratio": round(statistics.median(e / p for e, p in zip(t_easy, t_plain)), 4),
-                   "router_ms": round(router, 4), "lat1_ms_per_image": round(lat["easy_ms"], 3),
-                   "lat2_ms_per_image": round(lat["hard_ms"], 3), "lat_spread_pct": lat.get("spread_pct")}
+                   "router_ms": round(router, 4), "lat1_ms_per_image": round(lat.easy_ms, 3),
+                   "lat2_ms_per_image": round(lat.hard_ms, 3), "lat_spread_pct": lat.spread_pct}
             run["goal_met"] = run["ratio_of_medians"] <= 1.02
             c.log(f"   {run}")
             out["runs"].append(run)
@@ -529,8 +530,10 @@ def _fresh_checkpoint(c: Check) -> Path:
     train_set = CocoDataset(folder / "train.json", folder / "train")
     torch.manual_seed(0)
     model = build_model(recipe.model, num_classes=train_set.num_classes)
-    ckpt = new_checkpoint(recipe_to_dict(recipe), train_set.classes, train_set.cat_ids, model)
-    ckpt["training"] = {"epochs": 0, "note": "gpu_check: fresh detectors, not trained"}
+    # A training record of 0 epochs and steps: train-router refuses a checkpoint without one,
+    # and these detectors are fresh, never trained.
+    ckpt = replace(new_checkpoint(recipe, train_set.classes, train_set.cat_ids, model),
+                   training=TrainingRecord(epochs=0, steps=0, run=""))
     return save_checkpoint(ckpt, c.work / "model.pt")
 
 
@@ -546,15 +549,15 @@ def step_calibrate(c: Check) -> dict:
         c.cli("calibrate", str(ckpt_path), "--device", dev, "--latency", "50%", "--batch-size", str(batch),
               "--name", name, "--repeats", str(s.calibrate_repeats))
         ckpt = load_checkpoint(ckpt_path)  # once per batch size: what calibrate just stored
-        point = ckpt["operating_points"][name]
+        point = ckpt.operating_points[name]
         eval_dir = c.work / f"eval_b{batch}"
         c.cli("evaluate", str(ckpt_path), "--data", str(c.data_yaml), "--point", name, "--batch-size", str(batch),
               "--device", dev, "--out", str(eval_dir), "--no-progress")
         metrics = json.loads((eval_dir / "metrics.json").read_text())
-        warm = _warm_latency(c, ckpt, point["tau"], batch)
-        target = point["target_ms"]
-        run = {"batch": batch, "target_ms": round(target, 3), "expected_ms": round(point["expected_ms"], 3),
-               "tau": point["tau"], "hard_ratio_val": point["hard_ratio"],
+        warm = _warm_latency(c, ckpt, point.tau, batch)
+        target = point.target_ms
+        run = {"batch": batch, "target_ms": round(target, 3), "expected_ms": round(point.expected_ms, 3),
+               "tau": point.tau, "hard_ratio_val": point.hard_ratio,
                "achieved_ms": round(metrics["latency_ms"], 3), "achieved_hard_share": metrics["hard_share"],
                "error_pct": round(100 * (metrics["latency_ms"] - target) / target, 2), "images": metrics["images"],
                "achieved_ms_warm": round(warm, 3), "error_pct_warm": round(100 * (warm - target) / target, 2),
@@ -569,7 +572,7 @@ def step_calibrate(c: Check) -> dict:
     return out
 
 
-def _warm_latency(c: Check, ckpt: dict, tau: float, batch: int) -> float:
+def _warm_latency(c: Check, ckpt: Checkpoint, tau: float, batch: int) -> float:
     """Mean model ms per image of evaluate_route at `tau`, its second pass in this process."""
     from dynamicdet_cli.checkpoint.store import model_from_checkpoint
     from dynamicdet_cli.evaluation.evaluate import evaluate_route
@@ -581,14 +584,17 @@ def _warm_latency(c: Check, ckpt: dict, tau: float, batch: int) -> float:
     return result.latency_ms
 
 
-def _calibration_record(ckpt: dict, batch: int) -> dict:
+def _calibration_record(ckpt: Checkpoint, batch: int) -> dict:
     """What calibrate measured at `batch` (lat1, lat2, its spread, the mixed-batch curve) and the
     spread of the router's validation scores (fresh detectors: tau needs scores that differ)."""
-    lat = next((m for m in reversed(ckpt["latency"]) if m.get("batch_size") == batch), {})
-    scores = ckpt["validation"]["scores"].float()
-    return {"lat1_ms": lat.get("easy_ms"), "lat2_ms": lat.get("hard_ms"), "spread_pct": lat.get("spread_pct"),
-            "curve_ms": lat.get("curve_ms"), "val_scores_min_max": [round(float(scores.min()), 4),
-                                                                    round(float(scores.max()), 4)]}
+    lat = next((m for m in reversed(ckpt.latency) if m.batch_size == batch), None)
+    scores = ckpt.validation.scores.float()
+    record = dict.fromkeys(("lat1_ms", "lat2_ms", "spread_pct", "curve_ms"))
+    if lat is not None:
+        record.update(lat1_ms=lat.easy_ms, lat2_ms=lat.hard_ms, spread_pct=lat.spread_pct,
+                      curve_ms=[list(p) for p in lat.curve_ms])
+    record["val_scores_min_max"] = [round(float(scores.min()), 4), round(float(scores.max()), 4)]
+    return record
 
 
 def step_yolo(c: Check) -> dict:
