@@ -57,6 +57,9 @@ from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E4
 from dynamicdet_cli.speed.hold import LatencyHold  # noqa: E402
 from dynamicdet_cli.speed.latency import calibrate_checkpoint  # noqa: E402
 from dynamicdet_cli.predict import predict  # noqa: E402
+from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
 REPO = Path(__file__).resolve().parent.parent
 STREAMS = {"like validation": None, "drifting easy to hard": "drift", "hard-ish": "0.6-1"}

@@ -33,6 +33,9 @@ from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.model.seeding import draw_seed, seed_sampling  # noqa: E402
 from dynamicdet_cli.router.cache import sample_seed  # noqa: E402
 from dynamicdet_cli.core.stats import spearman  # noqa: E402
+from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
 
 @torch.no_grad()

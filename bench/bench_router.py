@@ -31,6 +31,9 @@ from dynamicdet_cli.data.config import load_data_config  # noqa: E402
 from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
 from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
 from dynamicdet_cli.router.training import train_router_checkpoint  # noqa: E402
+from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
 
 def _sync(device: torch.device) -> None:

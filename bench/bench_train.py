@@ -34,6 +34,9 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.model.build import build_model, needs_masks
 from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, load_recipe
 from dynamicdet_cli.train.loop import build_optimizer
+from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
 
 def shapes_batches(folder: Path, batch_size: int, n_batches: int, side: int,
