@@ -24,7 +24,12 @@ latency columns mean anything then).
      target can only send everything easy;
   4. per run: the model time per image (predict's per-image figure, warm-up left out) over
      the whole stream and over its second half, each against the target, the share sent
-     hard, how far tau moved, and the box AP on the stream (COCO, all detections kept).
+     hard, how far tau moved, and the box AP on the stream (COCO, all detections kept);
+  5. per stream, AP at the same achieved latency: both detectors run once over the stream
+     (untimed), then the held run's routing is scored against a fixed threshold that sends
+     the same number of this stream's images hard (the images the router scores highest).
+     The same number of hard images costs the same time on average, so this compares which
+     images go hard when only the count is the held target's.
 
 Targets (issue 24): held, the second half within 5% of the target on the CPU, where the fixed
 threshold misses by the size of the drift; AP no lower than the fixed threshold's at the same
@@ -57,6 +62,9 @@ from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E4
 from dynamicdet_cli.speed.hold import LatencyHold  # noqa: E402
 from dynamicdet_cli.speed.latency import calibrate_checkpoint  # noqa: E402
 from dynamicdet_cli.predict import predict  # noqa: E402
+from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
+from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
+from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
 from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
@@ -143,6 +151,26 @@ def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint,
     return row
 
 
+def equal_share_ap(model, folder: Path, held_dir: Path, batch_size: int) -> dict:
+    """AP of the held run's routing against the fixed threshold that routes as many of the
+    stream's images hard (step 5 of the module docstring), from one untimed pass of both
+    detectors over the stream."""
+    dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))
+    routes = run_both_routes(model, dataset, torch.device("cpu"), batch_size, show_progress=False)
+    by_position = [im["id"] for im in sorted(dataset.coco.dataset["images"], key=lambda im: im["file_name"])]
+    lines = [json.loads(line) for line in (held_dir / "predictions.jsonl").read_text().splitlines()]
+    held_hard = {by_position[line["image_id"]] for line in lines if line["route"] == "hard"}
+    order = sorted(range(len(routes.image_ids)), key=lambda i: -float(routes.scores[i]))
+    fixed_hard = {routes.image_ids[i] for i in order[:len(held_hard)]}
+
+    def ap(hard: set[int]) -> float:
+        results = [r for i in routes.image_ids for r in (routes.hard if i in hard else routes.easy)[i]]
+        return coco_evaluate(dataset.coco, results, routes.image_ids)["AP"]
+
+    return {"hard_images": len(held_hard), "images": len(routes.image_ids), "held_AP": ap(held_hard),
+            "fixed_AP": ap(fixed_hard), "same_images": len(held_hard & fixed_hard)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", type=Path,
@@ -194,9 +222,16 @@ def main() -> None:
                   f"{100 * row['hard_share']:.0f}% hard, AP {row['AP']:.4f}"
                   + (f", tau {row['tau_start']:.3f} -> {row['tau_end']:.3f}" if "tau_end" in row else "")
                   + f"  [{row['load']}]", flush=True)
+    equal = {}
+    for s, name in enumerate(STREAMS):
+        equal[name] = equal_share_ap(model, out / f"stream{s}", out / f"pred{s}-held", args.batch_size)
+        e = equal[name]
+        print(f"{name:>22} same hard count ({e['hard_images']} of {e['images']}): held routing AP {e['held_AP']:.4f}, "
+              f"fixed threshold AP {e['fixed_AP']:.4f} ({e['same_images']} images hard in both)", flush=True)
     result = {"checkpoint": str(checkpoint), "target": args.target, "target_ms": target_ms,
               "measured": measured.to_dict(), "tau": point.tau, "images": args.images, "batch_size": args.batch_size,
-              "threads": args.threads, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows}
+              "threads": args.threads, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows,
+              "equal_hard_count": equal}
     (out / "bench_hold.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'bench_hold.json'}")
 
