@@ -19,7 +19,6 @@ from dynamicdet_cli import api
 from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, router_state, save_checkpoint
 from dynamicdet_cli.checkpoint.types import ValidationScores
 from dynamicdet_cli.core.errors import DynamicDetError
-from dynamicdet_cli.data.config import load_data_config
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.model.build import build_model
 

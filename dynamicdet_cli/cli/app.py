@@ -1,18 +1,15 @@
 """The `dynamicdet` command line: each command parses, calls one library function, prints.
 
 User errors print one line and exit with status 2; never a traceback. All of them pass
-through one funnel: `DynamicDetError` and file-system errors (OSError) raised by a command,
-and typer's usage errors (unknown option, value out of range), are printed as one
+through one funnel (funnel.py): `DynamicDetError` and file-system errors (OSError) raised by a
+command, and typer's usage errors (unknown option, value out of range), are printed as one
 `error: ...` line. Text from the user (paths, names) is never read as rich markup.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import sys
-import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,15 +17,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer.core import TyperGroup
 
 from dynamicdet_cli import __version__
-from dynamicdet_cli.core.errors import USER_ERRORS, DynamicDetError, memory_message, set_warning_sink, user_message
+from dynamicdet_cli.cli.funnel import QUIET as _QUIET, OneLineCommands, OneLineErrors, fail as _fail, warn as _warn
+from dynamicdet_cli.core.errors import DynamicDetError
 
-# Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
-_QUIET = os.environ.get("RANK", "0") not in ("", "0")
 console = Console(quiet=_QUIET)
-err_console = Console(stderr=True)
 
 
 def _say(*parts) -> None:
@@ -36,62 +30,7 @@ def _say(*parts) -> None:
     console.print(Text.assemble(*parts), soft_wrap=True)
 
 
-def _warn(message: str) -> None:
-    if not _QUIET:
-        err_console.print(Text.assemble(("warning:", "yellow"), " ", message), soft_wrap=True, highlight=False)
-
-
-def _fail(message: str, status: int = 2):
-    if not (_QUIET and status == 130):  # Ctrl-C reaches every rank; rank 0 says it once
-        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True, highlight=False)
-    raise SystemExit(status)
-
-
-_said: set[str] = set()
-
-
-def _library_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning from torch or another library: one `warning:` line, once per text (the
-    library's own form spans two lines, with its source line, and repeats)."""
-    text = " ".join(str(message).split())
-    if text and text not in _said:
-        _said.add(text)
-        _warn(text)
-
-
-class _OneLineErrors(TyperGroup):
-    """typer's group, with usage errors (bad option values, ranges, unknown options) printed
-    as one `error:` line instead of a usage box."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError
-        from typer.exceptions import Abort
-
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        set_warning_sink(_warn)
-        _said.clear()
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _library_warning
-                status = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except NoArgsIsHelpError as err:
-            err.show()
-            sys.exit(err.exit_code)
-        except ClickException as err:
-            hint = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) else ""
-            _fail(" ".join(err.format_message().split()) + hint, err.exit_code)
-        except Abort:
-            _fail("aborted", 1)
-        except BrokenPipeError:
-            sys.stderr = open(os.devnull, "w")  # the reader went away (| head): nothing to say
-            sys.exit(1)
-        finally:
-            set_warning_sink(None)
-        sys.exit(status if isinstance(status, int) else 0)
-
-
-typer_app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False,
+typer_app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False,
                         pretty_exceptions_enable=False,
                         help="DynamicDet: one cascaded detector whose average speed you choose at inference time.")
 
@@ -108,31 +47,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """DynamicDet: one cascaded detector whose average speed you choose at inference time."""
 
 
-class _App:
-    """Registers commands on the typer app so that a user error (DynamicDetError, or an OSError
-    from the file system) in any of them prints one line and exits with status 2 instead of
-    showing a traceback; Ctrl-C prints one line and exits with 130."""
-
-    def command(self, name: str | None = None):
-        def register(fn):
-            @functools.wraps(fn)
-            def friendly(*args, **kwargs):
-                try:
-                    return fn(*args, **kwargs)
-                except USER_ERRORS as err:
-                    _fail(user_message(err))
-                except (MemoryError, RuntimeError) as err:
-                    message = memory_message(err)
-                    if message is None:
-                        raise  # a programmer error: its traceback is wanted
-                    _fail(message)
-                except KeyboardInterrupt:
-                    _fail("interrupted; every file is written whole or not at all, so none was left half-written", 130)
-            return typer_app.command(name)(friendly)
-        return register
-
-
-app = _App()
+app = OneLineCommands(typer_app)
 
 # Shared option types.
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override one recipe key, e.g. model.router.reduction=8 (repeatable)")]

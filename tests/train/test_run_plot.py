@@ -9,7 +9,6 @@ The trainings are the tiny recipe on 4 shapes images of 64 px (2 steps per epoch
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
