@@ -27,7 +27,7 @@ def _anchors(page: Path) -> set[str]:
 def test_readme_keeps_the_two_commands_and_the_python_api():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert "make demo    # set up .venv, then the whole pipeline on the built-in synthetic data\n" in text
-    assert "make test    # set up .venv, then the test suite\n" in text
+    assert "make test    # set up .venv, then the test suite" in text
     api = text.split("\n## Python API\n", 1)
     assert len(api) == 2, "README.md has no '## Python API' section"
     assert "```python\nimport dynamicdet_cli as dd\n" in api[1].split("\n## ", 1)[0]  # run by test_bad_inputs_2
