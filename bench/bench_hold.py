@@ -1,7 +1,8 @@
 """Bench: does `predict --speed held` keep its latency target where a fixed threshold drifts?
 
     python bench/bench_hold.py [CKPT] [--images 256] [--target 50%] [--batch-size 8]
-                               [--threads 2] [--slow busy|none] [--busy 1] [--duty 0.5] [--out DIR]
+                               [--threads 2] [--slow busy|none] [--busy 1] [--duty 0.5]
+                               [--horizon 64] [--window 64] [--out DIR]
     python bench/bench_hold.py --images 48 --repeats 2     # a dry run at toy sizes
 
 CKPT: a checkpoint with a trained router whose validation images are recorded (train-router
@@ -71,7 +72,7 @@ from dynamicdet_cli.checkpoint.types import LatencyRecord, OperatingPoint  # noq
 from dynamicdet_cli.evaluation.coco import ResampledAP, coco_evaluate, evaluate_images  # noqa: E402
 from dynamicdet_cli.core.stats import percentile_interval  # noqa: E402
 from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E402
-from dynamicdet_cli.speed.hold import LatencyHold  # noqa: E402
+from dynamicdet_cli.speed.hold import HORIZON, WINDOW, LatencyHold  # noqa: E402
 from dynamicdet_cli.speed.latency import calibrate_checkpoint  # noqa: E402
 from dynamicdet_cli.predict import predict  # noqa: E402
 from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
@@ -133,8 +134,8 @@ class Slowdown:
 def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint, measured: LatencyRecord,
                target_ms: float, held: bool, args, out: Path) -> dict:
     """One run of `predict` over a stream, slowed halfway; its latency figures and AP."""
-    hold = (LatencyHold(target_ms, measured.easy_ms, measured.hard_ms, point.tau, curve=measured.curve_ms)
-            if held else None)
+    hold = (LatencyHold(target_ms, measured.easy_ms, measured.hard_ms, point.tau, curve=measured.curve_ms,
+                        horizon=args.horizon, window=args.window) if held else None)
     n_batches = -(-len(paths) // args.batch_size)
     slow = Slowdown(model, n_batches // 2 + 1, args.busy if args.slow == "busy" else 0, args.duty)
     load = _load()
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--slow", choices=("busy", "none"), default="busy", help="how the device slows halfway")
     parser.add_argument("--busy", type=int, default=1, help="busy processes started halfway (--slow busy)")
     parser.add_argument("--duty", type=float, default=0.5, help="share of the time each busy process spins")
+    parser.add_argument("--horizon", type=float, default=HORIZON, help="the held target's horizon, in images")
+    parser.add_argument("--window", type=int, default=WINDOW, help="the held target's score window, in images")
     parser.add_argument("--out", type=Path, default=None, help="folder for streams, predictions and bench_hold.json")
     args = parser.parse_args()
     if not 0.0 < args.duty <= 1.0:
@@ -293,7 +296,7 @@ def main() -> None:
               f"{r['AP_mean']:.4f} +- {r['AP_std']:.4f}", flush=True)
     result = {"checkpoint": str(checkpoint), "target": args.target, "target_ms": target_ms,
               "measured": measured.to_dict(), "tau": point.tau, "images": args.images, "batch_size": args.batch_size,
-              "threads": args.threads, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows,
+              "threads": args.threads, "horizon": args.horizon, "window": args.window, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows,
               "equal_hard_count": equal}
     (out / "bench_hold.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'bench_hold.json'}")
