@@ -1,0 +1,173 @@
+"""Replay: the held target's controller on stored router scores, with a simulated clock.
+
+    python bench/replay_hold.py CKPT [--images 256] [--target 75%] [--slow 1.2] [--noise 0.1]
+                                [--seeds 10] [--horizon 64 32] [--window 64] [--out DIR]
+
+bench_hold.py times the real model, so each of its runs takes minutes and moves with the
+machine's load; this replays `LatencyHold` (dynamicdet_cli/speed/hold.py) in seconds, to compare
+its settings on equal terms before spending timed runs on them. It is a model of the loop, not a
+measurement: what it finds must be confirmed by bench_hold.py.
+
+  1. the three streams of bench_hold.py (same seeds, same sizes), each run once through both
+     detectors (untimed): every image's router score and both routes' detections;
+  2. per setting (each --window with each --horizon) and per seed: the stream in batches of
+     --batch-size, routed at the controller's tau; each batch "costs" lat1 per easy image and
+     lat2 per hard one (the checkpoint's first stored calibration, or --lat1 / --lat2), times
+     --slow from the middle batch on, times a log-normal factor of sigma --noise per batch
+     (the timing noise of a busy device); the fake clock advances by that;
+  3. reported per stream, mean over seeds: the second half's latency against the target, and
+     the AP of the routing minus the AP of thresholds that send as many images hard in each
+     half (bench_hold.py's "same count per half").
+
+Routes run as the images are routed (predict regroups hard images into full batches, which
+delays what the controller learns by up to a batch; the replay leaves that out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pycocotools.coco import COCO  # noqa: E402
+
+from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
+from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E402
+from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
+from dynamicdet_cli.evaluation.coco import evaluate_images, mixed_stats  # noqa: E402
+from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
+from dynamicdet_cli.speed.calibrate import hard_ratio_for_latency, target_latency_ms, threshold_for_hard_ratio  # noqa: E402
+from dynamicdet_cli.speed.hold import HORIZON, WINDOW, LatencyHold  # noqa: E402
+
+STREAMS = {"like validation": None, "drifting easy to hard": "drift", "hard-ish": "0.6-1"}  # as bench_hold.py
+STREAM_SEED = 7
+
+
+class FakeClock:
+    """Seconds, advanced by the replay rather than by time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def load_stream(model, folder: Path, images: int, size: int, seed: int, spec: str | None, batch_size: int) -> dict:
+    """One stream's images in file order: router scores and both routes' per-image evaluators."""
+    if not (folder / "val.json").is_file():
+        make_shapes(folder, n_train=1, n_val=images, size=size, seed=seed, force=True,
+                    val_difficulty=None if spec is None else parse_difficulty(spec))
+    dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))
+    routes = run_both_routes(model, dataset, torch.device("cpu"), batch_size, show_progress=False)
+    order = [im["id"] for im in sorted(dataset.coco.dataset["images"], key=lambda im: im["file_name"])]
+    score = {i: float(s) for i, s in zip(routes.image_ids, routes.scores)}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it indexes and matches
+        gt = COCO(str(folder / "val.json"))
+        easy = evaluate_images(gt, [r for i in order for r in routes.easy[i]], order)
+        hard = evaluate_images(gt, [r for i in order for r in routes.hard[i]], order)
+    return {"order": order, "scores": [score[i] for i in order], "easy": easy, "hard": hard}
+
+
+def ap(stream: dict, hard_positions: set[int]) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return mixed_stats(stream["easy"], stream["hard"], {stream["order"][i] for i in hard_positions},
+                           headline_only=True)["AP"]
+
+
+def replay(stream: dict, hold: LatencyHold, clock: FakeClock, lat1: float, lat2: float, target_ms: float,
+           slow: float, noise: float, batch_size: int, rng: random.Random) -> tuple[float, float]:
+    """(second-half gap against the target, AP minus the per-half same-count thresholds' AP)."""
+    scores, n = stream["scores"], len(stream["scores"])
+    half, hard, spent = n // 2, set(), []
+    for start in range(0, n, batch_size):
+        batch = scores[start:start + batch_size]
+        hold.start()
+        routed = [s > hold.tau for s in batch]  # predict's rule: hard where the score exceeds tau
+        factor = (slow if start >= half else 1.0) * rng.lognormvariate(0.0, noise)
+        costs = [(lat2 if r else lat1) * factor for r in routed]
+        clock.now += sum(costs) / 1000.0
+        spent += costs
+        hard |= {start + i for i, r in enumerate(routed) if r}
+        hold.update(batch, routed.count(False), routed.count(True))
+    same = set()
+    for lo, hi in ((0, half), (half, n)):
+        k = sum(lo <= i < hi for i in hard)
+        same |= set(sorted(range(lo, hi), key=lambda i: -scores[i])[:k])
+    return statistics.fmean(spent[half:]) / target_ms - 1.0, ap(stream, hard) - ap(stream, same)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint with a trained router and a stored calibration")
+    parser.add_argument("--images", type=int, default=256, help="images per stream")
+    parser.add_argument("--target", default="75%", help="latency target, as calibrate --latency takes it")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lat1", type=float, default=None, help="easy route ms per image (default: stored)")
+    parser.add_argument("--lat2", type=float, default=None, help="hard route ms per image (default: stored)")
+    parser.add_argument("--slow", type=float, default=1.2, help="cost factor from the middle batch on")
+    parser.add_argument("--noise", type=float, default=0.1, help="sigma of the log-normal noise per batch")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--horizon", type=float, nargs="+", default=[HORIZON])
+    parser.add_argument("--window", type=int, nargs="+", default=[WINDOW])
+    parser.add_argument("--out", type=Path, default=None, help="folder for the streams and replay_hold.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = args.out or Path(tempfile.mkdtemp(prefix="replay_hold-"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if (args.lat1 is None or args.lat2 is None) and not ckpt.latency:
+        parser.error("the checkpoint stores no calibration: give --lat1 and --lat2")
+    stored = ckpt.latency[0] if ckpt.latency else None
+    lat1 = args.lat1 if args.lat1 is not None else stored.easy_ms
+    lat2 = args.lat2 if args.lat2 is not None else stored.hard_ms
+    target_ms = target_latency_ms(args.target, lat1, lat2)
+    if ckpt.validation is None:
+        parser.error("the checkpoint records no validation scores: train-router records them")
+    tau0 = threshold_for_hard_ratio(ckpt.validation.scores.tolist(), hard_ratio_for_latency(target_ms, lat1, lat2))
+    model = model_from_checkpoint(ckpt, torch.device("cpu")).eval()
+    size = int(model.transform.min_size[-1])
+    streams = {name: load_stream(model, out / f"stream{s}", args.images, size, STREAM_SEED + s, spec, args.batch_size)
+               for s, (name, spec) in enumerate(STREAMS.items())}
+    print(f"lat1 {lat1:.2f} ms, lat2 {lat2:.2f} ms, target {target_ms:.2f} ms, tau0 {tau0:.4f}; slow-down x{args.slow} "
+          f"from the middle batch, noise {args.noise} per batch, {args.seeds} seeds")
+    rows = []
+    for window in args.window:
+        for horizon in args.horizon:
+            for name, stream in streams.items():
+                results = []
+                for seed in range(args.seeds):
+                    clock = FakeClock()
+                    hold = LatencyHold(target_ms, lat1, lat2, tau0, window=window, horizon=horizon, clock=clock)
+                    results.append(replay(stream, hold, clock, lat1, lat2, target_ms, args.slow, args.noise,
+                                          args.batch_size, random.Random(seed)))
+                gaps, gains = [g for g, _ in results], [a for _, a in results]
+                row = {"window": window, "horizon": horizon, "stream": name,
+                       "second_half_gap_mean": statistics.fmean(gaps), "second_half_gap_sd": statistics.pstdev(gaps),
+                       "second_half_gap_worst": max(gaps, key=abs),
+                       "AP_minus_per_half_fixed": statistics.fmean(gains)}
+                rows.append(row)
+                print(f"window {window:>4} horizon {horizon:>5g} {name:>22}: second half "
+                      f"{100 * row['second_half_gap_mean']:+.1f}% (sd {100 * row['second_half_gap_sd']:.1f}, worst "
+                      f"{100 * row['second_half_gap_worst']:+.1f}%), AP - per-half fixed "
+                      f"{row['AP_minus_per_half_fixed']:+.4f}", flush=True)
+    (out / "replay_hold.json").write_text(json.dumps(
+        {"checkpoint": str(args.checkpoint), "lat1_ms": lat1, "lat2_ms": lat2, "target_ms": target_ms, "tau0": tau0,
+         "slow": args.slow, "noise": args.noise, "seeds": args.seeds, "rows": rows}, indent=1))
+    print(f"wrote {out / 'replay_hold.json'}")
+
+
+if __name__ == "__main__":
+    main()
