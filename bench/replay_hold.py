@@ -49,9 +49,7 @@ from dynamicdet_cli.evaluation.coco import evaluate_images, mixed_stats  # noqa:
 from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
 from dynamicdet_cli.speed.calibrate import hard_ratio_for_latency, target_latency_ms, threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.speed.hold import HORIZON, WINDOW, LatencyHold  # noqa: E402
-
-STREAMS = {"like validation": None, "drifting easy to hard": "drift", "hard-ish": "0.6-1"}  # as bench_hold.py
-STREAM_SEED = 7
+from bench_hold import STREAM_SEED, STREAMS  # noqa: E402  (bench/, on sys.path as this script's folder)
 
 
 class FakeClock:
