@@ -13,8 +13,8 @@ dd make-shapes "$DEMO/data" --train 2048 --val 512 --size 128 --seed 0
 
 echo "== 2/6 train-detectors: both detectors jointly (step 1)"
 # Two torchrun processes with half the cores each (one thread on 2 cores): the tiny model's
-# operators are too short for torch's threads to pay (1.05x with 2 threads), two processes
-# train 1.34x faster (bench/bench_processes.py). train.batch_size is the batch of all processes.
+# operators are too short for torch's threads to pay, and two processes train faster than one
+# (docs/benchmarks.md#demo, bench/bench_processes.py). train.batch_size is the batch of all processes.
 train=(train-detectors recipes/shapes-tiny.yaml --data "$DEMO/data/data.yaml" --out "$DEMO/run")
 CORES=$(nproc 2>/dev/null || echo 1)
 if [ "$CORES" -ge 2 ]; then
@@ -27,8 +27,8 @@ echo "== 3/6 train-router: frozen detectors, cached losses (step 2)"
 dd train-router "$DEMO/run/best.pt" --data "$DEMO/data/data.yaml" -o "$DEMO/model.pt"
 
 echo "== 4/6 calibrate: time both routes on the validation images, then the threshold for halfway between them"
-# 128 images (the default), 3 passes: on 64 the passes disagreed by 6-17% on an idle machine (a
-# warning past 10%), on 128 by 4-9%, for about 7 s more
+# 128 images (the default), 3 passes: fewer images made the passes disagree past the warning
+# (docs/benchmarks.md#calibration-accuracy)
 dd calibrate "$DEMO/model.pt" --latency 50% --name default --repeats 3
 
 echo "== 5/6 evaluate: the accuracy-latency sweep, then the calibrated point"
