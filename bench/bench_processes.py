@@ -1,9 +1,8 @@
 """Joint training on a multi-core CPU: one process with T threads, or T torchrun processes of
 one thread each?
 
-On a small model most operators are too short for torch's intra-op threads to pay (on this
-project's 2-core machine the tiny recipe's training step ran 1.05x faster with 2 threads than
-with 1), while separate processes each keep a core busy and only meet for the gradient
+On a small model most operators are too short for torch's intra-op threads to pay (figures:
+docs/benchmarks.md#training-speed), while separate processes each keep a core busy and only meet for the gradient
 all-reduce. This runs `dynamicdet train-detectors` for one epoch both ways on the same shapes
 images with the same recipe (train.batch_size is the batch of all processes, so both take the
 same optimizer steps), alternating A B B A to cancel drift, and prints each run's training

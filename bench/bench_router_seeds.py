@@ -24,8 +24,7 @@ and the sweep composed from that one run. One table, one row per (data seed, rou
 With --fresh-val N, every pair is measured on the same N validation images of another
 make-shapes seed (--fresh-seed) instead of its data seed's own --val images: at 512 images
 the share of the gap a router recovers moves by several points with the draw of images
-(make demo's pair at 5 epochs: 55-59%, intervals 48-66%, on its 512; 66-69%, intervals 60-74%,
-on 2048 fresh ones; docs/benchmarks.md#router).
+(docs/benchmarks.md#router).
 
 The issue's targets: d2 - d1 >= +0.02 (more on the harder half); >= 60% of the gap at 50%
 hard with the interval above zero on every seed; 9 of 9 ratios; Spearman >= 0.6 everywhere.
