@@ -2,7 +2,7 @@
 
     python bench/bench_hold.py [CKPT] [--images 256] [--target 50%] [--batch-size 8]
                                [--threads 2] [--slow busy|none] [--busy 1] [--duty 0.5]
-                               [--horizon 64] [--window 64] [--out DIR]
+                               [--horizon 64 [32 ...]] [--window 64] [--out DIR]
     python bench/bench_hold.py --images 48 --repeats 2     # a dry run at toy sizes
 
 CKPT: a checkpoint with a trained router whose validation images are recorded (train-router
@@ -16,8 +16,9 @@ latency columns mean anything then).
   2. three streams of --images shapes images at the recipe's input size, drawn with seeds
      the model never saw: like validation (difficulty uniform in 0-1), drifting from easy
      to hard along the file order (make-shapes --val-difficulty drift) and hard-ish (0.6-1);
-  3. each stream run through `predict` twice, fixed threshold then held target (the order
-     alternates from stream to stream), and halfway through each run the device slows:
+  3. each stream run through `predict` with the fixed threshold, then with the held target
+     once per --horizon given (the order reverses from stream to stream, so that settings
+     compared side by side meet the machine as alike as they can), and halfway through each run the device slows:
      --slow busy starts --busy processes spinning on the CPU (each a Python loop busy for
      --duty of every 10 ms and asleep for the rest, competing with torch's threads for the
      cores) when the run reaches its middle batch, and stops them when the run ends. Choose
@@ -132,10 +133,12 @@ class Slowdown:
 
 
 def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint, measured: LatencyRecord,
-               target_ms: float, held: bool, args, out: Path) -> dict:
-    """One run of `predict` over a stream, slowed halfway; its latency figures and AP."""
+               target_ms: float, horizon: float | None, args, out: Path) -> dict:
+    """One run of `predict` over a stream, slowed halfway; its latency figures and AP.
+    horizon: None for the fixed threshold, else the held target's horizon in images."""
+    held = horizon is not None
     hold = (LatencyHold(target_ms, measured.easy_ms, measured.hard_ms, point.tau, curve=measured.curve_ms,
-                        horizon=args.horizon, window=args.window) if held else None)
+                        horizon=horizon, window=args.window) if held else None)
     n_batches = -(-len(paths) // args.batch_size)
     slow = Slowdown(model, n_batches // 2 + 1, args.busy if args.slow == "busy" else 0, args.duty)
     load = _load()
@@ -153,7 +156,7 @@ def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint,
     for r in results:
         r["image_id"] = ids[r["image_id"]]  # predict numbers images by their position in `paths`
     ap = coco_evaluate(gt, results, ids)["AP"]
-    row = {"mode": "held" if held else "fixed", "load": load, "images": summary.n_images,
+    row = {"mode": "held" if held else "fixed", "horizon": horizon, "load": load, "images": summary.n_images,
            "whole_ms": statistics.fmean(ms) if ms else None, "second_half_ms": statistics.fmean(half) if half else None,
            "hard_share": summary.share_hard, "AP": ap}
     if summary.hold is not None:
@@ -165,15 +168,28 @@ def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint,
     return row
 
 
-def equal_count_ap(model, folder: Path, held_dir: Path, batch_size: int, measured: LatencyRecord,
-                   target_ms: float, held_second_half_ms: float, replicates: int = 200, draws: int = 50, seed: int = 0) -> dict:
-    """AP of the held run's routing against fixed thresholds that route as many of the
-    stream's images hard, over the whole stream and per half (step 5 of the module
-    docstring), from one untimed pass of both detectors over the stream."""
+def _pred_folder(stream: int, horizon: float | None) -> str:
+    return f"pred{stream}-fixed" if horizon is None else f"pred{stream}-held-h{horizon:g}"
+
+
+def score_stream(model, folder: Path, batch_size: int) -> dict:
+    """One untimed pass of both detectors over a stream: its image ids in file order, the
+    router's scores, and a ResampledAP over both routes' detections."""
     dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))
     routes = run_both_routes(model, dataset, torch.device("cpu"), batch_size, show_progress=False)
     in_order = [im["id"] for im in sorted(dataset.coco.dataset["images"], key=lambda im: im["file_name"])]
-    score = {i: float(s) for i, s in zip(routes.image_ids, routes.scores)}
+    easy = evaluate_images(dataset.coco, [r for i in in_order for r in routes.easy[i]], in_order)
+    hard = evaluate_images(dataset.coco, [r for i in in_order for r in routes.hard[i]], in_order)
+    return {"in_order": in_order, "score": {i: float(s) for i, s in zip(routes.image_ids, routes.scores)},
+            "resampled": ResampledAP(easy, hard)}
+
+
+def equal_count_ap(stream: dict, held_dir: Path, measured: LatencyRecord, target_ms: float,
+                   held_second_half_ms: float, replicates: int = 200, draws: int = 50, seed: int = 0) -> dict:
+    """AP of a held run's routing against fixed thresholds that route as many of the
+    stream's images hard, over the whole stream and per half (step 5 of the module
+    docstring); `stream` from score_stream."""
+    in_order, score, resampled = stream["in_order"], stream["score"], stream["resampled"]
     lines = [json.loads(line) for line in (held_dir / "predictions.jsonl").read_text().splitlines()]
     held = {in_order[line["image_id"]] for line in lines if line["route"] == "hard"}  # predict numbers by position
     n, half = len(in_order), len(in_order) // 2
@@ -184,9 +200,6 @@ def equal_count_ap(model, folder: Path, held_dir: Path, batch_size: int, measure
 
     whole = top(in_order, len(held))
     per_half = set().union(*(top(ids, len(held & set(ids))) for ids in parts))
-    easy = evaluate_images(dataset.coco, [r for i in in_order for r in routes.easy[i]], in_order)
-    hard = evaluate_images(dataset.coco, [r for i in in_order for r in routes.hard[i]], in_order)
-    resampled = ResampledAP(easy, hard)
     ids = resampled.image_ids  # the order ResampledAP takes its masks in
 
     def mask(chosen: set[int]) -> np.ndarray:
@@ -237,7 +250,8 @@ def main() -> None:
     parser.add_argument("--slow", choices=("busy", "none"), default="busy", help="how the device slows halfway")
     parser.add_argument("--busy", type=int, default=1, help="busy processes started halfway (--slow busy)")
     parser.add_argument("--duty", type=float, default=0.5, help="share of the time each busy process spins")
-    parser.add_argument("--horizon", type=float, default=HORIZON, help="the held target's horizon, in images")
+    parser.add_argument("--horizon", type=float, nargs="+", default=[HORIZON],
+                        help="the held target's horizon in images; several: one held run each, side by side")
     parser.add_argument("--window", type=int, default=WINDOW, help="the held target's score window, in images")
     parser.add_argument("--out", type=Path, default=None, help="folder for streams, predictions and bench_hold.json")
     args = parser.parse_args()
@@ -269,11 +283,13 @@ def main() -> None:
                         val_difficulty=None if spec is None else parse_difficulty(spec))
         paths = sorted((folder / "val").iterdir())
         rows[name] = []
-        for held in ((False, True) if s % 2 == 0 else (True, False)):
-            row = run_stream(model, ckpt, paths, folder / "val.json", point, measured, target_ms, held, args,
-                             out / f"pred{s}-{'held' if held else 'fixed'}")
+        modes = [None, *args.horizon]  # None: the fixed threshold
+        for horizon in (modes if s % 2 == 0 else modes[::-1]):
+            row = run_stream(model, ckpt, paths, folder / "val.json", point, measured, target_ms, horizon, args,
+                             out / _pred_folder(s, horizon))
             rows[name].append(row)
-            print(f"{name:>22} {row['mode']:>5}: whole {row['whole_ms']:.2f} ms ({100 * row['whole_gap']:+.1f}%), "
+            label = "fixed" if horizon is None else f"held h={horizon:g}"
+            print(f"{name:>22} {label:>11}: whole {row['whole_ms']:.2f} ms ({100 * row['whole_gap']:+.1f}%), "
                   f"second half {row['second_half_ms']:.2f} ms ({100 * row['second_half_gap']:+.1f}%), "
                   f"{100 * row['hard_share']:.0f}% hard, AP {row['AP']:.4f}"
                   + (f", tau {row['tau_start']:.3f} -> {row['tau_end']:.3f}" if "tau_end" in row else "")
@@ -284,19 +300,23 @@ def main() -> None:
                   + f"  [{row['load']}]", flush=True)
     equal = {}
     for s, name in enumerate(STREAMS):
-        held_row = next(row for row in rows[name] if row["mode"] == "held")
-        e = equal[name] = equal_count_ap(model, out / f"stream{s}", out / f"pred{s}-held", args.batch_size,
-                                         measured, target_ms, held_row["second_half_ms"])
-        w, h, r = e["whole"], e["per_half"], e["random_same_counts"]
-        print(f"{name:>22} {e['hard_images']} of {e['images']} hard ({e['held_second_half_hard']} in the second half): "
-              f"held routing AP {e['held_AP']:.4f}; fixed threshold, same count over the stream {w['AP']:.4f} "
-              f"({w['second_half_hard']} in the second half: expected {100 * w['expected_second_half_gap']:+.1f}% there), "
-              f"same count per half {h['AP']:.4f}: held - fixed {h['held_minus_fixed']:+.4f} "
-              f"[{h['interval_95'][0]:+.4f}, {h['interval_95'][1]:+.4f}]; random routing, same counts, "
-              f"{r['AP_mean']:.4f} +- {r['AP_std']:.4f}", flush=True)
+        stream = score_stream(model, out / f"stream{s}", args.batch_size)
+        equal[name] = {}
+        for held_row in (row for row in rows[name] if row["mode"] == "held"):
+            horizon = held_row["horizon"]
+            e = equal[name][f"{horizon:g}"] = equal_count_ap(stream, out / _pred_folder(s, horizon), measured,
+                                                             target_ms, held_row["second_half_ms"])
+            w, h, r = e["whole"], e["per_half"], e["random_same_counts"]
+            print(f"{name:>22} h={horizon:g}: {e['hard_images']} of {e['images']} hard ({e['held_second_half_hard']} in "
+                  f"the second half): held routing AP {e['held_AP']:.4f}; fixed threshold, same count over the stream "
+                  f"{w['AP']:.4f} ({w['second_half_hard']} in the second half: expected "
+                  f"{100 * w['expected_second_half_gap']:+.1f}% there), same count per half {h['AP']:.4f}: held - fixed "
+                  f"{h['held_minus_fixed']:+.4f} [{h['interval_95'][0]:+.4f}, {h['interval_95'][1]:+.4f}]; random "
+                  f"routing, same counts, {r['AP_mean']:.4f} +- {r['AP_std']:.4f}", flush=True)
     result = {"checkpoint": str(checkpoint), "target": args.target, "target_ms": target_ms,
               "measured": measured.to_dict(), "tau": point.tau, "images": args.images, "batch_size": args.batch_size,
-              "threads": args.threads, "horizon": args.horizon, "window": args.window, "slow": args.slow, "busy": args.busy, "duty": args.duty, "streams": rows,
+              "threads": args.threads, "horizons": args.horizon, "window": args.window, "slow": args.slow,
+              "busy": args.busy, "duty": args.duty, "streams": rows,
               "equal_hard_count": equal}
     (out / "bench_hold.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'bench_hold.json'}")
