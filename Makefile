@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,plot,export]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,plot,export,tensorboard]'
 	touch $(STAMP)
 
 install-floors: $(FLOORS_STAMP)
@@ -30,7 +30,7 @@ $(FLOORS_STAMP): pyproject.toml constraints-floors.txt
 	rm -rf $(FLOORS)
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS_PY) -m pip install -q --upgrade pip
-	$(FLOORS_PY) -m pip install -q -c constraints-floors.txt -e '.[test,plot]'
+	$(FLOORS_PY) -m pip install -q -c constraints-floors.txt -e '.[test,plot,tensorboard]'
 	touch $(FLOORS_STAMP)
 
 test: test-pinned test-floors
