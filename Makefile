@@ -30,7 +30,7 @@ $(FLOORS_STAMP): pyproject.toml constraints-floors.txt
 	rm -rf $(FLOORS)
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS_PY) -m pip install -q --upgrade pip
-	$(FLOORS_PY) -m pip install -q -c constraints-floors.txt -e '.[test,plot,tensorboard]'
+	$(FLOORS_PY) -m pip install -q -c constraints-floors.txt -e '.[test,plot,tensorboard,export]'
 	touch $(FLOORS_STAMP)
 
 test: test-pinned test-floors

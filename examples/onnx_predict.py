@@ -51,6 +51,9 @@ class DynamicDetONNX:
         if "onnx" not in self.meta:
             raise SystemExit(f"error: {folder} holds no ONNX export; write one with `dynamicdet export --format onnx`")
         options = ort.SessionOptions()
+        # errors only: onnxruntime 1.17 logs a warning line per initializer its optimiser drops
+        # (graphs exported by torch 2.10 carry some), which says nothing a user can act on
+        options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -13,7 +13,7 @@ from packaging.version import Version  # pytest's own dependency
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOORS_EXTRAS = ("test", "plot", "tensorboard")  # export's floors are not installed there (docs/testing.md)
+FLOORS_EXTRAS = ("test", "plot", "tensorboard", "export")
 
 
 def _floors(requirements: list[str]) -> dict[str, str]:
