@@ -20,7 +20,7 @@ split used). Three figures, measured in the same run on this machine:
      against evaluating the same 11 thresholds one by one (`evaluate_route`). Goal >= 4x.
 
 Model time only: images are decoded once up front and the clock spans the model call. Every
-pass runs through a RouteBatcher (model/regrouping.py), as calibrate, predict and evaluate
+pass runs through a RouteBatcher (speed/batcher.py), as calibrate, predict and evaluate
 do; bench_calibration.py times mixed batches both regrouped and split batch by batch.
 The load average is printed before each figure: on a shared CPU, timings move with it.
 """

@@ -478,7 +478,7 @@ def step_route_sync(c: Check) -> dict:
     """split_by_route (model/detector.py) turns `phi > tau` into index lists with nonzero() and
     tolist(): the host waits for backbone 1 and the router before it can queue the heads. A
     whole route by name skips that; a threshold that sends every image the same way does the
-    same work through it. RouteBatcher (model/regrouping.py) also synchronises before and after
+    same work through it. RouteBatcher (speed/batcher.py) also synchronises before and after
     every call to time it per image."""
     s = c.sizes
     _, model, _, side = _pair_on_device(c)

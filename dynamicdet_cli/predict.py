@@ -22,7 +22,7 @@ their number, so ids are stable whatever fails to read). Only detections scoring
 written or drawn.
 
 Latency: the model's time per image. Images are routed batch by batch, and where it pays
-(model/regrouping.py: on CUDA, and on the CPU unless one thread runs under glibc's default
+(speed/batcher.py: on CUDA, and on the CPU unless one thread runs under glibc's default
 malloc) each route runs on full batches of
 images gathered across input batches, as calibrate and evaluate run them. An image's time is
 its share of its input batch's shared part (resize/normalise, backbone 1, router) plus its

@@ -4,7 +4,7 @@ A dataset opened with masks (a segmenting family, such as Mask R-CNN) also gets 
 at the operating point and in every row of the sweep.
 
 One operating point: the model runs once over the dataset under the chosen route (where it
-pays, each route on full batches gathered across input batches: model/regrouping.py), and
+pays, each route on full batches gathered across input batches: speed/batcher.py), and
 the model time per image is measured.
 
 The sweep: each detector runs ONCE over the dataset (backbone 1 shared), and every point of

@@ -3,7 +3,7 @@
 Each detector has been run once over the validation set; routing only decides, per image,
 whose detections count. So the AP of any split is a composition of the two stored runs,
 and the whole curve costs two per-image evaluations plus one accumulate per point
-(see coco_eval.mixed_stats); a segmenting model's mask AP is composed the same way, from
+(see evaluation/coco.py: mixed_stats); a segmenting model's mask AP is composed the same way, from
 two per-image mask evaluations (`masks=True`). Random routing of the same number of images is the baseline
 the router must beat (docs/method.md: random recovers about half the gain at 50% hard).
 
@@ -63,7 +63,7 @@ def compose_sweep(
     (None when random_draws is 0), random_AP_std their population std. gain_vs_random =
     AP - random_AP, and [gain_lo, gain_hi] its paired bootstrap 95% interval over images
     from `bootstrap` replicates (None when 0, without random draws, or at k where every
-    routing is the same: no image or every image hard). APs use coco_eval's convention
+    routing is the same: no image or every image hard). APs use evaluation/coco.py's convention
     (-1 when the images have no ground-truth objects). With `masks` (every result carries a
     `segmentation`), rows also hold mask_AP and mask_AP50 of the same routing, composed from
     the two detectors' per-image mask evaluations.

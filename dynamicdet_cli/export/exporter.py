@@ -1,6 +1,6 @@
 """`dynamicdet export`: a checkpoint as files a deployment runs without dynamicdet.
 
-    onnx         three graphs (export_onnx.py) + dynamicdet.json
+    onnx         three graphs (export/onnx.py) + dynamicdet.json
     torchscript  dynamicdet.torchscript.pt (export_torchscript.py) + dynamicdet.json
     pt2          three torch.export programs (export_pt2.py, yolo family) + dynamicdet.json
 

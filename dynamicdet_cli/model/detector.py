@@ -64,7 +64,7 @@ class DynamicDetector(nn.Module):
         image's pixels.
         Under a threshold, images with phi > tau take the hard route; one batch may mix routes
         and backbone 2 / detector 2 run only on the hard images. Over a stream of batches,
-        model/regrouping.py's RouteBatcher can run each route on full batches instead.
+        speed/batcher.py's RouteBatcher can run each route on full batches instead.
     """
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone1: StageBackbone,

@@ -1,4 +1,4 @@
-"""coco_eval: pycocotools AP on in-memory results, label mapping, image restriction."""
+"""evaluation/coco.py: pycocotools AP on in-memory results, label mapping, image restriction."""
 
 import contextlib
 import copy

@@ -1,4 +1,4 @@
-"""router_training: the whole train-router step on a tiny model (detector weights untouched,
+"""router/training.py: the whole train-router step on a tiny model (detector weights untouched,
 targets from the training images, a held-out share or a router split)."""
 
 from __future__ import annotations

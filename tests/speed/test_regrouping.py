@@ -1,4 +1,4 @@
-"""RouteBatcher (model/regrouping.py): each route runs on full batches across input batches,
+"""RouteBatcher (speed/batcher.py): each route runs on full batches across input batches,
 and every image gets what model.detect gives it."""
 
 from __future__ import annotations
