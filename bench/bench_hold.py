@@ -132,7 +132,7 @@ class Slowdown:
         self.busy = []
 
 
-def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint, measured: LatencyRecord,
+def run_stream(model, ckpt, paths: list[Path], gt: COCO, point: OperatingPoint, measured: LatencyRecord,
                target_ms: float, horizon: float | None, args, out: Path) -> dict:
     """One run of `predict` over a stream, slowed halfway; its latency figures and AP.
     horizon: None for the fixed threshold, else the held target's horizon in images."""
@@ -150,7 +150,6 @@ def run_stream(model, ckpt, paths: list[Path], ann: Path, point: OperatingPoint,
         slow.stop()
     ms = summary.image_ms
     half = ms[len(ms) // 2:]
-    gt = COCO(str(ann))
     ids = [im["id"] for im in sorted(gt.dataset["images"], key=lambda im: im["file_name"])]
     results = json.loads((out / "predictions_coco.json").read_text())
     for r in results:
@@ -284,8 +283,9 @@ def main() -> None:
         paths = sorted((folder / "val").iterdir())
         rows[name] = []
         modes = [None, *args.horizon]  # None: the fixed threshold
+        gt = COCO(str(folder / "val.json"))  # the stream's ground truth, read once for all its runs
         for horizon in (modes if s % 2 == 0 else modes[::-1]):
-            row = run_stream(model, ckpt, paths, folder / "val.json", point, measured, target_ms, horizon, args,
+            row = run_stream(model, ckpt, paths, gt, point, measured, target_ms, horizon, args,
                              out / _pred_folder(s, horizon))
             rows[name].append(row)
             label = "fixed" if horizon is None else f"held h={horizon:g}"
