@@ -171,6 +171,16 @@ def _pred_folder(stream: int, horizon: float | None) -> str:
     return f"pred{stream}-fixed" if horizon is None else f"pred{stream}-held-h{horizon:g}"
 
 
+def make_stream(folder: Path, s: int, images: int, size: int) -> list[Path]:
+    """Stream number `s` of STREAMS in `folder` (written once, then reused); its image paths in
+    file order."""
+    spec = list(STREAMS.values())[s]
+    if not (folder / "val.json").is_file():
+        make_shapes(folder, n_train=1, n_val=images, size=size, seed=STREAM_SEED + s, force=True,
+                    val_difficulty=None if spec is None else parse_difficulty(spec))
+    return sorted((folder / "val").iterdir())
+
+
 def score_stream(model, folder: Path, batch_size: int) -> dict:
     """One untimed pass of both detectors over a stream: its image ids in file order, the
     router's scores, and a ResampledAP over both routes' detections."""
@@ -275,12 +285,9 @@ def main() -> None:
           + (f" (warning: {cal.warning})" if cal.warning else ""), flush=True)
 
     rows = {}
-    for s, (name, spec) in enumerate(STREAMS.items()):
+    for s, name in enumerate(STREAMS):
         folder = out / f"stream{s}"
-        if not (folder / "val.json").is_file():
-            make_shapes(folder, n_train=1, n_val=args.images, size=size, seed=STREAM_SEED + s, force=True,
-                        val_difficulty=None if spec is None else parse_difficulty(spec))
-        paths = sorted((folder / "val").iterdir())
+        paths = make_stream(folder, s, args.images, size)
         rows[name] = []
         modes = [None, *args.horizon]  # None: the fixed threshold
         gt = COCO(str(folder / "val.json"))  # the stream's ground truth, read once for all its runs

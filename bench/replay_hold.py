@@ -26,8 +26,6 @@ delays what the controller learns by up to a batch; the replay leaves that out).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import random
 import statistics
@@ -39,17 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pycocotools.coco import COCO  # noqa: E402
-
 from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
-from dynamicdet_cli.data.coco import CocoDataset  # noqa: E402
-from dynamicdet_cli.data.shapes import make_shapes, parse_difficulty  # noqa: E402
-from dynamicdet_cli.data.transforms import build_transforms  # noqa: E402
-from dynamicdet_cli.evaluation.coco import evaluate_images, mixed_stats  # noqa: E402
-from dynamicdet_cli.evaluation.inference import run_both_routes  # noqa: E402
 from dynamicdet_cli.speed.calibrate import hard_ratio_for_latency, target_latency_ms, threshold_for_hard_ratio  # noqa: E402
 from dynamicdet_cli.speed.hold import HORIZON, WINDOW, LatencyHold  # noqa: E402
-from bench_hold import STREAM_SEED, STREAMS  # noqa: E402  (bench/, on sys.path as this script's folder)
+from bench_hold import STREAMS, make_stream, score_stream  # noqa: E402  (bench/, on sys.path as this script's folder)
 
 
 class FakeClock:
@@ -62,26 +53,20 @@ class FakeClock:
         return self.now
 
 
-def load_stream(model, folder: Path, images: int, size: int, seed: int, spec: str | None, batch_size: int) -> dict:
-    """One stream's images in file order: router scores and both routes' per-image evaluators."""
-    if not (folder / "val.json").is_file():
-        make_shapes(folder, n_train=1, n_val=images, size=size, seed=seed, force=True,
-                    val_difficulty=None if spec is None else parse_difficulty(spec))
-    dataset = CocoDataset(folder / "val.json", folder / "val", transforms=build_transforms(False))
-    routes = run_both_routes(model, dataset, torch.device("cpu"), batch_size, show_progress=False)
-    order = [im["id"] for im in sorted(dataset.coco.dataset["images"], key=lambda im: im["file_name"])]
-    score = {i: float(s) for i, s in zip(routes.image_ids, routes.scores)}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it indexes and matches
-        gt = COCO(str(folder / "val.json"))
-        easy = evaluate_images(gt, [r for i in order for r in routes.easy[i]], order)
-        hard = evaluate_images(gt, [r for i in order for r in routes.hard[i]], order)
-    return {"order": order, "scores": [score[i] for i in order], "easy": easy, "hard": hard}
+def load_stream(model, folder: Path, s: int, images: int, size: int, batch_size: int) -> dict:
+    """Stream number `s` (bench_hold.make_stream) scored once (bench_hold.score_stream), with its
+    router scores in file order."""
+    make_stream(folder, s, images, size)
+    stream = score_stream(model, folder, batch_size)
+    stream["scores"] = [stream["score"][i] for i in stream["in_order"]]
+    return stream
 
 
 def ap(stream: dict, hard_positions: set[int]) -> float:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return mixed_stats(stream["easy"], stream["hard"], {stream["order"][i] for i in hard_positions},
-                           headline_only=True)["AP"]
+    """AP of routing hard the images at these positions in file order."""
+    hard = {stream["in_order"][i] for i in hard_positions}
+    resampled = stream["resampled"]
+    return resampled.ap([i in hard for i in resampled.image_ids], [1] * len(resampled.image_ids))
 
 
 def replay(stream: dict, hold: LatencyHold, clock: FakeClock, lat1: float, lat2: float, target_ms: float,
@@ -137,8 +122,8 @@ def main() -> None:
     tau0 = threshold_for_hard_ratio(ckpt.validation.scores.tolist(), hard_ratio_for_latency(target_ms, lat1, lat2))
     model = model_from_checkpoint(ckpt, torch.device("cpu")).eval()
     size = int(model.transform.min_size[-1])
-    streams = {name: load_stream(model, out / f"stream{s}", args.images, size, STREAM_SEED + s, spec, args.batch_size)
-               for s, (name, spec) in enumerate(STREAMS.items())}
+    streams = {name: load_stream(model, out / f"stream{s}", s, args.images, size, args.batch_size)
+               for s, name in enumerate(STREAMS)}
     print(f"lat1 {lat1:.2f} ms, lat2 {lat2:.2f} ms, target {target_ms:.2f} ms, tau0 {tau0:.4f}; slow-down x{args.slow} "
           f"from the middle batch, noise {args.noise} per batch, {args.seeds} seeds")
     rows = []
