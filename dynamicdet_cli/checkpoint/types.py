@@ -58,7 +58,6 @@ class LatencyRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known and v is not None}
         values["curve_ms"] = tuple((float(k), float(ms)) for k, ms in d.get("curve_ms") or ())
-        values.setdefault("threads", None)
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -181,10 +180,6 @@ class Checkpoint:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def has_router(self) -> bool:
-        return self.router is not None
 
     @property
     def default_point(self) -> str | None:

@@ -181,7 +181,8 @@ def train_detectors(
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     if result.complete:
-        plot = ", results.png" if (result.run / "results.png").exists() else ""
+        from dynamicdet_cli.train.run_plot import PLOT_NAME
+        plot = f", {PLOT_NAME}" if (result.run / PLOT_NAME).exists() else ""
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), f" (best.pt, last.pt, metrics.jsonl{plot})")
     else:
         _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))

@@ -47,7 +47,7 @@ def keep_freed_memory() -> str:
     asked = os.environ.get(ENV, KEEP_FREED)
     if _state == KEEP_FREED or asked == DEFAULT:
         return _state
-    if asked != KEEP_FREED:  # at import, where an exception would be a traceback
+    if asked != KEEP_FREED:  # at start-up (the CLI's entry, api.load), where an exception would be a traceback
         sys.stderr.write(f"warning: {ENV}={asked!r} is neither {KEEP_FREED} nor {DEFAULT}; using {KEEP_FREED}\n")
     if not _is_glibc():
         return _state
@@ -63,7 +63,7 @@ def keep_freed_memory() -> str:
 
 def _is_glibc() -> bool:
     """Without platform.libc_ver() or ctypes.util.find_library, which read the interpreter's
-    binary or start ldconfig: this runs on every import of the package."""
+    binary or start ldconfig: this runs at every start of the CLI and every api.load."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):  # not a POSIX system, or no such name

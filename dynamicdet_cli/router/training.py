@@ -148,7 +148,7 @@ def train_router_step(ckpt: Checkpoint, data: DataConfig, device, overrides: lis
     splits = open_splits(data, needs_masks(ckpt.family), skip_bad=skip_bad)
     new, summary = train_router_checkpoint(ckpt, splits.train, splits.val, ckpt.recipe.router, device,
                                            show_progress=show_progress, router_set=splits.router)
-    bad = first_non_finite(new)
+    bad = first_non_finite({"router": new.router})  # the detector's weights were checked when loaded
     if bad is not None:  # never saved: every later load would refuse it
         raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "
                               "was written (lower router.lr, e.g. --lr)")

@@ -22,7 +22,7 @@ from dynamicdet_cli.speed.calibrate import (expected_latency, hard_ratio_for_lat
 from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord, OperatingPoint
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.speed.batcher import RouteBatcher
-from dynamicdet_cli.speed.regime import Regime, find_latency  # noqa: F401 (device_name: re-export)
+from dynamicdet_cli.speed.regime import Regime, find_latency
 from dynamicdet_cli.speed.timing_images import timing_images
 
 ROUTES = ("easy", "hard")
