@@ -171,12 +171,12 @@ def _pred_folder(stream: int, horizon: float | None) -> str:
     return f"pred{stream}-fixed" if horizon is None else f"pred{stream}-held-h{horizon:g}"
 
 
-def make_stream(folder: Path, s: int, images: int, size: int) -> list[Path]:
+def make_stream(folder: Path, s: int, images: int, size: int, draw: int = 0) -> list[Path]:
     """Stream number `s` of STREAMS in `folder` (written once, then reused); its image paths in
-    file order."""
+    file order. `draw`: which of several streams of that kind (0: the one this bench runs)."""
     spec = list(STREAMS.values())[s]
     if not (folder / "val.json").is_file():
-        make_shapes(folder, n_train=1, n_val=images, size=size, seed=STREAM_SEED + s, force=True,
+        make_shapes(folder, n_train=1, n_val=images, size=size, seed=STREAM_SEED + s + 100 * draw, force=True,
                     val_difficulty=None if spec is None else parse_difficulty(spec))
     return sorted((folder / "val").iterdir())
 

@@ -1,23 +1,26 @@
 """Replay: the held target's controller on stored router scores, with a simulated clock.
 
     python bench/replay_hold.py CKPT [--images 256] [--target 75%] [--slow 1.2] [--noise 0.1]
-                                [--seeds 10] [--horizon 64 32] [--window 64] [--out DIR]
+                                [--seeds 10] [--draws 1] [--horizon 64 32] [--window 64]
+                                [--memory 0.8] [--out DIR]
 
 bench_hold.py times the real model, so each of its runs takes minutes and moves with the
 machine's load; this replays `LatencyHold` (dynamicdet_cli/speed/hold.py) in seconds, to compare
 its settings on equal terms before spending timed runs on them. It is a model of the loop, not a
 measurement: what it finds must be confirmed by bench_hold.py.
 
-  1. the three streams of bench_hold.py (same seeds, same sizes), each run once through both
-     detectors (untimed): every image's router score and both routes' detections;
-  2. per setting (each --window with each --horizon) and per seed: the stream in batches of
+  1. the three streams of bench_hold.py (same seeds, same sizes; --draws N adds N - 1 more of
+     each kind, drawn with other seeds), each run once through both detectors (untimed):
+     every image's router score and both routes' detections;
+  2. per setting (each --window with each --horizon and each --memory) and per seed: the stream in batches of
      --batch-size, routed at the controller's tau; each batch "costs" lat1 per easy image and
      lat2 per hard one (the checkpoint's first stored calibration, or --lat1 / --lat2), times
      --slow from the middle batch on, times a log-normal factor of sigma --noise per batch
      (the timing noise of a busy device); the fake clock advances by that;
-  3. reported per stream, mean over seeds: the second half's latency against the target, and
-     the AP of the routing minus the AP of thresholds that send as many images hard in each
-     half (bench_hold.py's "same count per half").
+  3. reported per kind of stream, mean over seeds and draws: the second half's latency against
+     the target, and the AP of the routing minus the AP of thresholds that send as many images
+     hard in each half (bench_hold.py's "same count per half"); then over all streams, with the
+     standard error of that AP difference across streams (each stream's mean over seeds).
 
 Routes run as the images are routed (predict regroups hard images into full batches, which
 delays what the controller learns by up to a batch; the replay leaves that out).
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dynamicdet_cli.speed.calibrate import hard_ratio_for_latency, target_latency_ms, threshold_for_hard_ratio  # noqa: E402
-from dynamicdet_cli.speed.hold import HORIZON, WINDOW, LatencyHold  # noqa: E402
+from dynamicdet_cli.speed.hold import HORIZON, MEMORY, WINDOW, LatencyHold  # noqa: E402
 from bench_hold import STREAMS, make_stream, score_stream  # noqa: E402  (bench/, on sys.path as this script's folder)
 
 
@@ -53,10 +56,10 @@ class FakeClock:
         return self.now
 
 
-def load_stream(model, folder: Path, s: int, images: int, size: int, batch_size: int) -> dict:
-    """Stream number `s` (bench_hold.make_stream) scored once (bench_hold.score_stream), with its
-    router scores in file order."""
-    make_stream(folder, s, images, size)
+def load_stream(model, folder: Path, s: int, images: int, size: int, batch_size: int, draw: int = 0) -> dict:
+    """Stream number `s`, draw `draw` (bench_hold.make_stream) scored once (bench_hold.score_stream),
+    with its router scores in file order."""
+    make_stream(folder, s, images, size, draw)
     stream = score_stream(model, folder, batch_size)
     stream["scores"] = [stream["score"][i] for i in stream["in_order"]]
     return stream
@@ -102,8 +105,10 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=1.2, help="cost factor from the middle batch on")
     parser.add_argument("--noise", type=float, default=0.1, help="sigma of the log-normal noise per batch")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--draws", type=int, default=1, help="streams of each kind (the first: bench_hold.py's)")
     parser.add_argument("--horizon", type=float, nargs="+", default=[HORIZON])
     parser.add_argument("--window", type=int, nargs="+", default=[WINDOW])
+    parser.add_argument("--memory", type=float, nargs="+", default=[MEMORY])
     parser.add_argument("--out", type=Path, default=None, help="folder for the streams and replay_hold.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -122,33 +127,46 @@ def main() -> None:
     tau0 = threshold_for_hard_ratio(ckpt.validation.scores.tolist(), hard_ratio_for_latency(target_ms, lat1, lat2))
     model = model_from_checkpoint(ckpt, torch.device("cpu")).eval()
     size = int(model.transform.min_size[-1])
-    streams = {name: load_stream(model, out / f"stream{s}", s, args.images, size, args.batch_size)
-               for s, name in enumerate(STREAMS)}
+    streams = {(name, d): load_stream(model, out / (f"stream{s}" if d == 0 else f"stream{s}-draw{d}"), s,
+                                      args.images, size, args.batch_size, d)
+               for d in range(args.draws) for s, name in enumerate(STREAMS)}
     print(f"lat1 {lat1:.2f} ms, lat2 {lat2:.2f} ms, target {target_ms:.2f} ms, tau0 {tau0:.4f}; slow-down x{args.slow} "
-          f"from the middle batch, noise {args.noise} per batch, {args.seeds} seeds")
+          f"from the middle batch, noise {args.noise} per batch, {args.seeds} seeds, {args.draws} draw(s) of each stream")
     rows = []
     for window in args.window:
         for horizon in args.horizon:
-            for name, stream in streams.items():
-                results = []
-                for seed in range(args.seeds):
-                    clock = FakeClock()
-                    hold = LatencyHold(target_ms, lat1, lat2, tau0, window=window, horizon=horizon, clock=clock)
-                    results.append(replay(stream, hold, clock, lat1, lat2, target_ms, args.slow, args.noise,
-                                          args.batch_size, random.Random(seed)))
-                gaps, gains = [g for g, _ in results], [a for _, a in results]
-                row = {"window": window, "horizon": horizon, "stream": name,
-                       "second_half_gap_mean": statistics.fmean(gaps), "second_half_gap_sd": statistics.pstdev(gaps),
-                       "second_half_gap_worst": max(gaps, key=abs),
-                       "AP_minus_per_half_fixed": statistics.fmean(gains)}
-                rows.append(row)
-                print(f"window {window:>4} horizon {horizon:>5g} {name:>22}: second half "
-                      f"{100 * row['second_half_gap_mean']:+.1f}% (sd {100 * row['second_half_gap_sd']:.1f}, worst "
-                      f"{100 * row['second_half_gap_worst']:+.1f}%), AP - per-half fixed "
-                      f"{row['AP_minus_per_half_fixed']:+.4f}", flush=True)
+            for memory in args.memory:
+                setting = f"window {window:>4} horizon {horizon:>5g} memory {memory:g}"
+                per_stream = {}  # (kind, draw) -> [(gap, gain) per seed]
+                for key, stream in streams.items():
+                    for seed in range(args.seeds):
+                        clock = FakeClock()
+                        hold = LatencyHold(target_ms, lat1, lat2, tau0, window=window, horizon=horizon, memory=memory,
+                                           clock=clock)
+                        per_stream.setdefault(key, []).append(
+                            replay(stream, hold, clock, lat1, lat2, target_ms, args.slow, args.noise, args.batch_size,
+                                   random.Random(seed)))
+                for name in [*STREAMS, "all streams"]:
+                    keys = [k for k in per_stream if name in (k[0], "all streams")]
+                    gaps = [g for k in keys for g, _ in per_stream[k]]
+                    gains = [statistics.fmean(a for _, a in per_stream[k]) for k in keys]  # per stream, over seeds
+                    row = {"window": window, "horizon": horizon, "memory": memory, "stream": name, "streams": len(keys),
+                           "second_half_gap_mean": statistics.fmean(gaps), "second_half_gap_sd": statistics.pstdev(gaps),
+                           "second_half_gap_worst": max(gaps, key=abs),
+                           "within_5pct": sum(abs(g) <= 0.05 for g in gaps) / len(gaps),
+                           "AP_minus_per_half_fixed": statistics.fmean(gains),
+                           "AP_minus_per_half_fixed_se": (statistics.stdev(gains) / len(gains) ** 0.5
+                                                          if len(gains) > 1 else None)}
+                    rows.append(row)
+                    se = row["AP_minus_per_half_fixed_se"]
+                    print(f"{setting} {name:>22}: second half {100 * row['second_half_gap_mean']:+.1f}% "
+                          f"(sd {100 * row['second_half_gap_sd']:.1f}, worst {100 * row['second_half_gap_worst']:+.1f}%, "
+                          f"within 5% {100 * row['within_5pct']:.0f}%), AP - per-half fixed "
+                          f"{row['AP_minus_per_half_fixed']:+.4f}" + ("" if se is None else f" (se {se:.4f})"),
+                          flush=True)
     (out / "replay_hold.json").write_text(json.dumps(
         {"checkpoint": str(args.checkpoint), "lat1_ms": lat1, "lat2_ms": lat2, "target_ms": target_ms, "tau0": tau0,
-         "slow": args.slow, "noise": args.noise, "seeds": args.seeds, "rows": rows}, indent=1))
+         "slow": args.slow, "noise": args.noise, "seeds": args.seeds, "draws": args.draws, "rows": rows}, indent=1))
     print(f"wrote {out / 'replay_hold.json'}")
 
 
