@@ -40,8 +40,8 @@ from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb
 from dynamicdet_cli.data.open import open_dataset, resolve_data
 from dynamicdet_cli.evaluation import evaluate as evaluation
 from dynamicdet_cli.model.build import needs_masks
-from dynamicdet_cli.predict import check_route, keep_confident, tell_hold
-from dynamicdet_cli.speed.batcher import RouteBatcher
+from dynamicdet_cli.predict import check_options, check_route, keep_confident
+from dynamicdet_cli.speed.batcher import RouteBatcher, route_stream
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.speed.latency import Calibration, calibrate_checkpoint
 from dynamicdet_cli.speed.regime import Regime, find_latency
@@ -158,36 +158,17 @@ class DynamicDet:
         classes[l - 1]), scores FloatTensor[N], masks FloatTensor[N, 1, H, W] for segmenting
         families), plus route ("easy" / "hard") and difficulty (the router's score phi).
         Detections scoring below `conf` are left out. An unreadable file is a DynamicDetError."""
-        if batch_size < 1:
-            raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
+        check_options(batch_size, conf)
         batch = _as_list(images)
         chosen = self.route(latency=latency, point=point, hard_ratio=hard_ratio, threshold=threshold, hold=hold,
                             batch_size=batch_size)
         check_route(chosen.route)
         batcher = RouteBatcher(self.network, chosen.route, batch_size)
-        out: dict[int, dict] = {}
-
-        def keep(done) -> None:
-            for d in done:
-                out[d.key] = keep_confident(d.detection, conf)
-
-        for start in range(0, len(batch), batch_size):
-            tensors = [_as_tensor(image).to(self.device) for image in batch[start:start + batch_size]]
-            keys = range(start, start + len(tensors))
-            if chosen.hold is None:
-                keep(batcher.add(tensors, keys))
-                continue
-            chosen.hold.start()
-            done = batcher.add(tensors, keys, route=chosen.hold.tau)
-            tell_hold(chosen.hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
-            keep(done)
-        if chosen.hold is not None and batcher.batches:
-            chosen.hold.start()
-            done = batcher.finish()
-            tell_hold(chosen.hold, done, [], first=False)
-            keep(done)
-        else:
-            keep(batcher.finish())
+        inputs = (([_as_tensor(image).to(self.device) for image in batch[start:start + batch_size]],
+                   list(range(start, min(start + batch_size, len(batch)))))
+                  for start in range(0, len(batch), batch_size))
+        out = {d.key: keep_confident(d.detection, conf)
+               for done in route_stream(batcher, inputs, chosen.hold) for d in done}
         self.last_hold = None if chosen.hold is None else chosen.hold.report()
         return [out[i] for i in range(len(batch))]
 

@@ -65,7 +65,7 @@ from dynamicdet_cli.data.coco import BadImage, load_rgb
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.model.detector import Route
-from dynamicdet_cli.speed.batcher import Done, RouteBatcher
+from dynamicdet_cli.speed.batcher import Done, RouteBatcher, route_stream
 from dynamicdet_cli.core.progress import progress_bar
 
 # Distinct colours, one per class (cycled when there are more classes).
@@ -154,10 +154,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
     """
     assert len(class_names) == len(category_ids), "one category id per class name"
     check_route(route)
-    if batch_size < 1:
-        raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
-    if not 0.0 <= conf <= 1.0:
-        raise DynamicDetError(f"confidence threshold must lie in [0, 1], got {conf}")
+    check_options(batch_size, conf)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
@@ -207,27 +204,17 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                     renders.append((d.key, _render(img, det, class_names, render_dir / f"{stem}.png")))
                 bar.advance(task)
 
-        for batch in _read_batches(paths, batch_size, skip):
-            if batch and not (read or lines):
-                for path, reason in skipped:  # files skipped before the first readable one
-                    say_skipped(path, reason)
-            # render names in input order, whichever route finishes first
-            read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
-            images = [F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch]
-            keys = [index for index, _, _ in batch]
-            if hold is None:
-                write(batcher.add(images, keys))
-            else:
-                hold.start()
-                done = batcher.add(images, keys, route=hold.tau)
-                tell_hold(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
-                write(done)
-        if hold is None:
-            write(batcher.finish())
-        elif batcher.batches:
-            hold.start()
-            done = batcher.finish()
-            tell_hold(hold, done, [], first=False)
+        def inputs() -> Iterator[tuple[list[Tensor], list[int]]]:
+            for batch in _read_batches(paths, batch_size, skip):
+                if not (read or lines):
+                    for path, reason in skipped:  # files skipped before the first readable one
+                        say_skipped(path, reason)
+                # render names in input order, whichever route finishes first
+                read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
+                yield ([F.to_dtype(img, torch.float32, scale=True).to(device) for _, _, img in batch],
+                       [index for index, _, _ in batch])
+
+        for done in route_stream(batcher, inputs(), hold):
             write(done)
 
     if not lines:
@@ -252,12 +239,6 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                           renders=renders, calibration=calibration,
                           warm_routes=tuple(r for r in totals if warm[r][1] and not totals[r][1]),
                           image_ms=image_ms, hold=None if hold is None else hold.report())
-
-
-def tell_hold(hold: LatencyHold, done: list[Done], scores: list[float], first: bool) -> None:
-    """Hand the controller the batch it timed: the scores routed, the images finished."""
-    n_hard = sum(d.detection["route"] == "hard" for d in done)
-    hold.update(scores, len(done) - n_hard, n_hard, warmup=first or any(d.warmup for d in done))
 
 
 def summary_table(summary: PredictSummary) -> Table:
@@ -339,6 +320,14 @@ def _read_batches(paths: list[Path], batch_size: int,
             batch = []
     if batch:
         yield batch
+
+
+def check_options(batch_size: int, conf: float) -> None:
+    """A one-line DynamicDetError for a batch size or confidence threshold out of range."""
+    if batch_size < 1:
+        raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
+    if not 0.0 <= conf <= 1.0:
+        raise DynamicDetError(f"confidence threshold must lie in [0, 1], got {conf}")
 
 
 def check_route(route: Route) -> None:

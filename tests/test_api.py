@@ -91,6 +91,11 @@ def test_conf_leaves_out_low_scores(world):
     out = model.predict(world["val"][0], point="hard", conf=0.0)[0]
     high = model.predict(world["val"][0], point="hard", conf=1.0)[0]
     assert len(high["scores"]) == int((out["scores"] >= 1.0).sum())
+    for bad in (-0.1, 1.5):  # the same one-line error as `predict --conf`
+        with pytest.raises(DynamicDetError, match="confidence threshold must lie in"):
+            model.predict(world["val"][0], point="hard", conf=bad)
+    with pytest.raises(DynamicDetError, match="batch size must be at least 1"):
+        model.predict(world["val"][0], point="hard", batch_size=0)
 
 
 def test_bad_images_are_one_error(world, tmp_path):

@@ -48,7 +48,7 @@ Contract:
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,9 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
 from dynamicdet_cli.core import allocator
+from dynamicdet_cli.speed.hold import LatencyHold
+
+
 @dataclass
 class Done:
     """One image's result: its key, its detection dict (model.detect's contract), its model
@@ -238,6 +241,38 @@ class RouteBatcher:
             det["difficulty"] = group.phi[i]
             out.append(Done(group.keys[i], det, group.ms[i] + share, group.warmup[i] or first_call))
         return out
+
+
+def route_stream(batcher: RouteBatcher, batches: Iterable[tuple[list[Tensor], list[Hashable]]],
+                 hold: LatencyHold | None = None) -> Iterator[list[Done]]:
+    """Every input batch (images, keys) through `batcher`, then whatever still waits: the
+    images finished at each step, in the order their routes ran.
+
+    With `hold`, each batch is routed at the controller's tau and the controller times the
+    batcher's work for it (start before, update after): the time the caller spends reading
+    the next batch or writing results is not counted. Without, every image is routed at the
+    batcher's route."""
+    for images, keys in batches:
+        if hold is None:
+            yield batcher.add(images, keys)
+            continue
+        hold.start()
+        done = batcher.add(images, keys, route=hold.tau)
+        _tell(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
+        yield done
+    if hold is None or not batcher.batches:
+        yield batcher.finish()
+        return
+    hold.start()
+    done = batcher.finish()
+    _tell(hold, done, [], first=False)
+    yield done
+
+
+def _tell(hold: LatencyHold, done: list[Done], scores: list[float], first: bool) -> None:
+    """Hand the controller the batch it timed: the scores routed, the images finished."""
+    n_hard = sum(d.detection["route"] == "hard" for d in done)
+    hold.update(scores, len(done) - n_hard, n_hard, warmup=first or any(d.warmup for d in done))
 
 
 def _sync_for(device: torch.device):

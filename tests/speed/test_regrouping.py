@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dynamicdet_cli.core import allocator
-from dynamicdet_cli.speed.batcher import RouteBatcher
+from dynamicdet_cli.speed.batcher import RouteBatcher, route_stream
+from dynamicdet_cli.speed.hold import LatencyHold
 
 
 def _phi(model, images) -> torch.Tensor:
@@ -205,3 +206,31 @@ def test_images_waiting_for_the_easy_route_keep_no_pixels(tiny_model, make_image
         done = batcher.finish()
         for d in done:
             _same_detection(d.detection, tiny_model.detect([images[d.key]], route=tau)[0])
+
+
+def test_route_stream_times_the_batchers_work_only_and_tells_the_hold_every_image(tiny_model, make_images):
+    """predict and the API share route_stream: with a held target the controller is told of
+    every image once, and the caller's own work between batches (reading, writing) is not
+    charged to the model. The clock moves only in the caller's work here, so whatever the
+    controller counted cost nothing."""
+    images = make_images(24, seed=5)
+    now = [0.0]
+    tau = float(_phi(tiny_model, images).median())
+    hold = LatencyHold(15.0, 10.0, 20.0, tau, clock=lambda: now[0])
+    batcher = RouteBatcher(tiny_model, tau, 4, regroup=True)
+    batches = [(images[i:i + 4], list(range(i, i + 4))) for i in range(0, 24, 4)]
+    keys = []
+    with torch.inference_mode():
+        for done in route_stream(batcher, batches, hold):
+            keys += [d.key for d in done]
+            now[0] += 5.0  # the caller's work: 5 s after every step
+    assert sorted(keys) == list(range(24))
+    assert hold.finished == 24
+    report = hold.report()
+    assert report.images > 0 and report.achieved_ms == 0.0
+
+    # without a controller: every image once, routed at the batcher's threshold
+    with torch.inference_mode():
+        done = [d for step in route_stream(RouteBatcher(tiny_model, tau, 4), batches) for d in step]
+    assert sorted(d.key for d in done) == list(range(24))
+    assert all((d.detection["route"] == "hard") == (float(d.detection["difficulty"]) > tau) for d in done)
