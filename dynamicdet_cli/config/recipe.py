@@ -475,19 +475,6 @@ def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     return recipe_from_dict(apply_overrides(recipe_to_dict(recipe), list(overrides)))
 
 
-def describe_keys(cls=Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, type, meaning) for every key: used by docs and tests of the base recipe."""
-    rows = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_section(tp):
-            rows += describe_keys(tp, f"{prefix}{f.name}.")
-        else:
-            rows.append((f"{prefix}{f.name}", getattr(tp, "__name__", str(tp)), f.metadata.get("help", "")))
-    return rows
-
-
 def option_overrides(*, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                      router_holdout: float | None = None, image_size: int | None = None) -> list[str]:
     """The `--set` overrides that train-detectors' shortcut options stand for (None: not given);

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dynamicdet_cli.config.recipe import describe_keys, load_recipe
+from dynamicdet_cli.config.keys_doc import recipe_keys
+from dynamicdet_cli.config.recipe import load_recipe
 from dynamicdet_cli.train.distributed import Dist
 from dynamicdet_cli.train.loop import _train_loader
 
@@ -24,7 +25,7 @@ def _base_recipe_comment(key: str) -> str:
 
 
 def test_the_help_text_says_the_batch_is_all_processes_together():
-    help_text = dict((key, meaning) for key, _, meaning in describe_keys())["train.batch_size"]
+    help_text = {k.key: k.help for k in recipe_keys()}["train.batch_size"]
     for words in (help_text, _base_recipe_comment("batch_size")):
         assert "all torchrun processes together" in words, words
         assert "per process" not in words, words
