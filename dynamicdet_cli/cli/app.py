@@ -162,8 +162,9 @@ def train_detectors(
 
     sets = option_overrides(epochs=epochs, batch_size=batch_size, lr=lr, router_holdout=router_holdout,
                             image_size=image_size)
-    if resume:
-        cfg = recipe_from_dict(load_run_state(out)["recipe"])
+    state = load_run_state(out) if resume else None  # read once: the recipe here, the rest by training
+    if state is not None:
+        cfg = recipe_from_dict(state["recipe"])
         if recipe or overrides or sets:
             _warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
     elif recipe is None:
@@ -177,7 +178,7 @@ def train_detectors(
         with _run_folder(out):
             result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
                             init=init, max_steps=max_steps, show_progress=progress, force=force,
-                            on_epoch=lambda record: console.print(epoch_table(record)))
+                            on_epoch=lambda record: console.print(epoch_table(record)), state=state)
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     if result.complete:

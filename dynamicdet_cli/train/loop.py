@@ -272,8 +272,11 @@ class TrainResult:
 def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
                     device_name: str = "cpu", amp: bool = False, resume: bool = False,
                     init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
-                    on_epoch=None, force: bool = False) -> TrainResult:
+                    on_epoch=None, force: bool = False, state: dict | None = None) -> TrainResult:
     """Train both detectors jointly; write the run folder; return what happened.
+
+    `state`: with `resume`, the run's state as load_run_state read it, if the caller has
+    already (the CLI reads the recipe from it first); None: read here.
 
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
     A fresh run starts from `init` (a file or torchvision:NAME) or else the recipe's
@@ -281,7 +284,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     """
     env, device = init_distributed(device_name)
     run = Path(run)
-    state = load_run_state(run) if resume else None
+    state = (state if state is not None else load_run_state(run)) if resume else None
     if state is not None:
         recipe = recipe_from_dict(state["recipe"])
         if list(state["classes"]) != list(train_set.classes):

@@ -127,16 +127,20 @@ def test_resume_without_state_is_refused(data, tmp_path):
 
 # ----------------------------------------------------------------------------- resume
 
-def test_resume_mid_epoch_ends_where_an_uninterrupted_run_ends(data, interrupted_run, tmp_path):
+def test_resume_mid_epoch_ends_where_an_uninterrupted_run_ends(data, interrupted_run, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     full = train_detectors(recipe("train.epochs=2"), train_set(data), None, straight, show_progress=False)
     assert full.complete and full.epochs == 2
 
     resumed = Path(shutil.copytree(interrupted_run, tmp_path / "resumed"))
     assert torch.load(resumed / "state.pt", weights_only=True)["epoch"] == 1
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: (reads.append(Path(f).name), load(f, *a, **k))[1])
     result = cli("train-detectors", "--resume", "--out", resumed, "--train-ann", data / "train.json",
                  "--train-images", data / "train", "--no-progress")
     assert result.exit_code == 0, result.output
+    assert reads.count("state.pt") == 1  # the CLI reads the recipe from the state training resumes from
+    monkeypatch.undo()
 
     want = torch.load(straight / "state.pt", weights_only=True)
     got = torch.load(resumed / "state.pt", weights_only=True)
