@@ -21,7 +21,20 @@ def _stage(path: Path) -> str | None:
 
 def test_every_module_belongs_to_a_stage():
     loose = [p.name for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__") and _stage(p) is None]
-    assert loose == []
+    folders = [p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__" and p.name not in ORDER]
+    assert loose == [] and folders == []
+
+
+def _imported_stages(node: ast.AST) -> list[str]:
+    """The package stages an import statement reaches, in each of its forms:
+    `from dynamicdet_cli.X(.y) import z`, `from dynamicdet_cli import X`, `import dynamicdet_cli.X`."""
+    if isinstance(node, ast.ImportFrom) and node.module == "dynamicdet_cli":
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dynamicdet_cli."):
+        return [node.module.split(".")[1]]
+    if isinstance(node, ast.Import):
+        return [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("dynamicdet_cli.")]
+    return []
 
 
 def test_imports_only_go_down_the_pipeline():
@@ -31,8 +44,14 @@ def test_imports_only_go_down_the_pipeline():
         if me is None:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dynamicdet_cli."):
-                target = node.module.split(".")[1]
+            for target in _imported_stages(node):
                 if target in ORDER and ORDER.index(target) > ORDER.index(me):
                     upward.append(f"{path.relative_to(PACKAGE)}:{node.lineno} ({me} imports {target})")
     assert upward == []
+
+
+def test_the_import_check_sees_every_form_of_import():
+    forms = {"from dynamicdet_cli.api import load": ["api"], "from dynamicdet_cli import api, cli": ["api", "cli"],
+             "import dynamicdet_cli.api as a": ["api"], "import os": [], "from . import x": []}
+    for code, stages in forms.items():
+        assert _imported_stages(ast.parse(code).body[0]) == stages, code

@@ -98,8 +98,7 @@ def test_truncated_file_is_refused(saved, tmp_path):
 def test_garbage_file_is_refused(tmp_path, content):
     path = tmp_path / "junk.pt"
     path.write_bytes(content)
-    # Not pinned to "truncated or corrupt": a non-zip text file currently reads as "pickled".
-    with pytest.raises(DynamicDetError, match="junk.pt: "):
+    with pytest.raises(DynamicDetError, match=r"junk.pt: truncated or corrupt checkpoint \(not a torch zip archive\)"):
         load_checkpoint(path)
 
 

@@ -160,13 +160,14 @@ def test_checkpoints_with_wrong_contents_name_the_field(run, world, tmp_path):
     key = "head1.roi_heads.box_predictor.cls_score.weight"
     cases = {
         "shape": (fresh, lambda c: c["detector"].__setitem__(key, torch.zeros(3, 7)), f"detector[{key}]"),
-        "classes": (fresh, lambda c: c.update(classes=["a", "b"], category_ids=[1, 2]), "shape"),
+        "classes": (fresh, lambda c: c.update(classes=["a", "b"], category_ids=[1, 2]), "] has shape"),
         "category_ids": (fresh, lambda c: c.update(category_ids=[1, 2]), "category_ids"),
         "point": (routed, lambda c: c["operating_points"].update(fast={"tau": "x", "hard_ratio": 0.5}),
                   "operating_points['fast']"),
         "latency": (routed, lambda c: c.update(latency=[{"device": "cpu", "easy_ms": "fast"}]), "latency[0]"),
         "scores": (routed, lambda c: c["validation"].update(scores=torch.zeros(5)), "validation.scores"),
-        "recipe": (fresh, lambda c: c["recipe"]["model"].update(num_classes="many"), "recipe"),
+        "recipe": (fresh, lambda c: c["recipe"]["model"].update(num_classes="many"),
+                   "field recipe is not a valid recipe"),
     }
     image = world["data"] / "val" / "000000.png"
     for name, (source, edit, needle) in cases.items():

@@ -206,12 +206,16 @@ def test_calibrate_can_reuse_the_stored_latency(calibrated, tmp_path, fixed_late
 
 def test_calibrate_times_the_routes_for_real(calibrated, tmp_path):
     """The real timing path. On a busy shared CPU the two medians can come out in the wrong
-    order; that must be the one-line refusal, not a crash."""
+    order; that must be the one-line refusal, not a crash, and a second try times again.
+    Refused twice, the test says it was skipped rather than passing unchecked."""
     model = copy_of(calibrated, tmp_path)
-    result = cli("calibrate", model, "--latency", "1s", "--clamp", "--name", "slowest", *REPEATS)
-    if result.exit_code == 2:
+    for _ in range(2):
+        result = cli("calibrate", model, "--latency", "1s", "--clamp", "--name", "slowest", *REPEATS)
+        if result.exit_code != 2:
+            break
         one_error_line(result, "is not slower than the easy route")
-        return
+    else:
+        pytest.skip("the CPU was too busy to time the hard route slower than the easy one, twice")
     ok(result)
     (lat,) = load(model)["latency"]
     assert 0 < lat["easy_ms"] < lat["hard_ms"]
