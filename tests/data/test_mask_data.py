@@ -106,6 +106,7 @@ def test_flip_and_zoom_move_masks_with_their_boxes(tmp_path):
     torch.manual_seed(0)
     image, target = CocoDataset(ann, tmp_path, flip_zoom, masks=True)[0]
     masks, boxes = target["masks"], target["boxes"]
+    assert len(masks) == len(boxes) == 2  # nothing dropped: the loop below checks both
     assert masks.shape[-2:] == image.shape[-2:] and tuple(image.shape[-2:]) != (H, W)  # zoomed out
     for mask, box in zip(masks, boxes):
         ys, xs = torch.nonzero(mask, as_tuple=True)

@@ -196,12 +196,13 @@ def _cli(*args):
 def test_cli_exports_torchscript_and_refuses_bad_requests(ckpt_and_model, tmp_path):
     ckpt, _ = ckpt_and_model
     path = save_checkpoint(ckpt, tmp_path / "m.pt")
+    before = path.read_bytes()
     result = _cli("export", path, "--format", "torchscript", "-o", tmp_path / "ts")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ts" / TORCHSCRIPT_FILE).is_file() and (tmp_path / "ts" / META_FILE).is_file()
     one_error_line(_cli("export", path, "--format", "tflite", "-o", tmp_path / "x"), "--format")
     one_error_line(_cli("export", path, "--format", "torchscript", "-o", path), "is a file")
-    assert path.stat().st_size > 0  # the checkpoint given as output folder is left alone
+    assert path.read_bytes() == before  # the checkpoint given as output folder is left alone
     one_error_line(_cli("export", path, "--format", "onnx", "-o", tmp_path / "ts"), "holds a torchscript export")
     one_error_line(_cli("export", tmp_path / "missing.pt", "--format", "onnx", "-o", tmp_path / "x"), "not found")
 

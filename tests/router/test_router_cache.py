@@ -33,6 +33,7 @@ def test_cache_does_not_depend_on_batch_and_views_are_seeded(shapes, trained_ckp
                                 show_progress=False)
     assert two.image_ids == [i for i in small.image_ids for _ in range(2)]
     torch.testing.assert_close(two.l1[::2], one.l1, rtol=1e-4, atol=1e-5)  # view 0 is the image as is
+    assert not torch.allclose(two.v[1::2], one.v)  # the other views are augmented (seeded: same every run)
     torch.testing.assert_close(two.l1, again.l1, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(two.v, again.v, rtol=1e-4, atol=1e-5)
     assert all(p.requires_grad == n.startswith("router.") for n, p in model.named_parameters())

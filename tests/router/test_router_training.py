@@ -20,6 +20,7 @@ from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.config.recipe import RouterTrainConfig
 from dynamicdet_cli.router.cache import score_dataset
 from dynamicdet_cli.router.summary import summary_table
+from dynamicdet_cli.router import training
 from dynamicdet_cli.router.training import train_router_checkpoint
 
 FAST = RouterTrainConfig(epochs=3, lr=1e-3, weight_decay=1e-4, batch_size=4, views=1, loss_draws=1, seed=0)
@@ -80,11 +81,15 @@ def test_missing_validation_set_is_refused(shapes, trained_ckpt):
         train_router_checkpoint(trained_ckpt, shapes[0], None, FAST, "cpu", show_progress=False)
 
 
-def test_targets_come_from_the_images_kept_out_of_step_1(shapes, trained_ckpt):
+def test_targets_come_from_the_images_kept_out_of_step_1(shapes, trained_ckpt, monkeypatch):
     train_set, val_set = shapes
     held = train_set.image_ids[-4:]
     ckpt = replace(trained_ckpt, training=TrainingRecord(1, 0, "", router_image_ids=tuple(held)))
+    cached, cache = [], training.cache_router_inputs
+    monkeypatch.setattr(training, "cache_router_inputs",
+                        lambda model, dataset, *a, **k: (cached.append(list(dataset.image_ids)), cache(model, dataset, *a, **k))[1])
     new, summary = train_router_checkpoint(ckpt, train_set, val_set, FAST, "cpu", show_progress=False, random_draws=2)
+    assert cached[0] == list(held)  # the targets: exactly the images kept out, not any 4
     assert summary["targets"] == "4 training images kept out of step 1"
     assert summary["train_entries"] == 4 and new.router_stats["targets"] == summary["targets"]
 

@@ -145,6 +145,18 @@ def test_the_recipe_key_is_used_by_build_and_training(hub, tmp_path):
     assert torch.equal(built["detector"]["backbone2.stem.0.weight"], weights["conv1.weight"])
     assert calls == []
 
+    # training a fresh run from the recipe alone (no --init) starts from the same weights
+    from dynamicdet_cli.data.shapes import make_shapes
+    data = make_shapes(tmp_path / "data", n_train=2, n_val=1, size=64, seed=0).parent
+    result = cli("train-detectors", TINY, "--train-ann", data / "train.json", "--train-images", data / "train",
+                 "--out", tmp_path / "run", "--no-progress", *R18, "--set", f"model.backbone.weights={R18_NAME}",
+                 "--set", "train.batch_size=2", "--set", "train.workers=0", "--epochs", 1, "--lr", 0)
+    assert result.exit_code == 0, result.output
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["detector"]
+    for backbone in ("backbone1", "backbone2"):
+        assert torch.equal(trained[f"{backbone}.stages.2.0.conv1.weight"], weights["layer2.0.conv1.weight"])
+    assert calls == []
+
 
 def test_a_coco_detector_by_name_goes_into_both_detectors(hub):
     """torchvision's Faster R-CNN R50-FPN (random weights, saved under the COCO file's name) into
