@@ -53,18 +53,23 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
+def alternate_many(fns: list, warmup: int, repeats: int, sync=lambda: None) -> list[list[float]]:
+    """Per-call milliseconds of each function, called in turn, the order reversed every other
+    round (A B C, C B A, ...) after `warmup` calls of each, so that drift falls on all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            times[k].append(_ms(fns[k], sync))
+    return times
+
+
 def alternate(a, b, warmup: int, repeats: int, sync=lambda: None) -> tuple[list[float], list[float]]:
     """Per-call milliseconds of a() and b(), alternating A B B A ... after `warmup` calls of each."""
-    for _ in range(warmup):
-        a(), b()
-    t_a, t_b = [], []
-    for i in range(repeats):
-        if i % 2 == 0:
-            t_a.append(_ms(a, sync))
-            t_b.append(_ms(b, sync))
-        else:
-            t_b.append(_ms(b, sync))
-            t_a.append(_ms(a, sync))
+    t_a, t_b = alternate_many([a, b], warmup, repeats, sync)
     return t_a, t_b
 
 
@@ -81,6 +86,22 @@ def router_ms(model, images, repeats: int, sync=lambda: None) -> float:
     feats1 = model.backbone1(image_list.tensors)
     model.difficulty(feats1, image_list)
     return statistics.median(_ms(lambda: model.difficulty(feats1, image_list), sync) for _ in range(repeats))
+
+
+def easy_without_router(model, images):
+    """A call of the easy route with the router's score fixed in advance (the same value it
+    computes): what the easy route costs beyond the plain detector apart from the router."""
+    with torch.no_grad():
+        image_list, _, _ = model.prepare(images)
+        phi = model.difficulty(model.backbone1(image_list.tensors), image_list)
+
+    def call():
+        model.difficulty = lambda feats1, image_list: phi  # shadows the method on this instance only
+        try:
+            return model.detect(images, route="easy")
+        finally:
+            del model.difficulty
+    return call
 
 
 def build_pair(recipe_path, side: int | None, overrides: list[str], seed: int = 0):
@@ -114,6 +135,10 @@ def main(argv=None) -> None:
                     help="override one recipe key, e.g. model.family=retinanet (repeatable)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, bfloat16 on CPU")
+    ap.add_argument("--without-router", action="store_true",
+                    help="also time the easy route with the router's score fixed in advance, in the same "
+                         "alternation: the easy route's overhead apart from the router, and the router's "
+                         "cost where it runs (between backbone 1 and detector 1), not only alone")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -126,7 +151,12 @@ def main(argv=None) -> None:
     sync = sync_for(device)
 
     with autocast_for(device, args.amp):
-        t_easy, t_plain = compare(model, reference, images, args.warmup, args.repeats, sync)
+        if args.without_router:
+            t_easy, t_plain, t_bare = alternate_many(
+                [lambda: model.detect(images, route="easy"), lambda: reference(images),
+                 easy_without_router(model, images)], args.warmup, args.repeats, sync)
+        else:
+            t_easy, t_plain = compare(model, reference, images, args.warmup, args.repeats, sync)
         router = router_ms(model, images, args.repeats, sync)
     easy_ms, plain_ms = statistics.median(t_easy), statistics.median(t_plain)
     params = route_params(model)
@@ -143,6 +173,13 @@ def main(argv=None) -> None:
     paired = statistics.median(e / p for e, p in zip(t_easy, t_plain))
     print(f"  ratio easy / torchvision: of medians {easy_ms / plain_ms:6.3f}, median of paired calls {paired:6.3f}")
     print(f"  router alone (pooling + MLP)       {router:9.3f} ms = {router / plain_ms:.4f} of the torchvision median")
+    if args.without_router:
+        bare_ms = statistics.median(t_bare)
+        paired_bare = statistics.median(b / p for b, p in zip(t_bare, t_plain))
+        print(f"  easy route, router's score fixed   {bare_ms:9.2f} ms; ratio to torchvision: of medians "
+              f"{bare_ms / plain_ms:6.3f}, median of paired calls {paired_bare:6.3f}")
+        print(f"  router where it runs (easy - fixed) {easy_ms - bare_ms:8.3f} ms = "
+              f"{(easy_ms - bare_ms) / plain_ms:.4f} of the torchvision median")
     for route in ("easy", "hard"):
         print(f"  {route} route: {params[route] / 1e6:7.2f} M params, {flops[route] / 2e9:8.2f} GMACs (per image)")
     print(f"  torchvision: {plain_params / 1e6:7.2f} M params; whole model {params['total'] / 1e6:.2f} M params")
