@@ -158,6 +158,7 @@ def train_detectors(
     from dynamicdet_cli.cli.tables import epoch_table
     from dynamicdet_cli.data.open import open_splits, resolve_data
     from dynamicdet_cli.model.build import needs_masks
+    from dynamicdet_cli.train.distributed import leave_distributed
     from dynamicdet_cli.train.loop import TrainingInterrupted, load_run_state, train_detectors as _train
 
     sets = option_overrides(epochs=epochs, batch_size=batch_size, lr=lr, router_holdout=router_holdout,
@@ -181,6 +182,7 @@ def train_detectors(
                             on_epoch=lambda record: console.print(epoch_table(record)), state=state)
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
+    leave_distributed()
     if result.complete:
         from dynamicdet_cli.train.run_plot import PLOT_NAME
         plot = f", {PLOT_NAME}" if (result.run / PLOT_NAME).exists() else ""

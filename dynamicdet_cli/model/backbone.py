@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torchvision.models import regnet, resnet
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc as tv_misc
 
 from dynamicdet_cli.core.errors import DynamicDetError
 
@@ -21,6 +21,19 @@ _LAYOUTS = {  # depth -> (block, blocks per stage)
     50: (resnet.Bottleneck, [3, 4, 6, 3]),
     101: (resnet.Bottleneck, [3, 4, 23, 3]),
 }
+
+
+class FrozenBatchNorm2d(tv_misc.FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same buffers, same checkpoint keys, same float32
+    result) whose output keeps the input's dtype: torchvision's multiplies by float32 buffers,
+    so under float16 or bfloat16 autocast every frozen-BN output came back as float32, and each
+    residual stage of an R50 backbone held and added float32 activations between half-precision
+    convolutions (detectron2's FrozenBatchNorm2d casts the same way)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + bias.to(x.dtype).reshape(1, -1, 1, 1)
 
 
 def build_resnet(depth: int, norm: str) -> resnet.ResNet:

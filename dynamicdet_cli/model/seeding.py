@@ -16,7 +16,8 @@ def seed_sampling(seed: int, device: torch.device) -> None:
     """
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
-        torch.cuda.manual_seed(seed)  # this device's generator; CUDA is initialised by now
+        with torch.cuda.device(device):  # this device's generator, not the current device's
+            torch.cuda.manual_seed(seed)
 
 
 def draw_seed(seed: int, draw: int) -> int:

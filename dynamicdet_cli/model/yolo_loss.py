@@ -206,4 +206,9 @@ def yolo_losses(cls_logits: Tensor, box_logits: Tensor, pred_boxes: Tensor, poin
         box = box.index_add(0, image, (ciou * weight).to(box.dtype))
         wanted = boxes_to_distances(target.boxes[image, point], points[point], strides[point], reg_max)
         dfl = dfl.index_add(0, image, (dfl_loss(box_logits[image, point].float(), wanted) * weight).to(dfl.dtype))
+    else:
+        # No foreground point in the batch: zero losses that still reach the box branch, so it
+        # gets zero gradients rather than none (DistributedDataParallel needs every parameter's).
+        zero = box_logits.float().sum() * 0.0  # summed in float32: a float16 sum could overflow to inf
+        box, dfl = box + zero.to(box.dtype), dfl + zero.to(dfl.dtype)
     return {"loss_cls": g_cls * cls / norm, "loss_box": g_box * box / norm, "loss_dfl": g_dfl * dfl / norm}

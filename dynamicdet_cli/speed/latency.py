@@ -56,7 +56,7 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     model.eval()
     images = [im.to(device) for im in images]
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
     def time_batch(batcher: RouteBatcher, batch, last: bool, done: list) -> float:
         def run():

@@ -7,6 +7,7 @@ is a no-op or an identity. Under torchrun: gloo on CPU, nccl on CUDA.
 
 from __future__ import annotations
 
+import datetime
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from dynamicdet_cli.core.errors import DynamicDetError
+
+PROCESS_GROUP_TIMEOUT_S = 3 * 3600  # how long a process waits at a barrier or collective
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,18 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     if env.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 evaluates alone at the end of an epoch while the others wait at a barrier:
+        # NCCL's default 10-minute timeout would end the job during a COCO-sized evaluation.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     return env, device
+
+
+def leave_distributed() -> None:
+    """Leave the process group after a finished run (NCCL warns at exit otherwise); a no-op
+    outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def process_batch_size(batch_size: int, env: Dist) -> int:

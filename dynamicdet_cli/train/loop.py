@@ -105,6 +105,14 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """Resume the loss scale. A run started without float16 (on a CPU, or without --amp) saved
+    an empty state, which torch refuses to load into an enabled scaler: the resumed run then
+    starts from the scaler's initial scale, which it lowers within a few steps."""
+    if saved:
+        scaler.load_state_dict(saved)
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: int, env: Dist,
                     amp: bool = False, grad_clip: float = 0.0, bar=None, max_steps: int | None = None,
                     first_step: int = 0, ema=None) -> dict:
@@ -155,6 +163,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
             bar.update(task, advance=1, status=(
                 f"loss {logged['loss']:.3f} (d1 {logged['d1/total']:.3f}, d2 {logged['d2/total']:.3f}) "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} img/s"))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the last step's kernels belong to this epoch's time
     elapsed = time.perf_counter() - start
     stats = {k: v / max(steps, 1) for k, v in sums.items()}
     stats.update(complete=True, steps=steps, lr=optimizer.param_groups[0]["lr"],
@@ -164,18 +174,28 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch: 
 
 # ----------------------------------------------------------------------------- the run
 
-def _train_loader(dataset, cfg, env: Dist, epoch: int) -> DataLoader:
+def _train_loader(dataset, cfg, env: Dist, epoch: int, pin_memory: bool = False) -> DataLoader:
     """A loader whose order depends only on (seed, epoch): what makes resume exact.
-    Each process loads its share of the recipe's batch (see process_batch_size)."""
+    Each process loads its share of the recipe's batch (see process_batch_size); its workers'
+    augmentation draws are seeded by (seed, epoch, rank), so processes do not repeat each
+    other's draws. `pin_memory` (for a CUDA device) lets the copies to the device overlap."""
     if env.enabled:
         sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
     return DataLoader(dataset, batch_size=process_batch_size(cfg.batch_size, env), sampler=sampler,
-                      num_workers=cfg.workers,
+                      num_workers=cfg.workers, pin_memory=pin_memory,
                       collate_fn=collate, drop_last=False,
-                      generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+                      generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, env.rank)))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of an epoch's random draws (augmentation) on one training process: the same for
+    the same (seed, epoch, rank), so a resumed epoch draws what the interrupted one did, and
+    different across ranks, so two processes do not flip their i-th images alike. Rank 0's is
+    what a single process uses."""
+    return seed * 100003 + epoch + rank * 7919
 
 
 def _augmented(dataset, cfg, epoch: int):
@@ -325,7 +345,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
@@ -354,8 +374,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history), \
             TensorBoardLog(run, start_epoch) as board:
         for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(cfg.seed * 1000 + epoch)
-            loader = _train_loader(_augmented(train_set, cfg, epoch), cfg, env, epoch)
+            seed_everything(cfg.seed * 1000 + epoch + env.rank * 7919)  # augmentation in the main process
+            loader = _train_loader(_augmented(train_set, cfg, epoch), cfg, env, epoch,
+                                   pin_memory=device.type == "cuda")
             stats = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, env,
                                     amp=amp, grad_clip=cfg.grad_clip, bar=bar, max_steps=max_steps,
                                     first_step=step, ema=ema)

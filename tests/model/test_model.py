@@ -284,3 +284,29 @@ def test_router_pools_each_image_over_its_own_region(make_model):
         v_whole = pool_features(feats, model.router_stages)[0]
     # Only the convolutions at the region's border see the padding differently.
     assert (v_region - v_alone).norm() < 0.3 * (v_whole - v_alone).norm()
+
+
+def test_frozen_batchnorm_keeps_the_inputs_dtype_and_torchvisions_float32_result():
+    """Under half-precision autocast torchvision's FrozenBatchNorm2d turned every output back
+    into float32 (its buffers promote the product); ours keeps the input's dtype, and in float32
+    computes exactly what torchvision's does, from the same checkpoint keys."""
+    import torchvision.ops.misc as tv_misc
+    from dynamicdet_cli.model.backbone import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    ours, theirs = FrozenBatchNorm2d(8), tv_misc.FrozenBatchNorm2d(8)
+    for name, buf in theirs.named_buffers():
+        buf.copy_(torch.rand_like(buf) + 0.5)
+    ours.load_state_dict(theirs.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(ours(x), theirs(x))
+    half = x.to(torch.bfloat16)
+    assert theirs(half).dtype == torch.float32  # what this class exists for
+    assert ours(half).dtype == torch.bfloat16
+    assert_close(ours(half).float(), theirs(x), rtol=0.02, atol=0.02)
+    # the R50 recipes' backbones are built from it, so their stages stay in half precision
+    r50 = build_resnet(50, "frozen_bn")
+    assert isinstance(r50.bn1, FrozenBatchNorm2d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert r50.layer1(r50.maxpool(r50.relu(r50.bn1(r50.conv1(torch.rand(1, 3, 64, 64)))))).dtype == torch.bfloat16

@@ -245,6 +245,21 @@ def test_images_without_boxes_give_zero_box_losses(make_yolo, images):
     assert mixed["d1/loss_box"] > 0 and torch.isfinite(mixed["loss"])
 
 
+def test_a_batch_without_boxes_still_gives_every_detector_weight_a_gradient(make_yolo, images):
+    """DistributedDataParallel (find_unused_parameters=False) fails on the step after one where
+    a parameter got no gradient: with no foreground point the box branch must get zeros."""
+    model, _ = make_yolo()
+    model.train()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in range(2)]
+    model(images[:2], empty)["loss"].backward()
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("router.")]
+    assert trained
+    missing = [n for n, p in trained if p.grad is None]
+    assert not missing, missing[:5]
+    box_branch = [p for n, p in trained if ".box." in n]
+    assert box_branch and all(torch.count_nonzero(p.grad) == 0 for p in box_branch)
+
+
 # ----------------------------------------------------------------------------- routes
 
 def test_easy_route_is_the_plain_yolo_detector(make_yolo, images):

@@ -42,3 +42,15 @@ def test_two_processes_each_load_half_the_recipe_batch_and_take_the_same_steps()
     # as many steps (and the learning rate means the same) as on one process
     assert sum(loader.batch_size for loader in ranks) == cfg.batch_size
     assert [len(loader) for loader in ranks] == [len(alone)] * 2
+
+
+def test_each_process_draws_its_own_augmentation_and_rank_0_draws_a_single_processs():
+    """Two processes seeded alike would flip and jitter their i-th images alike; rank 0 keeps the
+    single process's seed, so a one-process run (and its resume) draws what it did."""
+    cfg = load_recipe(RECIPES / "shapes-tiny.yaml").train
+    dataset = list(range(64))
+    alone = _train_loader(dataset, cfg, Dist(), epoch=3)
+    ranks = [_train_loader(dataset, cfg, Dist(rank=r, world_size=2), epoch=3) for r in (0, 1)]
+    seeds = [loader.generator.initial_seed() for loader in (alone, *ranks)]
+    assert seeds[0] == seeds[1] != seeds[2]
+    assert _train_loader(dataset, cfg, Dist(), epoch=4).generator.initial_seed() != seeds[0]

@@ -27,8 +27,8 @@ from dynamicdet_cli.data.transforms import build_transforms
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.model.detector import DynamicDetector
 from dynamicdet_cli.config.recipe import load_recipe
-from dynamicdet_cli.train.distributed import Dist, evaluation_threads, process_batch_size
-from dynamicdet_cli.train.loop import train_detectors
+from dynamicdet_cli.train.distributed import Dist, evaluation_threads, init_distributed, process_batch_size
+from dynamicdet_cli.train.loop import restore_scaler, train_detectors
 from helpers import one_error_line
 
 TESTS = Path(__file__).resolve().parent
@@ -309,6 +309,34 @@ def test_the_recipe_batch_is_split_across_processes():
     assert process_batch_size(8, Dist(rank=1, world_size=2)) == 4
     with pytest.raises(DynamicDetError, match="does not split evenly across 3 processes"):
         process_batch_size(8, Dist(world_size=3))
+
+
+def test_the_process_group_waits_longer_than_nccls_ten_minutes(monkeypatch):
+    """Rank 0 evaluates alone while the others wait at a barrier: a COCO-sized evaluation
+    outlasts NCCL's default 10-minute timeout, which would end the job."""
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kw: calls.append(kw))
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    env, device = init_distributed("cpu")
+    assert (env.rank, env.world_size, device.type) == (1, 2, "cpu")
+    assert [kw["backend"] for kw in calls] == ["gloo"]
+    assert calls[0]["timeout"].total_seconds() >= 3600
+
+
+def test_a_resume_restores_the_loss_scale_or_starts_afresh_from_an_unscaled_run():
+    """A run started without float16 (on a CPU, or without --amp) saved an empty scaler state,
+    which torch refuses to load into an enabled scaler: resuming it with --amp on CUDA crashed."""
+    unscaled = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    assert unscaled == {}
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    restore_scaler(fresh, unscaled)  # torch's load_state_dict raises here
+    assert fresh.get_scale() == 1024.0
+    saved = torch.amp.GradScaler("cpu", init_scale=256.0).state_dict()
+    resumed = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    restore_scaler(resumed, saved)
+    assert resumed.get_scale() == 256.0
 
 
 def test_rank_0_evaluates_with_the_threads_of_the_processes_waiting_for_it(monkeypatch):
