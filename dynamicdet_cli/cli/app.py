@@ -123,6 +123,7 @@ ValImgOpt = Annotated[Optional[Path], typer.Option("--val-images", help="validat
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable images (counted) instead of stopping")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice); latencies are stored per thread count")]
+TrainThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (under torchrun: per process; default: torch's choice)")]
 
 
 def _set_threads(threads: int | None) -> None:
@@ -146,13 +147,13 @@ def train_detectors(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     force: Annotated[bool, typer.Option("--force", help="start a new run in an --out that holds one (its checkpoints and metrics are replaced)")] = False,
     init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
-    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu", threads: TrainThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
-    """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2), writing runs/NAME."""
+    """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2) into the run folder --out."""
     _set_threads(threads)
     from dynamicdet_cli.config.recipe import load_recipe, option_overrides, recipe_from_dict
     from dynamicdet_cli.cli.tables import epoch_table
@@ -232,7 +233,7 @@ def train_router(
     overrides: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="override router.epochs")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override router.lr")] = None,
-    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu", threads: TrainThreadsOpt = None,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
@@ -337,7 +338,7 @@ def evaluate(
     do_sweep: Annotated[bool, typer.Option("--sweep", help="the whole accuracy-latency curve instead of one point")] = False,
     ratios: Annotated[str, typer.Option(help="hard ratios of the sweep, comma-separated")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
     draws: Annotated[int, typer.Option(min=0, help="random-routing draws per sweep point")] = 5,
-    out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files (default: CHECKPOINT's name + -eval, next to it)")] = None,
     device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,

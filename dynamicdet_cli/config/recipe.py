@@ -452,6 +452,9 @@ def load_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
     base_name = data.pop("_base_", None)
     if base_name is not None:
         base_path = path.parent / str(base_name)
+        if not base_path.is_file():
+            raise DynamicDetError(f"{path}: _base_ {base_name!r} names no recipe file ({base_path.resolve()} "
+                                  "does not exist or is not a file; a _base_ is relative to its recipe's folder)")
         base = _read_yaml(base_path)
         if "_base_" in base:
             raise DynamicDetError(f"{base_path}: a base recipe may not itself have a _base_ (one level only)")

@@ -27,14 +27,15 @@ except ImportError:  # Windows: no advisory locks; writes stay atomic, concurren
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
+    `suffix` ends the temporary name, for writers that check it (torch.export.save wants .pt2)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the hidden name adds 14 characters: cut the target's so that a name the file system
     # allows for the target is allowed for its temporary file too
     with _named(path, None):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:MAX_PREFIX]}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:MAX_PREFIX]}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         with _named(path, tmp):

@@ -34,7 +34,8 @@ from dynamicdet_cli.evaluation.sweep import compose_sweep, write_sweep
 class Evaluation:
     metrics: dict[str, float]
     hard_share: float
-    latency_ms: float          # measured model time per image (mean over the dataset)
+    latency_ms: float          # measured model time per image: each route's mean without its warm-up
+                               # batch (with it, for a route nothing else took), weighted by its images
     n_images: int
     detections_path: Path
 
@@ -45,18 +46,20 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
     """COCO metrics of `model` on `dataset` under `route` (box, and mask when the dataset
     has masks: keys mask_AP, ...); writes detections.json (COCO results)."""
     model.eval()
-    results, n_hard, n_images, ms = [], 0, 0, 0.0
+    results, n_hard, n_images = [], 0, 0
+    times = {(r, w): [0.0, 0] for r in ("easy", "hard") for w in (False, True)}  # (route, warm-up) -> [ms, images]
     batcher = RouteBatcher(model, route, batch_size)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluating", total=len(dataset))
 
         def collect(done: list[Done]) -> None:
-            nonlocal results, n_hard, n_images, ms
+            nonlocal results, n_hard, n_images
             for d in done:
                 results += to_coco_results(d.detection, d.key, dataset.cat_ids)
                 n_hard += d.detection["route"] == "hard"
                 n_images += 1
-                ms += d.ms
+                times[d.detection["route"], d.warmup][0] += d.ms
+                times[d.detection["route"], d.warmup][1] += 1
             bar.advance(task, len(done))
 
         for images, targets in loader_for(dataset, batch_size):
@@ -66,7 +69,19 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
     results.sort(key=lambda r: r["image_id"])  # routes finish out of input order; stable within an image
     metrics = coco_metrics(dataset.coco, results, dataset.image_ids, masks=dataset.masks)
     path = write_json(out_dir / "detections.json", results)
-    return Evaluation(metrics, n_hard / max(n_images, 1), ms / max(n_images, 1), n_images, path)
+    return Evaluation(metrics, n_hard / max(n_images, 1), _steady_ms(times, n_images), n_images, path)
+
+
+def _steady_ms(times: dict[tuple[str, bool], list], n_images: int) -> float:
+    """Mean time per image over the dataset with each route's first (warm-up) batch timed at
+    that route's steady mean, as predict reports it; a route that ran only warm-up batches keeps
+    their time."""
+    total = 0.0
+    for route in ("easy", "hard"):
+        (steady, n_steady), (warm, n_warm) = times[route, False], times[route, True]
+        mean = steady / n_steady if n_steady else (warm / n_warm if n_warm else 0.0)
+        total += mean * (n_steady + n_warm)
+    return total / max(n_images, 1)
 
 
 def sweep(model, ckpt: Checkpoint, dataset: CocoDataset, device: torch.device, out_dir: Path,

@@ -178,7 +178,8 @@ def export_table(result: ExportResult) -> Table:
     for path in result.files:
         if path.name in graphs:
             name, g = graphs[path.name]
-            what = f"{_GRAPH_ROLES[name]}; batch {g['batch']}, any image size"
+            sizes = "sides multiples of 32, at least 64" if path.suffix == ".pt2" else "any image size"
+            what = f"{_GRAPH_ROLES[name]}; batch {g['batch']}, {sizes}"
         elif path.name == META_FILE:
             points = ", ".join(result.meta["operating_points"]) or "none"
             what = f"{len(result.meta['classes'])} classes, input transform, operating points: {points}"

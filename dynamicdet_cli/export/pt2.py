@@ -123,7 +123,7 @@ def export_pt2(model: DynamicDetector, out_dir: Path, example: Tensor) -> dict[s
     programs = {}
     for name, (module, args, dims, inputs, outputs) in specs.items():
         program = torch.export.export(module, args, dynamic_shapes=dims)
-        with atomic_path(out_dir / PT2_FILES[name]) as tmp:
+        with atomic_path(out_dir / PT2_FILES[name], suffix=".tmp.pt2") as tmp:  # torch warns at another suffix
             torch.export.save(program, str(tmp))
         programs[name] = {"file": PT2_FILES[name], "inputs": inputs, "outputs": outputs, "batch": "any"}
     return programs

@@ -61,8 +61,8 @@ def hard_ratio_for_latency(
     if not clamp and not 0.0 <= k <= 1.0:
         raise DynamicDetError(
             f"target latency {target_ms:.1f} ms cannot be met: achievable range is "
-            f"{lat1_ms:.1f}-{lat2_ms:.1f} ms (all easy to all hard); pick a target inside it "
-            "or clamp to the nearest end"
+            f"{lat1_ms:.1f}-{lat2_ms:.1f} ms (all easy to all hard); pick a target inside it, or a "
+            "share of the way such as 50% (calibrate --clamp stores the nearest end instead)"
         )
     return min(max(k, 0.0), 1.0)
 

@@ -37,8 +37,8 @@ def resolve_route(ckpt: Checkpoint, *, latency: str | None = None, hard_ratio: f
         if point in ("easy", "hard"):
             return point, f"the {point} route for every image"
         if point not in points:
-            names = ", ".join(points) or "none stored: run calibrate"
-            raise DynamicDetError(f"no operating point named {point!r} in the checkpoint ({names})")
+            names = f"stored: {', '.join(points)}" if points else "none stored: run calibrate"
+            raise DynamicDetError(f"no operating point named {point!r} in the checkpoint ({names}; or easy, hard)")
         p = points[point]
         text = f"operating point '{point}': tau {p.tau:.4f}, {100 * p.hard_ratio:.0f}% hard on val"
         return p.tau, text + _regime_note(p, regime)

@@ -398,6 +398,13 @@ def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
                          "torchscript", "-o", str(tmp_path / "exported-ts")], cwd=tmp_path, capture_output=True,
                         text=True, timeout=600, env=_env())
     assert ts.returncode == 0, ts.stderr
+    # docs/export.md's pt2 snippet loads exported-pt2/: a yolo model's programs (fresh weights)
+    yolo = tmp_path / "yolo.pt"
+    for args in (["build", str(REPO / "recipes" / "shapes-yolo-tiny.yaml"), "-o", str(yolo)],
+                 ["export", str(yolo), "--format", "pt2", "-o", str(tmp_path / "exported-pt2")]):
+        done = subprocess.run([sys.executable, "-m", "dynamicdet_cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env=_env())
+        assert done.returncode == 0, done.stderr
     blocks = _readme_python_blocks()
     assert blocks, "README.md and docs/ have no python snippet"
     # the paths the Python API example names: the demo's model (with a router) and its data

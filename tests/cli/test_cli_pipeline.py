@@ -147,6 +147,7 @@ def test_calibrate_unreachable_latency_is_refused_and_clamped(calibrated, tmp_pa
     before = model.read_bytes()
     line = one_error_line(cli("calibrate", model, "--latency", "5ms"), "cannot be met")
     assert "achievable range is 10.0-20.0 ms" in line
+    assert "such as 50%" in line and "--clamp" in line  # options the commands have
     assert model.read_bytes() == before  # nothing written
 
     out = ok(cli("calibrate", model, "--latency", "5ms", "--clamp", "--name", "fastest", "--batch-size", 2))
@@ -391,8 +392,9 @@ def test_predict_holds_a_latency_target_with_speed_held(calibrated, data, tmp_pa
     assert "held at 15.0 ms/image" in out  # the point's stored target
     out = ok(cli(*base, "--point", "mid", "--out", tmp_path / "fixed"))  # --speed fixed by default
     assert "held" not in out
-    one_error_line(cli(*base, "--latency", "25ms", "--speed", "held", "--out", tmp_path / "x"),
-                   "cannot be met: achievable range is 10.0-20.0 ms")
+    line = one_error_line(cli(*base, "--latency", "25ms", "--speed", "held", "--out", tmp_path / "x"),
+                          "cannot be met: achievable range is 10.0-20.0 ms")
+    assert "clamp to the nearest end" not in line  # predict has no --clamp
     for route in (["--hard-ratio", 0.5], ["--point", "half"], ["--point", "easy"]):
         one_error_line(cli(*base, *route, "--speed", "held", "--out", tmp_path / "x"),
                        "--speed held holds a latency target")

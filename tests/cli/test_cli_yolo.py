@@ -1,20 +1,24 @@
 """Every command on the yolo family, through the CLI: recipes/shapes-yolo-tiny.yaml end to end.
 
 build -> info -> train-detectors (with the weight average and mosaic on) -> train-router ->
-calibrate -> evaluate (one point, sweep) -> predict -> export (ONNX). The shapes at 64 px, one
+calibrate -> evaluate (one point, sweep) -> predict -> export (ONNX, pt2). The shapes at 64 px, one
 epoch of batch 2, as tests/test_cli_one_stage.py does for FCOS: these tests check that every
 command runs on the family and keeps its contracts, not what it learns.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
+from dynamicdet_cli.export.exporter import ExportResult, export_table
 from test_cli_pipeline import FAST_SETS, N_VAL, cli, data, load, ok  # noqa: F401 (data: a shared fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
@@ -90,3 +94,18 @@ def test_export_onnx_writes_batch_free_graphs_and_the_postprocess(model, tmp_pat
     assert post["where"].startswith("outside the graphs") and 0 < post["nms_thresh"] <= 1
     result = cli("export", model, "--format", "torchscript", "-o", tmp_path / "ts")
     assert result.exit_code == 2 and "supports faster_rcnn only" in result.output
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_export_pt2_names_its_sizes_and_writes_without_torchs_warning(model, tmp_path, caplog):
+    """The export table said the programs take any image size (their sides must be multiples of
+    32, at least 64), and torch warned about the temporary file's name; docs/export.md's pt2
+    snippet runs in tests/cli/test_bad_inputs_2.py."""
+    folder = tmp_path / "exported-pt2"
+    with caplog.at_level(logging.WARNING):
+        ok(cli("export", model, "--format", "pt2", "-o", folder))
+    assert not [r for r in caplog.records if "ending in .pt2" in r.getMessage()]  # the temporary file's name
+    meta = json.loads((folder / "dynamicdet.json").read_text())
+    table = Console(width=400, record=True, file=io.StringIO())
+    table.print(export_table(ExportResult(folder, sorted(folder.glob("*.pt2")), meta)))
+    assert table.export_text().count("sides multiples of 32, at least 64") == 3

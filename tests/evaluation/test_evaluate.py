@@ -175,7 +175,7 @@ def test_named_points_and_fixed_routes():
     assert resolve_route(ckpt, point="x")[0] == 0.42
     assert resolve_route(ckpt, point="easy")[0] == "easy"
     assert resolve_route(ckpt, point="hard")[0] == "hard"
-    with pytest.raises(DynamicDetError, match=r"no operating point named 'y'.*x"):
+    with pytest.raises(DynamicDetError, match=r"no operating point named 'y' in the checkpoint \(stored: x; or easy, hard\)"):
         resolve_route(ckpt, point="y")
 
 
@@ -441,3 +441,14 @@ def test_the_latency_table_shows_malloc_as_a_column_only_when_cpu_rows_differ():
     assert "CPU rows measured with malloc keep-freed" in text and "│ malloc" not in text
     text = shown([kept, lat()])  # LATENCY: a record from before malloc was stored
     assert "malloc" in text.splitlines()[2] and "keep-freed" in text and "default" in text
+
+
+def test_evaluates_latency_leaves_each_routes_warm_up_batch_at_that_routes_steady_time():
+    """evaluate's ms/image counted the first batch of each route (set-up, cold caches) like any
+    other, so a small validation set reported several times the steady cost; predict left it out."""
+    from dynamicdet_cli.evaluation.evaluate import _steady_ms
+
+    times = {("easy", False): [30.0, 6], ("easy", True): [400.0, 2],   # steady 5 ms, warm-up 200 ms
+             ("hard", False): [0.0, 0], ("hard", True): [60.0, 2]}     # hard ran only its warm-up
+    assert _steady_ms(times, 10) == pytest.approx((8 * 5.0 + 2 * 30.0) / 10)
+    assert _steady_ms({k: [0.0, 0] for k in times}, 0) == 0.0
