@@ -195,7 +195,10 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     the same (seed, epoch, rank), so a resumed epoch draws what the interrupted one did, and
     different across ranks, so two processes do not flip their i-th images alike. Rank 0's is
     what a single process uses."""
-    return seed * 100003 + epoch + rank * 7919
+    return seed * 100003 + epoch + rank * RANK_SEED_STRIDE
+
+
+RANK_SEED_STRIDE = 7919  # between the seeds of two training processes' draws in one epoch
 
 
 def _augmented(dataset, cfg, epoch: int):
@@ -374,7 +377,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history), \
             TensorBoardLog(run, start_epoch) as board:
         for epoch in range(start_epoch, cfg.epochs):
-            seed_everything(cfg.seed * 1000 + epoch + env.rank * 7919)  # augmentation in the main process
+            seed_everything(cfg.seed * 1000 + epoch + env.rank * RANK_SEED_STRIDE)  # augmentation in the main process
             loader = _train_loader(_augmented(train_set, cfg, epoch), cfg, env, epoch,
                                    pin_memory=device.type == "cuda")
             stats = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, env,
