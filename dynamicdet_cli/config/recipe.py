@@ -4,8 +4,10 @@ A recipe is loaded once into frozen dataclasses (`Recipe`), checked at load time
 reaches the modules as an object: builders read it and pass plain arguments on.
 
 Rules, all checked here:
-- one level of inheritance: a recipe may name `_base_: other.yaml` (relative to itself);
-  its keys are merged over the base's, section by section. A base may not have a base.
+- inheritance: a recipe may name `_base_: other.yaml` (relative to itself); its keys are
+  merged over the base's, section by section. A base may have a base of its own (the Dy-YOLO
+  scales build on `dy-yolo-s.yaml`, which builds on the base recipe); a chain that comes back
+  to a recipe it has already read is refused.
 - an unknown key is rejected with the closest known key ("did you mean ...?");
 - every value is type- and range-checked;
 - single-key overrides (`--set model.router.reduction=8`) go through the same checks.
@@ -445,21 +447,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Read a recipe file (with its `_base_`) and apply overrides; return plain nested data."""
-    path = Path(path)
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's data merged over its `_base_`'s, and that over its own base's, and so on."""
     data = _read_yaml(path)
     base_name = data.pop("_base_", None)
-    if base_name is not None:
-        base_path = path.parent / str(base_name)
-        if not base_path.is_file():
-            raise DynamicDetError(f"{path}: _base_ {base_name!r} names no recipe file ({base_path.resolve()} "
-                                  "does not exist or is not a file; a _base_ is relative to its recipe's folder)")
-        base = _read_yaml(base_path)
-        if "_base_" in base:
-            raise DynamicDetError(f"{base_path}: a base recipe may not itself have a _base_ (one level only)")
-        data = _merge(base, data)
-    return apply_overrides(data, list(overrides))
+    if base_name is None:
+        return data
+    base_path = path.parent / str(base_name)
+    if not base_path.is_file():
+        raise DynamicDetError(f"{path}: _base_ {base_name!r} names no recipe file ({base_path.resolve()} "
+                              "does not exist or is not a file; a _base_ is relative to its recipe's folder)")
+    chain = chain + (path.resolve(),)
+    if base_path.resolve() in chain:
+        names = " -> ".join(p.name for p in chain + (base_path.resolve(),))
+        raise DynamicDetError(f"{path}: the _base_ chain comes back to a recipe it has read ({names})")
+    return _merge(_read_with_bases(base_path, chain), data)
+
+
+def load_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a recipe file (with its chain of `_base_`s) and apply overrides; return plain nested data."""
+    return apply_overrides(_read_with_bases(Path(path)), list(overrides))
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -49,12 +49,26 @@ def test_base_inheritance_merges_section_by_section():
     assert tiny.router.loss_draws == base.router.loss_draws
 
 
-def test_base_with_its_own_base_is_refused(tmp_path):
-    write(tmp_path / "grand.yaml", "model:\n  num_classes: 3\n")
-    write(tmp_path / "parent.yaml", "_base_: grand.yaml\n")
-    child = write(tmp_path / "child.yaml", "_base_: parent.yaml\n")
-    with pytest.raises(DynamicDetError, match="one level only"):
-        load_recipe(child)
+def test_a_base_may_have_a_base_and_the_nearest_value_wins(tmp_path):
+    write(tmp_path / "grand.yaml", "model:\n  num_classes: 3\n  router:\n    reduction: 2\ntrain:\n  epochs: 7\n")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "parent.yaml", "_base_: ../grand.yaml\nmodel:\n  num_classes: 4\n")
+    child = write(tmp_path / "sub" / "child.yaml", "_base_: parent.yaml\nmodel:\n  router:\n    reduction: 8\n")
+    recipe = load_recipe(child)
+    # each _base_ is relative to the file that names it; the child's value beats the parent's,
+    # the parent's the grandparent's, and keys no one overrides come from the farthest base
+    assert recipe.model.num_classes == 4 and recipe.model.router.reduction == 8 and recipe.train.epochs == 7
+
+
+def test_a_base_chain_that_comes_back_is_refused(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_base_: c.yaml\n")
+    write(tmp_path / "c.yaml", "_base_: a.yaml\n")
+    with pytest.raises(DynamicDetError, match=r"c.yaml: the _base_ chain comes back .*\(a.yaml -> b.yaml -> c.yaml -> a.yaml\)"):
+        load_recipe(tmp_path / "a.yaml")
+    write(tmp_path / "self.yaml", "_base_: self.yaml\n")
+    with pytest.raises(DynamicDetError, match=r"\(self.yaml -> self.yaml\)"):
+        load_recipe(tmp_path / "self.yaml")
 
 
 def test_missing_base_is_refused(tmp_path):
