@@ -3,6 +3,7 @@
     python bench/bench_yolo.py [--recipe recipes/dy-yolo-s.yaml] [--image-size 640] [--threads 2]
         [--repeats 10] [--train-boxes 500] [--train-batch 8] [--skip-train] [--json out.json]
     python bench/bench_yolo.py --easy MODEL --against MODEL [--image-size 128] [--batch-sizes 1 8]
+    python bench/bench_yolo.py --family recipes/dy-yolo-{n,s,m,l,x}.yaml [--image-size 640] [--batch-sizes 1]
 
 1. Latency at batch 1 on this device: the recipe's easy route, its hard route, and torchvision's
    fcos_resnet50_fpn and retinanet_resnet50_fpn_v2 set to the same input size (fresh weights,
@@ -17,11 +18,17 @@
    (detector 1 and the router) of one against the other's, on the same images, calls
    alternated, at each --batch-sizes; ms per image and the ratio. This is how the tiny YOLO's
    detector 1 is timed against the Faster R-CNN demo's.
+4. With --family (recipes, fresh weights, timed as FAMILY_TIMING_SETS says): every route of every
+   recipe, calls alternated over all of them at each --batch-sizes; ms per image, FPS, the hard
+   route's time over the easy route's beside its FLOP ratio, and the ms per image at 10% and 50%
+   hard on the straight line between the routes. gpu_check.py runs the same on the GPU under
+   float16 autocast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -32,11 +39,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 from dynamicdet_cli.model.build import build_model  # noqa: E402
 from dynamicdet_cli.config.recipe import load_recipe, with_overrides  # noqa: E402
 from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
+from dynamicdet_cli.model.cost import route_flops, route_params  # noqa: E402
+from bench_easy_route import alternate_many  # noqa: E402
 
 keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
@@ -164,6 +173,67 @@ def easy_against(ours: str, theirs: str, side: int, batch_sizes: list[int], repe
     return out
 
 
+# Fresh weights score every class near its prior (1e-5 to 1e-4), under the recipes' 0.001: no
+# candidate would reach top-k and NMS, which a trained model's do. At 0 the topk_candidates best
+# of every image go through NMS, as a trained model's would at worst.
+FAMILY_TIMING_SETS = ["model.yolo.score_thresh=0.0"]
+
+
+def family_latency(recipes: list[str], side: int, batch_sizes: list[int], warmup: int, repeats: int,
+                   device: torch.device = torch.device("cpu"), amp: bool = False, sync=lambda: None,
+                   partial: dict | None = None) -> dict:
+    """Per-image latency of each recipe's easy and hard route, every call alternated with the others.
+
+    Returns {"rows": [...]} with, per recipe and batch: median ms per image of each route, FPS,
+    hard / easy in time and in FLOPs, and the ms per image at 10% and 50% hard (lat1 + h (lat2 - lat1)).
+    `partial` (a dict) receives the rows as they are measured, so a caller cut short keeps them."""
+    models, cost = {}, {}
+    for path in recipes:
+        cfg = with_overrides(load_recipe(path), FAMILY_TIMING_SETS + [f"model.transform.min_size={side}",
+                                                                      f"model.transform.max_size={side}"]).model
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        flops_, params = route_flops(model, side, side), route_params(model)
+        cost[path] = {"easy_gflops": flops_["easy"] / 1e9, "hard_gflops": flops_["hard"] / 1e9,
+                      "easy_mparams": params["easy"] / 1e6, "hard_mparams": params["hard"] / 1e6}
+        models[path] = model.to(device)
+    precision = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+                 if amp else contextlib.nullcontext())
+    out = partial if partial is not None else {}
+    out.update(side=side, amp=amp, device=str(device), overrides=FAMILY_TIMING_SETS, rows=[])
+    for batch in batch_sizes:
+        g = torch.Generator().manual_seed(batch)
+        images = [torch.rand(3, side, side, generator=g).to(device) for _ in range(batch)]
+        names = [(path, route) for path in recipes for route in ("easy", "hard")]
+        calls = [lambda m=models[path], r=route: m.detect(images, route=r) for path, route in names]
+        with torch.inference_mode(), precision:
+            times = alternate_many(calls, warmup, repeats, sync)
+        ms = {name: statistics.median(t) / batch for name, t in zip(names, times)}
+        for path in recipes:
+            easy, hard = ms[(path, "easy")], ms[(path, "hard")]
+            c = cost[path]
+            row = {"recipe": Path(path).name, "batch": batch, "easy_ms": round(easy, 3), "hard_ms": round(hard, 3),
+                   "fps_easy": round(1000 / easy, 1), "fps_hard": round(1000 / hard, 1),
+                   "hard_over_easy_time": round(hard / easy, 3),
+                   "hard_over_easy_flops": round(c["hard_gflops"] / c["easy_gflops"], 3),
+                   "ms_at_10pct_hard": round(easy + 0.1 * (hard - easy), 3),
+                   "ms_at_50pct_hard": round(easy + 0.5 * (hard - easy), 3),
+                   **{k: round(v, 2) for k, v in c.items()}}
+            out["rows"].append(row)
+    return out
+
+
+def print_family(result: dict) -> None:
+    print(f"{result['side']} px, {result['device']}, {'autocast' if result['amp'] else 'float32'}, "
+          f"median ms per image over alternated calls ({', '.join(result['overrides'])}):")
+    print(f"  {'recipe':22s} {'batch':>5s} {'easy GFLOPs':>11s} {'hard GFLOPs':>11s} {'easy ms':>9s} {'hard ms':>9s} "
+          f"{'hard/easy time':>14s} {'flops':>6s} {'FPS easy':>9s} {'FPS hard':>9s}")
+    for r in result["rows"]:
+        print(f"  {r['recipe']:22s} {r['batch']:5d} {r['easy_gflops']:11.1f} {r['hard_gflops']:11.1f} {r['easy_ms']:9.1f} "
+              f"{r['hard_ms']:9.1f} {r['hard_over_easy_time']:14.3f} {r['hard_over_easy_flops']:6.3f} "
+              f"{r['fps_easy']:9.1f} {r['fps_hard']:9.1f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/dy-yolo-s.yaml")
@@ -178,12 +248,22 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--easy", help="checkpoint or recipe whose easy route is timed against --against's")
     ap.add_argument("--against", help="checkpoint or recipe")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="--easy/--against: default 1 8; --family: default 1")
+    ap.add_argument("--family", nargs="+", help="recipes whose routes are timed side by side")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.family:
+        result = {"threads": args.threads, "torch": torch.__version__,
+                  **family_latency(args.family, args.image_size, args.batch_sizes or [1], args.warmup, args.repeats)}
+        print_family(result)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     if args.easy:
         result = {"easy": args.easy, "against": args.against, "image_size": args.image_size, "threads": args.threads,
-                  "batches": easy_against(args.easy, args.against, args.image_size, args.batch_sizes, args.repeats,
+                  "batches": easy_against(args.easy, args.against, args.image_size, args.batch_sizes or [1, 8], args.repeats,
                                           args.warmup)}
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

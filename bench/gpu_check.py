@@ -28,6 +28,9 @@ measured) and OUT/log.txt (everything printed, the subprocesses' output too). St
   yolo         recipes/dy-yolo-s.yaml at 640 px, batch 1, float16 autocast: FPS per route beside
                the authors' V100 figures; and one training step at batch 8 with 500 boxes per
                image (bench/bench_yolo.py): seconds and peak GPU memory
+  yolo_family  every Dy-YOLO scale (recipes/dy-yolo-{n,s,m,l,x}.yaml) at 640 px, float16 autocast,
+               batch 1 and 8, routes alternated over all of them (bench_yolo.family_latency): ms per
+               image and FPS of each route, hard / easy in time beside the FLOP ratio
   suite        the test suite (pytest, with pytest-xdist when present), with what is left of the budget
 
 Each step runs under an alarm set to what is left of the budget; a step that fails records its
@@ -68,7 +71,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_easy_route import alternate, autocast_for, build_pair, compare, router_ms, sync_for  # noqa: E402
 from bench_train import training_flops  # noqa: E402
-from bench_yolo import train_step_memory  # noqa: E402
+from bench_yolo import FAMILY_TIMING_SETS, family_latency, train_step_memory  # noqa: E402
 from dynamicdet_cli.speed.calibrate import measure_latency  # noqa: E402
 from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
 from dynamicdet_cli.checkpoint.types import Checkpoint, TrainingRecord  # noqa: E402
@@ -88,6 +91,7 @@ from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
 keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
 YOLO_RECIPE = REPO / "recipes" / "dy-yolo-s.yaml"
+YOLO_FAMILY = [REPO / "recipes" / f"dy-yolo-{scale}.yaml" for scale in "nsmlx"]
 AUTHORS_V100 = {"model": "Dy-YOLOv7 at 640 px, V100 (paper)", "fps_10pct_hard": 110.0, "fps_all_hard": 83.0}
 PACKAGES = ("torch", "torchvision", "numpy", "pycocotools", "typer", "rich", "yaml", "PIL", "onnx",
             "onnxruntime", "matplotlib", "pytest", "xdist")
@@ -113,20 +117,25 @@ class Sizes:
     yolo_repeats: int = 50
     yolo_train_batch: int = 8        # one training step of the s recipe: batch, boxes per image
     yolo_train_boxes: int = 500
+    family_batch_sizes: tuple = (1, 8)
+    family_repeats: int = 30
     suite: tuple = ("tests",)
 
 
 QUICK = Sizes(recipe="recipes/shapes-tiny.yaml", side=128, train_images=16, val_images=16, train_steps=4,
               train_warmup=1, train_seconds=20.0, loader_batches=8, easy_repeats=3, sync_repeats=3,
               calibrate_repeats=1, yolo_side=128, yolo_repeats=3, yolo_train_batch=2, yolo_train_boxes=50,
+              family_batch_sizes=(1,), family_repeats=2,
               suite=("tests/test_cuda.py", "tests/config/test_recipe.py"))
 
 # Seconds a step needs at least to be worth starting (full run; --quick: a tenth), and at most
 # may take (full run only: a toy run on a busy CPU is slow, and its budget alone stops it).
 NEEDS = {"env": 0, "data": 30, "cuda_tests": 30, "train": 90, "loader": 15, "easy_route": 40, "route_sync": 20,
-         "calibrate": 90, "yolo": 20, "suite": 30}
+         "calibrate": 90, "yolo": 20, "yolo_family": 20,
+         "suite": 30}
 CAPS = {"env": 30, "data": 90, "cuda_tests": 90, "train": 200, "loader": 45, "easy_route": 90, "route_sync": 60,
-        "calibrate": 180, "yolo": 60, "suite": 600}
+        "calibrate": 180, "yolo": 60, "yolo_family": 60,
+        "suite": 600}
 
 
 class StepTimeout(Exception):
@@ -603,10 +612,7 @@ def _calibration_record(ckpt: Checkpoint, batch: int) -> dict:
     return record
 
 
-# Fresh weights score every class near its prior (1e-5 to 1e-4), under the recipe's 0.001: no
-# candidate would reach top-k and NMS, which a trained model's do. At 0 the topk_candidates best
-# of every image go through NMS, as a trained model's would at worst.
-YOLO_TIMING_SETS = ["model.yolo.score_thresh=0.0"]
+YOLO_TIMING_SETS = FAMILY_TIMING_SETS  # score_thresh 0: see bench_yolo.py
 
 
 def step_yolo(c: Check) -> dict:
@@ -641,6 +647,14 @@ def step_yolo(c: Check) -> dict:
                         "hard_over_easy_derived": round(ahard / authors_easy, 3)}}
 
 
+def step_yolo_family(c: Check) -> dict:
+    s = c.sizes
+    sync = sync_for(c.device)
+    recipes = [str(p.relative_to(REPO)) for p in YOLO_FAMILY if p.exists()]
+    return family_latency(recipes, s.yolo_side, list(s.family_batch_sizes), warmup=5 if not c.quick else 1,
+                          repeats=s.family_repeats, device=c.device, amp=True, sync=sync, partial=c.partial)
+
+
 def step_cuda_tests(c: Check) -> dict:
     return _pytest(c, ["tests/test_cuda.py"], workers=0)
 
@@ -668,7 +682,8 @@ def _pytest(c: Check, paths: list[str], workers: int) -> dict:
 
 STEPS = [("env", step_env), ("data", step_data), ("cuda_tests", step_cuda_tests), ("train", step_train),
          ("loader", step_loader), ("easy_route", step_easy_route), ("route_sync", step_route_sync),
-         ("calibrate", step_calibrate), ("yolo", step_yolo), ("suite", step_suite)]
+         ("calibrate", step_calibrate), ("yolo", step_yolo),
+         ("yolo_family", step_yolo_family), ("suite", step_suite)]
 NEEDS_DATA = {"train", "loader", "calibrate"}
 
 
@@ -708,7 +723,7 @@ def main(argv=None) -> int:
             if name in NEEDS_DATA and check.data_yaml is None:
                 check.results["steps"][name] = {"status": "skipped", "reason": "no data: the data step failed"}
                 continue
-            if name == "yolo" and not YOLO_RECIPE.exists():
+            if name in ("yolo", "yolo_family") and not YOLO_RECIPE.exists():
                 check.results["steps"][name] = {"status": "skipped",
                                                 "reason": f"{YOLO_RECIPE.relative_to(REPO)} does not exist"}
                 continue

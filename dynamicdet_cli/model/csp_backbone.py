@@ -9,7 +9,7 @@ bottlenecks in series on one of them, and (the ELAN idea, Wang et al. 2022: aggr
 intermediate output, so gradients have short and long paths alike) concatenates both halves
 with every bottleneck's output before a 1x1 fusion.
 
-Scaling (the YOLO convention, n / s / m): channels = min(base, max_channels) x width_multiple,
+Scaling (the YOLO convention, n / s / m / l / x; recipes/dy-yolo-*.yaml): channels = min(base, max_channels) x width_multiple,
 rounded to a multiple of 8, with base (64, 128, 256, 512, 1024) for stem and stages 1-4;
 bottlenecks per stage = round(base x depth_multiple), at least 1, with base (3, 6, 6, 3).
 """
