@@ -56,7 +56,7 @@ OutOpt = Annotated[Path, typer.Option("--output", "-o", help="checkpoint to writ
 
 @app.command()
 def build(
-    recipe: Annotated[Path, typer.Argument(help="recipe YAML, e.g. recipes/shapes-tiny.yaml")],
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML (recipes/shapes-tiny.yaml), or a shipped recipe's name (dy-yolo-s; `dynamicdet recipes` lists them)")],
     output: OutOpt,
     overrides: SetOpt = None,
     backbone_weights: Annotated[Optional[str], typer.Option(help="ResNet weights for both backbones: torchvision:NAME (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2) or a state-dict file; '' = fresh (default: the recipe's model.backbone.weights)")] = None,
@@ -74,22 +74,31 @@ def build(
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml) to cost before building")],
+    checkpoint: Annotated[Path, typer.Argument(help="a dynamicdet checkpoint, or a recipe (.yaml, or a shipped recipe's name) to cost before building")],
     flops: Annotated[bool, typer.Option(help="count FLOPs of each route (runs the model once per route)")] = True,
     image_size: Annotated[Optional[int], typer.Option(min=16, max=8192, help="square image side for the FLOP count (default: the recipe's test size)")] = None,
     overrides: SetOpt = None,
 ):
     """Show what a checkpoint holds (family, cost per route, router, latencies, operating points), or what a recipe builds."""
     from dynamicdet_cli.checkpoint.store import load_checkpoint
-    from dynamicdet_cli.config.recipe import load_recipe
+    from dynamicdet_cli.config.recipe import is_recipe, load_recipe
     from dynamicdet_cli.cli.tables import info_table, recipe_info_table
 
-    if checkpoint.suffix.lower() in (".yaml", ".yml"):
+    bare = not checkpoint.exists() and checkpoint.suffix == "" and len(checkpoint.parts) == 1
+    if is_recipe(checkpoint) or bare:  # a bare name that is no file: a recipe's, or a mistyped one's
         console.print(recipe_info_table(load_recipe(checkpoint, overrides or []), flops, image_size))
         return
     if overrides:
         raise DynamicDetError("--set applies to a recipe; a checkpoint's recipe is the one it was trained with")
     console.print(info_table(load_checkpoint(checkpoint), flops, image_size))
+
+
+@app.command()
+def recipes():
+    """List the recipes shipped with dynamicdet: any command that takes a recipe takes one by name."""
+    from dynamicdet_cli.cli.tables import recipes_table
+
+    console.print(recipes_table())
 
 
 @app.command("make-shapes")
@@ -134,7 +143,7 @@ def _set_threads(threads: int | None) -> None:
 
 @app.command("train-detectors")
 def train_detectors(
-    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML (not needed with --resume)")] = None,
+    recipe: Annotated[Optional[Path], typer.Argument(help="recipe YAML, or a shipped recipe's name (dy-yolo-s); not needed with --resume")] = None,
     out: Annotated[Path, typer.Option("--out", help="run folder, e.g. runs/NAME")] = Path("runs/train"),
     data: DataOpt = None, train_ann: TrainAnnOpt = None, train_images: TrainImgOpt = None,
     val_ann: ValAnnOpt = None, val_images: ValImgOpt = None,

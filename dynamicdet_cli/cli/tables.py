@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rich.console import Group
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 
 from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord, OperatingPoint
@@ -56,6 +57,25 @@ def _model_rows(table: Table, m: ModelConfig, model, count_flops: bool, image_si
             cost += f", {flops[route] / 2e9:.2f} GMACs ({flops[route] / 1e9:.2f} GFLOPs) at {side}x{side}"
         table.add_row(f"{route} route", f"{cost} ({parts})")
     table.add_row("total parameters", f"{params['total'] / 1e6:.2f} M")
+
+
+def recipes_table() -> Table:
+    """The shipped recipes (config/recipe.py's shipped_recipes): name, family, backbones, input, classes, epochs."""
+    from dynamicdet_cli.config.recipe import SHIPPED, load_recipe, shipped_recipes
+
+    table = Table(title="recipes shipped with dynamicdet", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption=f"in {SHIPPED.resolve()}. Backbone: each of the two; CSP xW/D: width / depth "
+                          "multiples; RegNet A-B: its first and last stage widths. Input: the shorter side.")
+    for column in ("name", "family", "backbone", "input", "classes", "epochs"):
+        table.add_column(column, no_wrap=True)
+    for name, path in shipped_recipes().items():
+        recipe = load_recipe(path)
+        b = recipe.model.backbone
+        backbone = {"resnet": f"ResNet-{b.depth}", "regnet": f"RegNet {b.widths[0]}-{b.widths[-1]}",
+                    "csp": f"CSP x{b.width_multiple:g}/{b.depth_multiple:g}"}[b.kind]
+        table.add_row(name, recipe.model.family, backbone, str(recipe.model.transform.min_size[-1]),
+                      str(recipe.model.num_classes), str(recipe.train.epochs))
+    return table
 
 
 def recipe_info_table(recipe: Recipe, count_flops: bool = True, image_size: int | None = None) -> Table:

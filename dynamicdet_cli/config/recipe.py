@@ -4,6 +4,9 @@ A recipe is loaded once into frozen dataclasses (`Recipe`), checked at load time
 reaches the modules as an object: builders read it and pass plain arguments on.
 
 Rules, all checked here:
+- a recipe is a file path, or the name of a shipped recipe (`dy-yolo-n`, `dy-yolo-n.yaml`), looked
+  up in `dynamicdet_cli/recipes` (a link to the repository's recipes/ folder, whose files an
+  installed package carries) where no file of that name is in the working folder;
 - inheritance: a recipe may name `_base_: other.yaml` (relative to itself); its keys are
   merged over the base's, section by section. A base may have a base of its own (the Dy-YOLO
   scales build on `dy-yolo-s.yaml`, which builds on the base recipe); a chain that comes back
@@ -393,6 +396,39 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 # ----------------------------------------------------------------------------- loading
 
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes"  # dynamicdet_cli/recipes -> ../recipes
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name (the file's stem) -> path of every recipe shipped with the package."""
+    return {p.stem: p for p in sorted(SHIPPED.glob("*.yaml"))} if SHIPPED.is_dir() else {}
+
+
+def find_recipe(name: str | Path) -> Path:
+    """The recipe file `name` means: the file itself where it exists; else, for a bare name
+    (`dy-yolo-n` or `dy-yolo-n.yaml`, no folder), the shipped recipe of that name. A path with a
+    folder that does not exist is returned as given, for the reader to report."""
+    path = Path(name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    stem = path.stem if path.suffix.lower() in (".yaml", ".yml") else path.name
+    shipped = shipped_recipes()
+    if stem in shipped:
+        return shipped[stem]
+    close = difflib.get_close_matches(stem, list(shipped), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise DynamicDetError(f"{name}: no recipe file of that name here, nor a shipped recipe ({hint}shipped: "
+                          f"{', '.join(shipped) or 'none found'}; `dynamicdet recipes` lists them)")
+
+
+def is_recipe(name: str | Path) -> bool:
+    """Whether a command's argument names a recipe (a .yaml/.yml file, or a shipped recipe's
+    name) rather than a checkpoint."""
+    path = Path(name)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return True
+    return not path.exists() and len(path.parts) == 1 and path.name in shipped_recipes()
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise missing_file(path, f"{path}: recipe file not found")
@@ -466,7 +502,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 
 def load_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
     """Read a recipe file (with its chain of `_base_`s) and apply overrides; return plain nested data."""
-    return apply_overrides(_read_with_bases(Path(path)), list(overrides))
+    return apply_overrides(_read_with_bases(find_recipe(path)), list(overrides))
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

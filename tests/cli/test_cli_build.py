@@ -73,3 +73,45 @@ def test_info_on_a_corrupt_file_exits_2(runner, tmp_path):
 
 def test_info_on_a_missing_file_exits_2(runner, tmp_path):
     _one_line_error(runner.invoke(typer_app, ["info", str(tmp_path / "nope.pt")]), "not found")
+
+
+# ----------------------------------------------------------------------------- shipped recipes by name
+
+def test_shipped_recipes_are_found_by_name_from_any_folder(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the names resolve to the package's copies
+    out = tmp_path / "m.pt"
+    result = runner.invoke(typer_app, ["build", "shapes-tiny", "-o", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    from dynamicdet_cli.checkpoint.store import load_checkpoint
+    assert load_checkpoint(out).recipe.model.backbone.widths == (16, 32, 64, 128)  # shapes-tiny's, not the base's
+    result = runner.invoke(typer_app, ["info", "dy-yolo-n.yaml", "--no-flops"])
+    assert result.exit_code == 0, result.output
+    assert "width 0.25, depth 0.33" in " ".join(result.output.split())
+
+
+def test_a_file_in_the_working_folder_wins_over_a_shipped_recipe_of_that_name(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes-tiny.yaml").write_text(f"_base_: {TINY}\nmodel:\n  num_classes: 3\n")
+    result = runner.invoke(typer_app, ["build", "shapes-tiny.yaml", "-o", "m.pt", *SMALL])
+    assert result.exit_code == 0, result.output
+    from dynamicdet_cli.checkpoint.store import load_checkpoint
+    assert load_checkpoint(tmp_path / "m.pt").num_classes == 3
+
+
+def test_an_unknown_recipe_name_suggests_the_closest_shipped_one(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["build", "dy-yolo-nn", "-o", "m.pt"], ["info", "dy-yolo-nn"]):
+        _one_line_error(runner.invoke(typer_app, command), "dy-yolo-nn: no recipe file of that name here",
+                        "did you mean dy-yolo-n?", "dynamicdet recipes")
+    assert not (tmp_path / "m.pt").exists()
+    # a path with a folder is a file path: no lookup, the old message
+    _one_line_error(runner.invoke(typer_app, ["info", "nowhere/dy-yolo-n.yaml"]), "recipe file not found")
+
+
+def test_recipes_lists_every_shipped_recipe(runner):
+    result = runner.invoke(typer_app, ["recipes"], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.output.splitlines() if line.strip().startswith(("dy-", "shapes-"))]
+    assert names == sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    row = next(line.split() for line in result.output.splitlines() if line.strip().startswith("dy-yolo-m "))
+    assert row[1:] == ["yolo", "CSP", "x0.75/0.67", "640", "80", "300"]
