@@ -226,7 +226,7 @@ class TrainConfig:
     ema_ramp: float = _f(0.1, "the average's warm-up: decay = ema_decay x (1 - exp(-step / (ema_ramp x total steps))), "
                               "a share of the run, so short and long runs ramp alike", lo=0.001, hi=1.0)
     eval_every: int = _f(1, "evaluate on the validation set every N epochs", lo=1)
-    workers: int = _f(2, "data-loader worker processes", lo=0, hi=64)
+    workers: int = _f(2, "data-loader worker processes (at most the cores per training process on the machine)", lo=0, hi=64)
     seed: int = _f(0, "random seed", lo=0)
     router_holdout: float = _f(0.0, "share of the training images kept out of step 1 (seeded by train.seed); train-router takes its targets from them", lo=0.0, hi=0.9)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
 from dynamicdet_cli.core.atomic import write_text
+from dynamicdet_cli.core.cpus import usable_cores
 from dynamicdet_cli.core.errors import DynamicDetError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
@@ -139,7 +139,7 @@ def _prepare(out: Path, force: bool) -> None:
 def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int,
                 difficulty: Difficulty | None = None) -> dict:
     jobs = [(folder, size, seed, split_index, i, n, difficulty) for i in range(n)]
-    workers = min(_usable_cores(), MAX_WORKERS) if n >= PARALLEL_FROM else 1
+    workers = min(usable_cores(), MAX_WORKERS) if n >= PARALLEL_FROM else 1
     if workers > 1:
         # Each image depends only on (seed, split, index): drawing them in parallel processes
         # writes the same bytes. fork, where there is one, starts a worker in milliseconds.
@@ -159,13 +159,6 @@ def _make_split(folder: Path, n: int, size: int, seed: int, split_index: int,
                                 "segmentation": rle})
     categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (a container's limit, not the host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _draw_and_save(job: tuple) -> tuple[float, list]:

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dynamicdet_cli.evaluation.coco import coco_metrics, to_coco_results
+from dynamicdet_cli.core.cpus import loader_workers
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.core.progress import progress_bar
 
@@ -29,7 +30,8 @@ class RouteResults:
 
 def loader_for(dataset, batch_size: int, workers: int = 0) -> DataLoader:
     """An in-order loader (evaluation, caching)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(workers),
+                      collate_fn=collate)
 
 
 @torch.inference_mode()

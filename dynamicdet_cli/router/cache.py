@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dynamicdet_cli.data.transforms import Transform
+from dynamicdet_cli.core.cpus import loader_workers
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.model.seeding import seed_sampling
 from dynamicdet_cli.core.progress import progress_bar
@@ -124,7 +125,8 @@ def _to_device(target: dict, device) -> dict:
 
 def _loader(dataset, views: int, augment, seed: int, workers: int) -> DataLoader:
     source = _SeededViews(dataset, views, augment, seed)
-    return DataLoader(source, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is)
+    return DataLoader(source, batch_size=None, shuffle=False, num_workers=loader_workers(workers),
+                      collate_fn=_as_is)
 
 
 def cache_router_inputs(model, dataset, device, batch_size: int = 8, views: int = 1, draws: int = 2,

@@ -41,6 +41,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from dynamicdet_cli.core.atomic import atomic_path, write_text
+from dynamicdet_cli.core.cpus import loader_workers
 from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.checkpoint.types import TrainingRecord
 from dynamicdet_cli.data.coco import CocoDataset, collate
@@ -185,7 +186,7 @@ def _train_loader(dataset, cfg, env: Dist, epoch: int, pin_memory: bool = False)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
     return DataLoader(dataset, batch_size=process_batch_size(cfg.batch_size, env), sampler=sampler,
-                      num_workers=cfg.workers, pin_memory=pin_memory,
+                      num_workers=loader_workers(cfg.workers), pin_memory=pin_memory,
                       collate_fn=collate, drop_last=False,
                       generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, env.rank)))
 

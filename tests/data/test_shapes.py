@@ -30,7 +30,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_drawing_in_parallel_processes_writes_the_same_bytes(tmp_path, monkeypatch):
     serial = _files(make_shapes(tmp_path / "serial", n_train=20, n_val=3, size=48, seed=5).parent)
     monkeypatch.setattr(shapes, "PARALLEL_FROM", 4)
-    monkeypatch.setattr(shapes, "_usable_cores", lambda: 2)  # two workers even on a one-core machine
+    monkeypatch.setattr(shapes, "usable_cores", lambda: 2)  # two workers even on a one-core machine
     parallel = _files(make_shapes(tmp_path / "parallel", n_train=20, n_val=3, size=48, seed=5).parent)
     assert parallel == serial
 
