@@ -219,7 +219,7 @@ class TrainConfig:
     weight_decay: float = _f(1e-4, "weight decay", lo=0.0, hi=1.0)
     schedule: str = _f("step", "learning-rate schedule after warm-up", choices=("step", "cosine", "constant"))
     milestones: tuple[float, ...] = _f((0.67, 0.89), "step schedule: fractions of training where lr drops x0.1")
-    warmup_iters: int = _f(500, "linear warm-up steps", lo=0)
+    warmup_iters: int = _f(500, "linear warm-up steps (at most a fifth of the run)", lo=0)
     grad_clip: float = _f(0.0, "max gradient norm; 0 disables clipping", lo=0.0)
     ema_decay: float = _f(0.0, "exponential moving average of the weights (evaluation, best.pt, last.pt and the router's "
                                "step use it): weight of the average at each step once ramped up; 0 = off", lo=0.0, hi=0.99999)

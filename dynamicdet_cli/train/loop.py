@@ -82,8 +82,12 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, total_steps: int, cfg) -> float:
-    """Multiplier of the peak lr at `step`: linear warm-up, then step / cosine / constant."""
-    warm = min(cfg.warmup_iters, max(total_steps - 1, 0))
+    """Multiplier of the peak lr at `step`: linear warm-up, then step / cosine / constant.
+
+    The warm-up is `train.warmup_iters` steps, but at most a fifth of the run (at least one step
+    where there is one): a recipe's warm-up sized for COCO (dy-yolo's 5000 steps) would otherwise
+    take the whole of a short fine-tuning run, which would never reach its peak lr nor decay."""
+    warm = min(cfg.warmup_iters, max(total_steps // 5, 1), max(total_steps - 1, 0))
     if step < warm:
         return 0.001 + (1 - 0.001) * step / warm
     progress = (step - warm) / max(total_steps - warm, 1)

@@ -1,0 +1,38 @@
+"""The learning-rate schedule: linear warm-up, then cosine, with the warm-up kept to a fifth of
+a short run (train/loop.py's lr_factor)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynamicdet_cli.config.recipe import TrainConfig
+from dynamicdet_cli.train.loop import lr_factor
+
+
+def _curve(total: int, **keys) -> list[float]:
+    cfg = TrainConfig(**keys)
+    return [lr_factor(step, total, cfg) for step in range(total)]
+
+
+def test_a_long_run_warms_up_for_the_recipe_steps_then_decays_to_zero():
+    curve = _curve(10_000, warmup_iters=500, schedule="cosine")
+    assert curve[0] == pytest.approx(0.001)
+    assert all(a < b for a, b in zip(curve[:500], curve[1:501]))  # rising until step 500
+    assert curve[500] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(curve[500:], curve[501:]))  # then only falling
+    assert curve[-1] < 1e-6
+
+
+def test_a_warm_up_longer_than_a_fifth_of_the_run_is_cut_to_a_fifth():
+    # dy-yolo's 5000 warm-up steps in a 1500-step fine-tuning run: the peak at step 300, not never
+    curve = _curve(1500, warmup_iters=5000, schedule="cosine")
+    assert max(curve) == pytest.approx(1.0) and curve.index(max(curve)) == 300
+    assert curve[299] < 1.0 and curve[-1] < 1e-5
+    # within a fifth, the recipe's own warm-up stands
+    assert _curve(1500, warmup_iters=200, schedule="cosine").index(1.0) == 200
+
+
+def test_tiny_runs_keep_a_one_step_warm_up_and_none_means_none():
+    assert _curve(4, warmup_iters=1, schedule="cosine")[0] == pytest.approx(0.001)
+    assert _curve(4, warmup_iters=0, schedule="cosine")[0] == 1.0
+    assert _curve(4, warmup_iters=0, schedule="constant") == [1.0] * 4
