@@ -8,6 +8,7 @@
     outputs[0]["route"], outputs[0]["difficulty"]                      # which detector, and why
     model.calibrate(latency="50%", name="half")                         # stored in the checkpoint
     report = model.evaluate("data.yaml", point="half")                  # COCO AP, ms per image
+    checkpoint, note = dd.api.build("dy-yolo-n")                        # a shipped recipe, by name
 
 Choosing the speed (at most one; none: the stored "default" point, see speed/routing.py):
 `latency` ("40ms", "0.04s", or "50%" of the way from the easy route's latency to the hard
