@@ -353,6 +353,22 @@ def test_ema_ramp_starts_at_zero_and_reaches_the_decay_within_the_run():
     assert ema_decay_at(50, 0.999, 0.1, 500) == pytest.approx(ema_decay_at(5000, 0.999, 0.1, 50000))
 
 
+def test_ema_reaches_back_at_most_about_half_the_steps_taken():
+    # dy-yolo's COCO decay (0.9999: 10,000 steps) in a 5000-step run: capped to half the steps
+    total = 5000
+    for step in (1, 10, 100, 1000, 5000):
+        window = 1 / (1 - ema_decay_at(step, 0.9999, 0.004, total))
+        assert window <= 1 + 0.5 * step + 1e-6, step
+    assert 1 / (1 - ema_decay_at(total, 0.9999, 0.004, total, window_share=None)) == pytest.approx(10_000)
+    # where the decay suits the run the cap never binds: the tiny recipe over its 2560 steps, and
+    # the COCO recipe's first 50,000 steps of 550k
+    tiny, coco = load_recipe(RECIPES / "shapes-yolo-tiny.yaml").train, load_recipe(RECIPES / "dy-yolo-s.yaml").train
+    for cfg, total, steps in ((tiny, 2560, range(2561)), (coco, 554_700, range(0, 50_001, 7))):
+        for step in steps:
+            assert (ema_decay_at(step, cfg.ema_decay, cfg.ema_ramp, total)
+                    == ema_decay_at(step, cfg.ema_decay, cfg.ema_ramp, total, window_share=None)), step
+
+
 def test_weight_average_follows_its_decay_and_copies_counters():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = WeightAverage(model, decay=0.9, ramp=0.5, total_steps=10)
