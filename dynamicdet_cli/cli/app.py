@@ -189,7 +189,8 @@ def train_detectors(
         with _run_folder(out):
             result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
                             init=init, max_steps=max_steps, show_progress=progress, force=force,
-                            on_epoch=lambda record: console.print(epoch_table(record)), state=state)
+                            on_epoch=lambda record: console.print(epoch_table(record)), state=state,
+                            on_note=lambda note: _say(f"note: {note}"))
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     leave_distributed()

@@ -46,7 +46,7 @@ from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, sa
 from dynamicdet_cli.checkpoint.types import TrainingRecord
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.mosaic import Mosaic
-from dynamicdet_cli.train.ema import WeightAverage
+from dynamicdet_cli.train.ema import WINDOW_SHARE, WeightAverage
 from dynamicdet_cli.train.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
                                         process_batch_size)
 from dynamicdet_cli.core.errors import DynamicDetError
@@ -81,13 +81,33 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
+def warmup_steps(cfg, total_steps: int) -> int:
+    """The warm-up's length in a run of `total_steps`: the recipe's, at most a fifth of the run."""
+    return min(cfg.warmup_iters, max(total_steps // 5, 1), max(total_steps - 1, 0))
+
+
+def schedule_notes(cfg, total_steps: int) -> list[str]:
+    """What this run does differently from the recipe's numbers, because the run is short: one
+    line each, for the CLI to print and metrics.jsonl to keep."""
+    notes = []
+    warm = warmup_steps(cfg, total_steps)
+    if cfg.warmup_iters > warm:
+        notes.append(f"lr warm-up: {warm} step{'s' * (warm != 1)}, not train.warmup_iters={cfg.warmup_iters}: at most a fifth "
+                     f"of this run's {total_steps} steps")
+    if cfg.ema_decay > 0 and 1 / (1 - cfg.ema_decay) > 1 + WINDOW_SHARE * total_steps:
+        notes.append(f"weight average: train.ema_decay={cfg.ema_decay:g} reaches back about "
+                     f"{1 / (1 - cfg.ema_decay):.0f} steps, more than this run's {total_steps}; it is held to "
+                     "about half the steps taken, and a smaller decay would suit a run this short")
+    return notes
+
+
 def lr_factor(step: int, total_steps: int, cfg) -> float:
     """Multiplier of the peak lr at `step`: linear warm-up, then step / cosine / constant.
 
     The warm-up is `train.warmup_iters` steps, but at most a fifth of the run (at least one step
     where there is one): a recipe's warm-up sized for COCO (dy-yolo's 5000 steps) would otherwise
     take the whole of a short fine-tuning run, which would never reach its peak lr nor decay."""
-    warm = min(cfg.warmup_iters, max(total_steps // 5, 1), max(total_steps - 1, 0))
+    warm = warmup_steps(cfg, total_steps)
     if step < warm:
         return 0.001 + (1 - 0.001) * step / warm
     progress = (step - warm) / max(total_steps - warm, 1)
@@ -300,13 +320,14 @@ class TrainResult:
 def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
                     device_name: str = "cpu", amp: bool = False, resume: bool = False,
                     init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
-                    on_epoch=None, force: bool = False, state: dict | None = None) -> TrainResult:
+                    on_epoch=None, force: bool = False, state: dict | None = None, on_note=None) -> TrainResult:
     """Train both detectors jointly; write the run folder; return what happened.
 
     `state`: with `resume`, the run's state as load_run_state read it, if the caller has
     already (the CLI reads the recipe from it first); None: read here.
 
-    `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table).
+    `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table);
+    `on_note(text)` on rank 0 before the first, for each of schedule_notes (also in metrics.jsonl).
     A fresh run starts from `init` (a file or torchvision:NAME) or else the recipe's
     model.backbone.weights (starting_weights.initialise); a resumed run from its state.
     """
@@ -375,6 +396,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 (run / name).unlink(missing_ok=True)
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
+        for note in schedule_notes(cfg, total_steps) if state is None else []:
+            _write_metrics(run, {"event": "schedule", "note": note})
+            if on_note is not None:
+                on_note(note)
 
     history, last_val, complete = [], None, True
     epoch = start_epoch

@@ -113,6 +113,23 @@ def test_cli_run_writes_the_run_folder_and_info_reads_it(cli_run):
     assert result.exit_code == 0, result.output
 
 
+def test_a_short_run_says_where_it_shortens_the_recipe_warm_up_and_average(data, tmp_path):
+    # a recipe set for COCO (dy-yolo's 5000 warm-up steps, decay 0.9999) in a 2-step run
+    run = tmp_path / "run"
+    result = cli(*train_cli(data, run, "--set", "train.warmup_iters=5000", "--set", "train.ema_decay=0.9999",
+                            "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(said) == 2, result.output
+    assert "lr warm-up: 1 step, not train.warmup_iters=5000" in said[0]
+    assert "train.ema_decay=0.9999 reaches back about 10000 steps, more than this run's 2" in said[1]
+    events = [r["note"] for r in metrics(run) if r.get("event") == "schedule"]
+    assert events == [line[len("note: "):] for line in said]
+    # the recipe's own numbers, where they suit the run, draw no note
+    quiet = cli(*train_cli(data, tmp_path / "quiet", "--epochs", 1))
+    assert quiet.exit_code == 0 and "note: " not in quiet.output
+
+
 def test_existing_run_is_refused_without_resume(cli_run, data):
     before = (cli_run / "last.pt").read_bytes()
     result = cli(*train_cli(data, cli_run, "--epochs", 1))
