@@ -222,7 +222,8 @@ class TrainConfig:
     warmup_iters: int = _f(500, "linear warm-up steps (at most a fifth of the run)", lo=0)
     grad_clip: float = _f(0.0, "max gradient norm; 0 disables clipping", lo=0.0)
     ema_decay: float = _f(0.0, "exponential moving average of the weights (evaluation, best.pt, last.pt and the router's "
-                               "step use it): weight of the average at each step once ramped up; 0 = off", lo=0.0, hi=0.99999)
+                               "step use it): weight of the average at each step once ramped up, held so that the average reaches back at "
+                               "most about half the steps taken; 0 = off", lo=0.0, hi=0.99999)
     ema_ramp: float = _f(0.1, "the average's warm-up: decay = ema_decay x (1 - exp(-step / (ema_ramp x total steps))), "
                               "a share of the run, so short and long runs ramp alike", lo=0.001, hi=1.0)
     eval_every: int = _f(1, "evaluate on the validation set every N epochs", lo=1)
@@ -428,6 +429,7 @@ def is_recipe(name: str | Path) -> bool:
     if path.suffix.lower() in (".yaml", ".yml"):
         return True
     return not path.exists() and len(path.parts) == 1 and path.name in shipped_recipes()
+
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
