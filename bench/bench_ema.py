@@ -21,7 +21,6 @@ found there (data<seed>/) is reused.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -91,7 +90,7 @@ def one_seed(recipe_path: str, seed: int, n_train: int, n_val: int, out: Path) -
         print(f"seed {seed} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.3f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
     rows = []
-    candidates = {**{k: a.module for k, a in averages.averages.items()}, "none": copy.deepcopy(model)}
+    candidates = {**{k: a.module for k, a in averages.averages.items()}, "none": model}
     for name, candidate in candidates.items():
         val = evaluate_both(candidate.eval(), val_set, device, batch_size=cfg.batch_size, show_progress=False)
         rows.append({"seed": seed, "average": name, "steps": step, "d1_AP": val["d1"]["AP"], "d2_AP": val["d2"]["AP"]})

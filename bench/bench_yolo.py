@@ -18,7 +18,7 @@
    (detector 1 and the router) of one against the other's, on the same images, calls
    alternated, at each --batch-sizes; ms per image and the ratio. This is how the tiny YOLO's
    detector 1 is timed against the Faster R-CNN demo's.
-4. With --family (recipes, fresh weights, timed as FAMILY_TIMING_SETS says): every route of every
+4. With --family (recipes, fresh weights, timed as YOLO_TIMING_SETS says): every route of every
    recipe, calls alternated over all of them at each --batch-sizes; ms per image, FPS, the hard
    route's time over the easy route's beside its FLOP ratio, and the ms per image at 10% and 50%
    hard on the straight line between the routes. gpu_check.py runs the same on the GPU under
@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ from dynamicdet_cli.model.build import build_model  # noqa: E402
 from dynamicdet_cli.config.recipe import load_recipe, with_overrides  # noqa: E402
 from dynamicdet_cli.core.allocator import keep_freed_memory  # noqa: E402
 from dynamicdet_cli.model.cost import route_flops, route_params  # noqa: E402
-from bench_easy_route import alternate_many  # noqa: E402
+from bench_easy_route import alternate_many, autocast_for  # noqa: E402
 
 keep_freed_memory()  # as the CLI and dynamicdet_cli.load do: latencies are measured and promised under it
 
@@ -176,7 +175,7 @@ def easy_against(ours: str, theirs: str, side: int, batch_sizes: list[int], repe
 # Fresh weights score every class near its prior (1e-5 to 1e-4), under the recipes' 0.001: no
 # candidate would reach top-k and NMS, which a trained model's do. At 0 the topk_candidates best
 # of every image go through NMS, as a trained model's would at worst.
-FAMILY_TIMING_SETS = ["model.yolo.score_thresh=0.0"]
+YOLO_TIMING_SETS = ["model.yolo.score_thresh=0.0"]
 
 
 def family_latency(recipes: list[str], side: int, batch_sizes: list[int], warmup: int, repeats: int,
@@ -189,7 +188,7 @@ def family_latency(recipes: list[str], side: int, batch_sizes: list[int], warmup
     `partial` (a dict) receives the rows as they are measured, so a caller cut short keeps them."""
     models, cost = {}, {}
     for path in recipes:
-        cfg = with_overrides(load_recipe(path), FAMILY_TIMING_SETS + [f"model.transform.min_size={side}",
+        cfg = with_overrides(load_recipe(path), YOLO_TIMING_SETS + [f"model.transform.min_size={side}",
                                                                       f"model.transform.max_size={side}"]).model
         torch.manual_seed(0)
         model = build_model(cfg).eval()
@@ -197,16 +196,14 @@ def family_latency(recipes: list[str], side: int, batch_sizes: list[int], warmup
         cost[path] = {"easy_gflops": flops_["easy"] / 1e9, "hard_gflops": flops_["hard"] / 1e9,
                       "easy_mparams": params["easy"] / 1e6, "hard_mparams": params["hard"] / 1e6}
         models[path] = model.to(device)
-    precision = (torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-                 if amp else contextlib.nullcontext())
     out = partial if partial is not None else {}
-    out.update(side=side, amp=amp, device=str(device), overrides=FAMILY_TIMING_SETS, rows=[])
+    out.update(side=side, amp=amp, device=str(device), overrides=YOLO_TIMING_SETS, rows=[])
     for batch in batch_sizes:
         g = torch.Generator().manual_seed(batch)
         images = [torch.rand(3, side, side, generator=g).to(device) for _ in range(batch)]
         names = [(path, route) for path in recipes for route in ("easy", "hard")]
         calls = [lambda m=models[path], r=route: m.detect(images, route=r) for path, route in names]
-        with torch.inference_mode(), precision:
+        with torch.inference_mode(), autocast_for(device, amp):
             times = alternate_many(calls, warmup, repeats, sync)
         ms = {name: statistics.median(t) / batch for name, t in zip(names, times)}
         for path in recipes:

@@ -71,7 +71,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_easy_route import alternate, autocast_for, build_pair, compare, router_ms, sync_for  # noqa: E402
 from bench_train import training_flops  # noqa: E402
-from bench_yolo import FAMILY_TIMING_SETS, family_latency, train_step_memory  # noqa: E402
+from bench_yolo import YOLO_TIMING_SETS, family_latency, train_step_memory  # noqa: E402
 from dynamicdet_cli.speed.calibrate import measure_latency  # noqa: E402
 from dynamicdet_cli.checkpoint.store import load_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
 from dynamicdet_cli.checkpoint.types import Checkpoint, TrainingRecord  # noqa: E402
@@ -610,9 +610,6 @@ def _calibration_record(ckpt: Checkpoint, batch: int) -> dict:
                       curve_ms=[list(p) for p in lat.curve_ms])
     record["val_scores_min_max"] = [round(float(scores.min()), 4), round(float(scores.max()), 4)]
     return record
-
-
-YOLO_TIMING_SETS = FAMILY_TIMING_SETS  # score_thresh 0: see bench_yolo.py
 
 
 def step_yolo(c: Check) -> dict:

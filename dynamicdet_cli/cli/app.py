@@ -84,8 +84,7 @@ def info(
     from dynamicdet_cli.config.recipe import is_recipe, load_recipe
     from dynamicdet_cli.cli.tables import info_table, recipe_info_table
 
-    bare = not checkpoint.exists() and checkpoint.suffix == "" and len(checkpoint.parts) == 1
-    if is_recipe(checkpoint) or bare:  # a bare name that is no file: a recipe's, or a mistyped one's
+    if is_recipe(checkpoint):
         console.print(recipe_info_table(load_recipe(checkpoint, overrides or []), flops, image_size))
         return
     if overrides:

@@ -423,12 +423,13 @@ def find_recipe(name: str | Path) -> Path:
 
 
 def is_recipe(name: str | Path) -> bool:
-    """Whether a command's argument names a recipe (a .yaml/.yml file, or a shipped recipe's
-    name) rather than a checkpoint."""
+    """Whether a command's argument names a recipe rather than a checkpoint: a .yaml/.yml path,
+    or a bare name with no suffix that is no file here (a shipped recipe's, or a mistyped one's,
+    which find_recipe answers with the closest shipped name)."""
     path = Path(name)
     if path.suffix.lower() in (".yaml", ".yml"):
         return True
-    return not path.exists() and len(path.parts) == 1 and path.name in shipped_recipes()
+    return path.suffix == "" and len(path.parts) == 1 and not path.exists()
 
 
 def _read_yaml(path: Path) -> dict:

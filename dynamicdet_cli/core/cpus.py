@@ -12,10 +12,14 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def local_processes() -> int:
+    """How many training processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 without)."""
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+
+
 def loader_workers(requested: int) -> int:
     """The recipe's `workers`, at most this process's share of the cores: the usable cores divided
     among the processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 without torchrun).
     More worker processes than cores only queue for them (and torch warns that they may freeze);
     a recipe written for a GPU server's cores still runs on a laptop."""
-    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
-    return max(0, min(requested, usable_cores() // local))
+    return max(0, min(requested, usable_cores() // local_processes()))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dynamicdet_cli.core.cpus import local_processes
 from dynamicdet_cli.core.errors import DynamicDetError
 
 PROCESS_GROUP_TIMEOUT_S = 3 * 3600  # how long a process waits at a barrier or collective
@@ -95,7 +96,7 @@ def evaluation_threads(env: Dist, device: torch.device):
     """Rank 0 evaluates alone while the other processes wait at the barrier: on CPU it borrows
     their threads (torchrun's LOCAL_WORLD_SIZE processes share this machine's cores)."""
     threads = torch.get_num_threads()
-    borrowed = threads * int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if env.enabled else threads
+    borrowed = threads * local_processes() if env.enabled else threads
     if device.type == "cpu" and borrowed > threads:
         torch.set_num_threads(borrowed)
     try:

@@ -46,7 +46,7 @@ from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, sa
 from dynamicdet_cli.checkpoint.types import TrainingRecord
 from dynamicdet_cli.data.coco import CocoDataset, collate
 from dynamicdet_cli.data.mosaic import Mosaic
-from dynamicdet_cli.train.ema import WINDOW_SHARE, WeightAverage
+from dynamicdet_cli.train.ema import WeightAverage, ema_decay_at
 from dynamicdet_cli.train.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
                                         process_batch_size)
 from dynamicdet_cli.core.errors import DynamicDetError
@@ -94,7 +94,8 @@ def schedule_notes(cfg, total_steps: int) -> list[str]:
     if cfg.warmup_iters > warm:
         notes.append(f"lr warm-up: {warm} step{'s' * (warm != 1)}, not train.warmup_iters={cfg.warmup_iters}: at most a fifth "
                      f"of this run's {total_steps} steps")
-    if cfg.ema_decay > 0 and 1 / (1 - cfg.ema_decay) > 1 + WINDOW_SHARE * total_steps:
+    capped = ema_decay_at(total_steps, cfg.ema_decay, cfg.ema_ramp, total_steps)
+    if cfg.ema_decay > 0 and capped < ema_decay_at(total_steps, cfg.ema_decay, cfg.ema_ramp, total_steps, None):
         notes.append(f"weight average: train.ema_decay={cfg.ema_decay:g} reaches back about "
                      f"{1 / (1 - cfg.ema_decay):.0f} steps, more than this run's {total_steps}; it is held to "
                      "about half the steps taken, and a smaller decay would suit a run this short")

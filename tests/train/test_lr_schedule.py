@@ -36,3 +36,16 @@ def test_tiny_runs_keep_a_one_step_warm_up_and_none_means_none():
     assert _curve(4, warmup_iters=1, schedule="cosine")[0] == pytest.approx(0.001)
     assert _curve(4, warmup_iters=0, schedule="cosine")[0] == 1.0
     assert _curve(4, warmup_iters=0, schedule="constant") == [1.0] * 4
+
+
+def test_schedule_notes_name_what_a_short_run_changes_and_nothing_else():
+    from dynamicdet_cli.config.recipe import load_recipe
+    from dynamicdet_cli.train.loop import schedule_notes
+    from conftest import RECIPES
+
+    tiny, coco = load_recipe(RECIPES / "shapes-yolo-tiny.yaml").train, load_recipe(RECIPES / "dy-yolo-s.yaml").train
+    assert schedule_notes(tiny, 2560) == []  # its own run: warm-up within a fifth, the cap never binds
+    assert schedule_notes(coco, 554_700) == []  # COCO at batch 64 for 300 epochs
+    warm, average = schedule_notes(coco, 5000)  # a fine-tuning run
+    assert warm.startswith("lr warm-up: 1000 steps, not train.warmup_iters=5000")
+    assert "train.ema_decay=0.9999 reaches back about 10000 steps, more than this run's 5000" in average
