@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.data.coco_json import check_coco, is_segmentation, read_coco_json
+from dynamicdet_cli.data.transforms import model_scale, resize_sample
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.core.stats import held_out
 
@@ -62,6 +64,10 @@ class CocoDataset(torch.utils.data.Dataset):
     each kept box's instance mask, decoded from its COCO `segmentation` (polygons, RLE or
     uncompressed RLE) by pycocotools; an annotation without one is refused at construction,
     before any training starts.
+
+    `load(i)` gives item i as its file holds it (uint8, untransformed); `dataset[i]` is that,
+    scaled down to the model's input size after `fit_to` (training), converted to float32 and
+    transformed. data/mosaic.py builds on `load`.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class CocoDataset(torch.utils.data.Dataset):
     ) -> None:
         self.ann_file = Path(ann_file.name) if hasattr(ann_file, "to_coco") else Path(ann_file)
         self.masks = masks
+        self.fit: tuple[int, int] | None = None  # (short, long): see fit_to
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
@@ -214,7 +221,10 @@ class CocoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | None:
+    def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | None:
+        """Item `index` as its file holds it, before any resize or transform: image uint8 (uint16
+        for a 16-bit PNG) [3, H, W] at the file's size, target as in the module docstring. None
+        for an image that fails to decode under skip_bad_images."""
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_path_of(image_id)
@@ -229,7 +239,6 @@ class CocoDataset(torch.utils.data.Dataset):
             if self.skip_bad_images:
                 return None
             raise DynamicDetError(f"{path}: {err}; {SKIP_HINT}") from None
-        image = tv_tensors.Image(F.to_dtype(image, torch.float32, scale=True))
         boxes, labels = self._boxes[image_id]
         target = {
             "boxes": tv_tensors.BoundingBoxes(
@@ -240,9 +249,41 @@ class CocoDataset(torch.utils.data.Dataset):
         }
         if self.masks:
             target["masks"] = tv_tensors.Mask(self.instance_masks(image_id))
+        return tv_tensors.Image(image), target
+
+    def fitted_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of (height, width) is read at: as it is, or, after `fit_to`, no
+        larger than the model's transform makes it in training (its floor of the sides, at
+        least one pixel each, as model/transform.py)."""
+        if self.fit is None:
+            return height, width
+        scale = model_scale(height, width, *self.fit)
+        if scale >= 1.0:
+            return height, width
+        return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | None:
+        sample = self.load(index)
+        if sample is None:
+            return None
+        image, target = sample
+        image, target = resize_sample(image, target, self.fitted_size(*image.shape[-2:]), antialias=False)
+        image = tv_tensors.Image(F.to_dtype(image, torch.float32, scale=True))
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+    def fit_to(self, short: int, long: int) -> "CocoDataset":
+        """The same dataset read no larger than the model's transform scales it in training:
+        short side at most `short` (the largest of model.transform.min_size) unless the long
+        side would pass `long` (max_size). An image above that size is scaled down, in uint8 and
+        by the model's own interpolation, before it is converted to float and augmented, so a
+        folder of 12-megapixel photos costs the loader (and the copy to the device) what the
+        model's input does; smaller images are read as they are. Training only: evaluation
+        reports boxes in the file's pixels."""
+        fitted = copy.copy(self)
+        fitted.fit = (int(short), int(long))
+        return fitted
 
     def split_ids(self, share: float, seed: int) -> tuple[list[int], list[int]]:
         """(kept, held out): a seeded `share` of this dataset's image ids held out, the

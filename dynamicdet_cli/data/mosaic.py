@@ -9,6 +9,12 @@ An image then holds the objects of four, at half their size, next to other conte
 mosaic). Boxes (and instance masks) move with their pixels; boxes cut to under a pixel are
 dropped with their labels. The randomness is torch's global generator, which train.py seeds
 per epoch, so a resumed epoch draws the same mosaics.
+
+Each of the four is read as its file holds it, scaled to its quarter (side S/2) while still
+uint8, and only then converted and augmented (flip, photometric distortion, ...), so the
+augmentations work on a quarter of the pixels: the hue change alone took two thirds of a mosaic's
+time when it ran on the full images (bench/bench_loader.py). S is the longest side of the four
+as the dataset reads them (CocoDataset.fit_to: at most the model's input size).
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from dynamicdet_cli.data.transforms import resize_sample
+
 _FILL = 0.5  # mid-gray, as the zoom-out's canvas
 
 
 class Mosaic(Dataset):
     """`dataset`'s samples, each replaced with probability `prob` by a mosaic of it and three
-    other samples drawn at random. Samples are (image 3,H,W float in [0, 1], target dict with
+    other samples drawn at random. `dataset` is a CocoDataset (or anything with its `load`,
+    `fitted_size` and `transforms`); a sample is (image 3,H,W float in [0, 1], target dict with
     boxes XYXY, labels and optionally masks), as CocoDataset returns them after its transforms."""
 
     def __init__(self, dataset: Dataset, prob: float):
@@ -36,20 +45,36 @@ class Mosaic(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        first = self.dataset[index]
-        if first is None or float(torch.rand(())) >= self.prob:
-            return first
-        others = [self.dataset[int(i)] for i in torch.randint(len(self.dataset), (3,))]
-        if any(s is None for s in others):
-            return first
+        if float(torch.rand(())) >= self.prob:
+            return self.dataset[index]
+        picked = [index, *(int(i) for i in torch.randint(len(self.dataset), (3,)))]
+        loaded = [self.dataset.load(i) for i in picked]
+        if any(s is None for s in loaded):  # an unreadable image under --skip-bad-images
+            return self.dataset[index] if loaded[0] is not None else None
+        side = max(max(self.dataset.fitted_size(*image.shape[-2:])) for image, _ in loaded)
+        quarters = [self._quarter(image, target, side) for image, target in loaded]
         centre = (torch.rand(2) * 0.5 + 0.25).tolist()
-        return mosaic([first, *others], centre)
+        return mosaic(quarters, centre, side)
+
+    def _quarter(self, image, target, side: int):
+        """One of the four: its longer side scaled to side / 2 (smoothly: a large reduction),
+        then converted to float and given the dataset's augmentations."""
+        h, w = image.shape[-2:]
+        scale = side / 2 / max(h, w)
+        image, target = resize_sample(image, target, (max(1, round(h * scale)), max(1, round(w * scale))),
+                                      antialias=True)
+        image = tv_tensors.Image(F.to_dtype(image, torch.float32, scale=True))
+        transforms = getattr(self.dataset, "transforms", None)
+        return transforms(image, target) if transforms is not None else (image, target)
 
 
-def mosaic(samples: list[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[float, float]):
-    """Four (image, target) samples as one (see the module docstring); centre as fractions of S."""
+def mosaic(samples: list[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[float, float],
+           side: int | None = None):
+    """Four (image, target) samples as one (see the module docstring); centre as fractions of S.
+    `side` is S (default: the longest side of the four); each image is scaled to S/2 (at once if
+    it is that size already, as Mosaic gives them)."""
     image0 = samples[0][0]
-    side = max(max(image.shape[-2:]) for image, _ in samples)
+    side = side or max(max(image.shape[-2:]) for image, _ in samples)
     cx, cy = int(centre[0] * side), int(centre[1] * side)
     canvas = torch.full((3, side, side), _FILL, dtype=image0.dtype)
     has_masks = all("masks" in t for _, t in samples)
@@ -58,7 +83,8 @@ def mosaic(samples: list[tuple[torch.Tensor, dict[str, Any]]], centre: tuple[flo
         h, w = image.shape[-2:]
         scale = side / 2 / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        image = F.resize(image, [nh, nw], antialias=True)
+        if (nh, nw) != (h, w):
+            image = F.resize(image, [nh, nw], antialias=True)
         # the quadrant [qx0, qx1) x [qy0, qy1), and where the image's origin lands on the canvas
         right, below = k in (1, 3), k in (2, 3)
         qx0, qx1 = (cx, side) if right else (0, cx)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.core.errors import DynamicDetError
 
@@ -52,3 +53,32 @@ def _labels(inputs: Any) -> torch.Tensor:
     # inputs is the (image, target) tuple passed to Compose; naming the key avoids
     # SanitizeBoundingBoxes' heuristic search for a "labels"-like entry.
     return inputs[1]["labels"]
+
+
+def model_scale(height: int, width: int, short: int, long: int) -> float:
+    """The factor by which the model's transform (model/transform.py) scales an image of this
+    size in training at its largest: the short side to `short` (the largest of
+    model.transform.min_size) unless the long side would pass `long` (max_size)."""
+    return min(short / min(height, width), long / max(height, width))
+
+
+def resize_sample(image: torch.Tensor, target: dict[str, Any], size: tuple[int, int],
+                  antialias: bool) -> tuple[tv_tensors.Image, dict[str, Any]]:
+    """(image, target) resized to `size` (height, width): the image bilinearly (uint8 stays uint8,
+    so a large photo is never held as float32 at full size), boxes scaled with it, instance masks
+    by nearest neighbour. `antialias=False` is the model's own interpolation (what it would have
+    done to the image), True smooths a large reduction (mosaic's quarters). Other entries are
+    kept."""
+    height, width = size
+    if tuple(image.shape[-2:]) == (height, width):
+        return image, target
+    if image.dtype not in (torch.uint8, torch.float32):  # 16-bit PNG: torch resizes uint8 and float
+        image = F.to_dtype(image, torch.float32, scale=True)
+    pixels = torch.nn.functional.interpolate(image.as_subclass(torch.Tensor)[None], size=[height, width],
+                                             mode="bilinear", align_corners=False, antialias=antialias)[0]
+    out = tv_tensors.Image(pixels)
+    target = dict(target)
+    target["boxes"] = F.resize(target["boxes"], [height, width])
+    if "masks" in target:
+        target["masks"] = F.resize(target["masks"], [height, width])  # a Mask: nearest neighbour
+    return out, target

@@ -358,6 +358,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
             raise DynamicDetError(f"train.router_holdout={cfg.router_holdout} of {len(train_set)} training images "
                                   "leaves no images on one side; use more images or another share")
         train_set = train_set.restricted_to(kept)
+    # Images larger than the model's input are read at its size: the loader never augments (nor
+    # ships to the device) pixels the model's resize would throw away.
+    size = recipe.model.transform
+    train_set = train_set.fit_to(max(size.min_size), size.max_size)
 
     seed_everything(cfg.seed)
     model = build_model(recipe.model, num_classes=train_set.num_classes)
