@@ -108,8 +108,9 @@ def _class_names(classes: str | Sequence[str]) -> list[str]:
     return names
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> DynamicDet:
-    """Load a dynamicdet checkpoint for inference on `device` ("cpu", "cuda", "cuda:N"): the
+def load(path: str | Path, device: str | torch.device = "auto") -> DynamicDet:
+    """Load a dynamicdet checkpoint for inference on `device` ("auto": a GPU where there is one,
+    else the CPU, as the CLI's --device; or "cpu", "cuda", "cuda:N"): the
     checkpoint is checked and parsed (a bad file is one DynamicDetError naming what is wrong),
     the model built in eval mode."""
     allocator.keep_freed_memory()

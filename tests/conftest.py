@@ -7,6 +7,7 @@ of both routes takes a few tens of milliseconds on a 2-core CPU.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ import torch
 
 from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.config.recipe import Recipe, load_recipe, with_overrides
+
+# Every command's --device defaults to auto, a GPU where there is one: on a GPU machine the suite
+# would move its CPU tests (bit-exact comparisons, thread counts) there. Tests that want CUDA
+# name it (tests/test_cuda.py); subprocesses inherit this.
+os.environ.setdefault("DYNAMICDET_DEVICE", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"

@@ -129,7 +129,7 @@ TrainImgOpt = Annotated[Optional[Path], typer.Option("--train-images", help="tra
 ValAnnOpt = Annotated[Optional[Path], typer.Option("--val-ann", help="validation annotations (COCO JSON)")]
 ValImgOpt = Annotated[Optional[Path], typer.Option("--val-images", help="validation image folder")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable images (counted) instead of stopping")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (a GPU where there is one, else the CPU; $DYNAMICDET_DEVICE overrides), cpu, cuda or cuda:N")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice); latencies are stored per thread count")]
 TrainThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (under torchrun: per process; default: torch's choice)")]
 
@@ -155,7 +155,7 @@ def train_detectors(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")] = False,
     force: Annotated[bool, typer.Option("--force", help="start a new run in an --out that holds one (its checkpoints and metrics are replaced)")] = False,
     init: Annotated[Optional[str], typer.Option(help="start from a dynamicdet checkpoint, a torchvision detector/ResNet state-dict file, or torchvision:NAME (e.g. torchvision:fasterrcnn_resnet50_fpn); replaces the recipe's model.backbone.weights")] = None,
-    device: DeviceOpt = "cpu", threads: TrainThreadsOpt = None,
+    device: DeviceOpt = "auto", threads: TrainThreadsOpt = None,
     amp: Annotated[bool, typer.Option("--amp", help="mixed precision: float16 on CUDA, bfloat16 on CPU")] = False,
     skip_bad_images: SkipBadOpt = False,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="stop after this many steps (smoke runs)")] = None,
@@ -189,7 +189,7 @@ def train_detectors(
             result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
                             init=init, max_steps=max_steps, show_progress=progress, force=force,
                             on_epoch=lambda record: console.print(epoch_table(record)), state=state,
-                            on_note=lambda note: _say(f"note: {note}"))
+                            on_note=lambda note: _say(f"note: {note}"), on_start=_say)
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     leave_distributed()
@@ -242,7 +242,7 @@ def train_router(
     overrides: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="override router.epochs")] = None,
     lr: Annotated[Optional[float], typer.Option(min=0.0, help="override router.lr")] = None,
-    device: DeviceOpt = "cpu", threads: TrainThreadsOpt = None,
+    device: DeviceOpt = "auto", threads: TrainThreadsOpt = None,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
@@ -309,7 +309,7 @@ def calibrate(
     latency: RouteLatency = None, hard_ratio: RouteRatio = None, threshold: RouteTau = None,
     name: Annotated[str, typer.Option("--name", help="name of the stored operating point")] = "default",
     clamp: Annotated[bool, typer.Option("--clamp", help="clamp an unreachable latency target to the nearest end")] = False,
-    device: DeviceOpt = "cpu", threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto", threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per batch, as predict / evaluate will run (latencies hold per batch size)")] = 8,
     images: Annotated[Optional[Path], typer.Option("--images", help="time the routes on this folder's images (default: the validation images the router scores were computed on)")] = None,
     random_images: Annotated[bool, typer.Option("--random-images", help="time random images instead of real ones")] = False,
@@ -348,7 +348,7 @@ def evaluate(
     ratios: Annotated[str, typer.Option(help="hard ratios of the sweep, comma-separated")] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
     draws: Annotated[int, typer.Option(min=0, help="random-routing draws per sweep point")] = 5,
     out: Annotated[Optional[Path], typer.Option("--out", help="folder for metrics, detections and sweep files (default: CHECKPOINT's name + -eval, next to it)")] = None,
-    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
     skip_bad_images: SkipBadOpt = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
@@ -396,7 +396,7 @@ def predict(
     speed: SpeedOpt = Speed.fixed,
     conf: Annotated[float, typer.Option("--conf", min=0.0, max=1.0, help="score threshold of kept detections")] = 0.3,
     render: Annotated[bool, typer.Option("--render/--no-render", help="write pictures with boxes and labels")] = True,
-    device: DeviceOpt = "cpu", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto", threads: ThreadsOpt = None, batch_size: BatchOpt = 8,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ):
     """Detect objects in images; each image takes the route its difficulty asks for."""

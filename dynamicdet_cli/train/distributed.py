@@ -37,17 +37,30 @@ class Dist:
         return self.world_size > 1
 
 
+DEVICE_ENV = "DYNAMICDET_DEVICE"  # what --device auto means on this machine, when set
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> a device that exists, or a clear error."""
+    """'auto', 'cpu', 'cuda' or 'cuda:N' -> a device that exists, or a clear error.
+
+    'auto' (every command's default) is $DYNAMICDET_DEVICE when that is set, else CUDA where
+    there is a GPU (this process's, under torchrun), else the CPU: a user with a GPU trains on it
+    without asking, and one without never meets a CUDA error."""
+    asked, choices = f"--device {name}", "auto, cpu, cuda or cuda:N"
+    if name == "auto" and os.environ.get(DEVICE_ENV, "").strip():
+        name = os.environ[DEVICE_ENV].strip()
+        asked, choices = f"{DEVICE_ENV}={name}", "cpu, cuda or cuda:N"
+    elif name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if not name.startswith("cuda"):
-        raise DynamicDetError(f"--device {name}: expected cpu, cuda or cuda:N")
+        raise DynamicDetError(f"{asked}: expected {choices}")
     if not torch.cuda.is_available():
-        raise DynamicDetError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise DynamicDetError(f"{asked}: CUDA is not available on this machine; use cpu")
     index = int(name.split(":")[1]) if ":" in name else local_rank
     if index >= torch.cuda.device_count():
-        raise DynamicDetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        raise DynamicDetError(f"{asked}: only {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
 
 

@@ -269,6 +269,22 @@ def _write_metrics(run: Path, record: dict) -> None:
     write_text(path, "".join(line + "\n" for line in _metric_lines(path)) + json.dumps(record) + "\n")
 
 
+def holds_a_run(run: Path) -> bool:
+    """Whether `run` holds something a new run would destroy: a checkpoint, a resume state, or an
+    epoch's metrics. A run stopped before its first epoch ended left only its start lines in
+    metrics.jsonl; starting again replaces them, as that run's message promises."""
+    if any((run / name).exists() for name in RUN_FILES if name != "metrics.jsonl"):
+        return True
+    for line in _metric_lines(run / "metrics.jsonl"):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return True  # not ours to judge: keep it
+        if not isinstance(record, dict) or "event" not in record:
+            return True
+    return False
+
+
 def _metric_lines(path: Path) -> list[str]:
     """The whole JSON lines of a metrics file; a torn last line (an older, appending version) is left out."""
     if not path.is_file():
@@ -279,6 +295,19 @@ def _metric_lines(path: Path) -> list[str]:
     except json.JSONDecodeError:
         lines = lines[:-1]
     return lines
+
+
+def start_line(device: torch.device, env: Dist, cfg, steps_per_epoch: int, amp: bool, start_epoch: int) -> str:
+    """Where and how a run trains, in one line: the device (with --device auto the user did
+    not name it), processes, batch, precision, and the epochs ahead."""
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
+        else f"cpu ({torch.get_num_threads()} threads)"
+    processes = f", {env.world_size} processes of batch {process_batch_size(cfg.batch_size, env)}" \
+        if env.enabled else ""
+    precision = str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
+    ahead = f"epochs {start_epoch + 1}-{cfg.epochs}" if start_epoch else f"{cfg.epochs} epoch(s)"
+    return (f"training on {where}{processes}: batch {cfg.batch_size}, {precision}, {ahead} of "
+            f"{steps_per_epoch} steps")
 
 
 def _trim_metrics(run: Path, epochs_done: int) -> None:
@@ -321,14 +350,17 @@ class TrainResult:
 def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset | None, run: Path,
                     device_name: str = "cpu", amp: bool = False, resume: bool = False,
                     init: str | None = None, max_steps: int | None = None, show_progress: bool = True,
-                    on_epoch=None, force: bool = False, state: dict | None = None, on_note=None) -> TrainResult:
+                    on_epoch=None, force: bool = False, state: dict | None = None, on_note=None,
+                    on_start=None) -> TrainResult:
     """Train both detectors jointly; write the run folder; return what happened.
 
     `state`: with `resume`, the run's state as load_run_state read it, if the caller has
     already (the CLI reads the recipe from it first); None: read here.
 
     `on_epoch(record)` is called on rank 0 after each epoch (the CLI prints its table);
-    `on_note(text)` on rank 0 before the first, for each of schedule_notes (also in metrics.jsonl).
+    `on_note(text)` on rank 0 before the first, for each of schedule_notes (also in metrics.jsonl);
+    `on_start(text)` on rank 0 once, with start_line's account of where and how the run trains
+    (printed, not kept: metrics.jsonl holds the epochs and the notes).
     A fresh run starts from `init` (a file or torchvision:NAME) or else the recipe's
     model.backbone.weights (starting_weights.initialise); a resumed run from its state.
     """
@@ -340,7 +372,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         if list(state["classes"]) != list(train_set.classes):
             raise DynamicDetError(f"{run}: the run was trained on classes {state['classes'][:5]}..., "
                                   f"the data has {train_set.classes[:5]}...")
-    elif not force and any((run / name).exists() for name in RUN_FILES):
+    elif not force and holds_a_run(run):
         held = ", ".join(name for name in RUN_FILES if (run / name).exists())
         raise DynamicDetError(f"{run} already holds a run ({held}); continue it with --resume, replace it with "
                               "--force, or choose another --out")
@@ -399,6 +431,8 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         else:  # a new run (--force) replaces the old one's files, so none outlives it half-replaced
             for name in (*RUN_FILES, PLOT_NAME):
                 (run / name).unlink(missing_ok=True)
+        if on_start is not None:
+            on_start(start_line(device, env, cfg, steps_per_epoch, amp, start_epoch))
         if init_note:
             _write_metrics(run, {"event": "init", "note": init_note})
         for note in schedule_notes(cfg, total_steps) if state is None else []:

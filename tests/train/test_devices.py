@@ -62,3 +62,37 @@ def test_every_tensor_of_a_step_is_sent_to_the_device(spy_to, amp):
                             grad_clip=1.0)
     assert stats["complete"] and stats["steps"] == 2 and model.seen == 4
     assert model.weight.item() != 1.0  # the step reached the optimizer
+
+
+# ----------------------------------------------------------------------------- --device auto
+
+def test_auto_is_a_gpu_where_there_is_one_else_the_cpu(monkeypatch):
+    """Every command's default: a user with a GPU trains on it without asking; one without
+    gets the CPU, never a CUDA error. $DYNAMICDET_DEVICE, when set, says what auto means."""
+    from dynamicdet_cli.train.distributed import DEVICE_ENV, resolve_device
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)  # torchrun's second process
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # a device named outright is not overridden
+
+
+def test_auto_names_what_went_wrong(monkeypatch):
+    from dynamicdet_cli.core.errors import DynamicDetError
+    from dynamicdet_cli.train.distributed import DEVICE_ENV, resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    with pytest.raises(DynamicDetError, match=f"{DEVICE_ENV}=cuda: CUDA is not available"):
+        resolve_device("auto")
+    for wrong in ("auto", "gpu"):
+        monkeypatch.setenv(DEVICE_ENV, wrong)
+        with pytest.raises(DynamicDetError, match=f"{DEVICE_ENV}={wrong}: expected cpu, cuda or cuda:N"):
+            resolve_device("auto")
+    monkeypatch.delenv(DEVICE_ENV)
+    with pytest.raises(DynamicDetError, match="--device gpu: expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")

@@ -441,3 +441,21 @@ def test_resume_restores_the_weight_average(data, tmp_path):
     assert int(state["ema"]["n_averaged"]) == 4
     key = next(k for k, v in state["model"].items() if v.is_floating_point() and "weight" in k)
     assert not torch.equal(state["model"][key], want[key])  # last.pt holds the average, not the weights
+
+
+def test_a_run_stopped_before_its_first_epoch_ended_starts_again_as_it_says(data, tmp_path):
+    """It saved no checkpoint and says "start the run again": the same command then starts it
+    (the notes it wrote to metrics.jsonl are replaced), while a folder with an epoch is refused."""
+    out = tmp_path / "run"
+    noted = ("--set", "train.warmup_iters=1000")  # shortened to a fifth of the run: a note in metrics.jsonl
+    first = cli(*train_cli(data, out, "--epochs", 1, "--max-steps", 1, *noted))
+    assert first.exit_code == 0 and "start the run again" in first.output, first.output
+    assert first.output.startswith("training on cpu")
+    assert [m["event"] for m in metrics(out)] == ["schedule"]
+    again = cli(*train_cli(data, out, "--epochs", 1, "--max-steps", 1, *noted))
+    assert again.exit_code == 0, again.output
+    assert [m["event"] for m in metrics(out)] == ["schedule"]  # replaced, not appended
+    done = cli(*train_cli(data, out, "--epochs", 1))
+    assert done.exit_code == 0 and "done: 1 epoch(s)" in done.output, done.output
+    refused = cli(*train_cli(data, out, "--epochs", 1))
+    one_error_line(refused, "already holds a run", "--resume", "--force")
