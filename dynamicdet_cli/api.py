@@ -166,7 +166,7 @@ class DynamicDet:
                             batch_size=batch_size)
         check_route(chosen.route)
         batcher = RouteBatcher(self.network, chosen.route, batch_size)
-        inputs = (([_as_tensor(image).to(self.device) for image in batch[start:start + batch_size]],
+        inputs = (([_as_tensor(image, self.device) for image in batch[start:start + batch_size]],
                    list(range(start, min(start + batch_size, len(batch)))))
                   for start in range(0, len(batch), batch_size))
         out = {d.key: keep_confident(d.detection, conf)
@@ -263,8 +263,9 @@ def _as_list(images) -> list:
     return [images]
 
 
-def _as_tensor(image: ImageInput) -> Tensor:
-    """A 3,H,W float image in [0, 1]."""
+def _as_tensor(image: ImageInput, device: torch.device) -> Tensor:
+    """A 3,H,W float image in [0, 1] on `device`. An 8-bit image is copied there before it is
+    converted: a quarter of the bytes of float32 cross to a GPU."""
     if isinstance(image, (str, Path)):
         try:
             image = load_rgb(Path(image))
@@ -280,6 +281,8 @@ def _as_tensor(image: ImageInput) -> Tensor:
         image = F.pil_to_tensor(image.convert("RGB"))
     if image.ndim != 3 or image.shape[0] != 3:
         raise DynamicDetError(f"an image tensor must be 3,H,W (RGB), got shape {list(image.shape)}")
+    if image.dtype == torch.uint8:
+        image = image.to(device)
     if not image.is_floating_point():
-        return F.to_dtype(image, torch.float32, scale=True)
-    return image.float()
+        return F.to_dtype(image, torch.float32, scale=True).to(device)
+    return image.float().to(device)

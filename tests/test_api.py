@@ -156,3 +156,32 @@ def test_importing_the_package_loads_no_torch_and_changes_no_malloc_setting():
             "print('torch' in sys.modules, allocator.setting(), callable(dynamicdet_cli.load))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[:2] == ["False", "default"] and out[2] == "True"
+
+
+def test_eight_bit_images_cross_to_the_device_before_they_are_converted(monkeypatch):
+    """A uint8 image is copied to the model's device as uint8 (a quarter of float32's bytes over
+    PCIe) and converted there; a float image arrives as it is. Spied on Tensor.to, on the CPU."""
+    import torch
+    from PIL import Image
+    from dynamicdet_cli.api import _as_tensor
+    from dynamicdet_cli.predict import _on_device
+    moved, real = [], torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        target = kwargs.get("device", args[0] if args else None)
+        if isinstance(target, torch.device):
+            moved.append(self.dtype)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    cpu = torch.device("cpu")
+    pixels = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8)
+    for convert in (lambda: _as_tensor(pixels, cpu), lambda: _as_tensor(Image.new("RGB", (5, 4)), cpu),
+                    lambda: _on_device(pixels, cpu)):
+        moved.clear()
+        out = convert()
+        assert out.dtype == torch.float32 and moved[0] == torch.uint8
+    from torchvision.transforms.v2 import functional as F
+    assert torch.equal(_as_tensor(pixels, cpu), F.to_dtype(pixels, torch.float32, scale=True))
+    moved.clear()
+    assert _as_tensor(pixels.float() / 255, cpu).dtype == torch.float32 and moved == [torch.float32]
