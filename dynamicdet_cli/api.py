@@ -9,6 +9,8 @@
     model.calibrate(latency="50%", name="half")                         # stored in the checkpoint
     report = model.evaluate("data.yaml", point="half")                  # COCO AP, ms per image
     checkpoint, note = dd.api.build("dy-yolo-n")                        # a shipped recipe, by name
+    run = dd.train_detectors("dy-yolo-n", "data.yaml", "runs/n")        # step 1, as train-detectors
+    path, summary = dd.train_router(run.run / "best.pt", "data.yaml", "runs/n/model.pt")   # step 2
 
 Choosing the speed (at most one; none: the stored "default" point, see speed/routing.py):
 `latency` ("40ms", "0.04s", or "50%" of the way from the easy route's latency to the hard
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from dynamicdet_cli.checkpoint.store import load_checkpoint, model_from_checkpoint, save_checkpoint
+from dynamicdet_cli.checkpoint.store import held_for_update, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dynamicdet_cli.checkpoint.types import Checkpoint
 from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core import allocator
@@ -48,6 +50,7 @@ from dynamicdet_cli.speed.latency import Calibration, calibrate_checkpoint
 from dynamicdet_cli.speed.regime import Regime, find_latency
 from dynamicdet_cli.speed.routing import hold_target, resolve_route
 from dynamicdet_cli.train.distributed import resolve_device
+from dynamicdet_cli.train.loop import TrainResult
 
 ImageInput = Any  # a path (str or Path), a PIL image, or a 3,H,W tensor (uint8, or float in [0, 1])
 
@@ -95,6 +98,72 @@ def build(recipe: str | Path | Recipe, *, classes: str | Sequence[str] | None = 
     spec = backbone_weights if backbone_weights is not None else cfg.model.backbone.weights
     note = load_backbone_weights(model, spec, cfg.model.backbone) if spec else ""
     return new_checkpoint(cfg, names, list(range(1, num_classes + 1)), model), note
+
+
+def train_detectors(recipe: str | Path | Recipe | None = None, data: str | Path | None = None,
+                    out: str | Path = "runs/train", *, overrides: Sequence[str] = (), epochs: int | None = None,
+                    batch_size: int | None = None, lr: float | None = None, image_size: int | None = None,
+                    router_holdout: float | None = None, resume: bool = False, force: bool = False,
+                    init: str | None = None, device: str = "auto", amp: bool = False,
+                    skip_bad_images: bool = False, max_steps: int | None = None, progress: bool = True,
+                    train_ann: Path | None = None, train_images: Path | None = None,
+                    val_ann: Path | None = None, val_images: Path | None = None,
+                    on_epoch=None, on_note=None, on_start=None) -> TrainResult:
+    """Step 1, as `dynamicdet train-detectors`: both detectors jointly into the run folder `out`
+    (best.pt, last.pt, metrics.jsonl, state.pt); returns what happened (`TrainResult`: the run
+    folder, epochs done, whether it completed, the best mean AP, the last validation).
+
+    `recipe`: a YAML path, a shipped recipe's name or a Recipe; `data`: a data YAML (COCO or YOLO
+    format), or the four split paths. `overrides` are `--set KEY=VALUE` strings; `epochs`,
+    `batch_size`, `lr`, `image_size`, `router_holdout` are shortcuts for theirs. `resume=True`
+    continues the run in `out` with its own recipe. The callbacks are called on rank 0:
+    `on_start(line)`, `on_note(line)`, `on_epoch(record)` (metrics.jsonl's record)."""
+    from dynamicdet_cli.config.recipe import load_recipe, option_overrides, recipe_from_dict, with_overrides
+    from dynamicdet_cli.core.errors import warn
+    from dynamicdet_cli.data.open import open_splits
+    from dynamicdet_cli.train.loop import held_run_folder, load_run_state, train_detectors as train
+
+    allocator.keep_freed_memory()
+    out = Path(out)
+    sets = [*overrides, *option_overrides(epochs=epochs, batch_size=batch_size, lr=lr,
+                                          router_holdout=router_holdout, image_size=image_size)]
+    state = load_run_state(out) if resume else None  # read once: the recipe here, the rest by training
+    if state is not None:
+        cfg = recipe_from_dict(state["recipe"])
+        if recipe is not None or sets:
+            warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
+    elif recipe is None:
+        raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
+    else:
+        cfg = with_overrides(recipe, sets) if isinstance(recipe, Recipe) else load_recipe(recipe, sets)
+    dc = resolve_data(Path(data) if data is not None else None, train_ann, train_images, val_ann, val_images)
+    splits = open_splits(dc, needs_masks(cfg.model.family), augment=cfg.train.augment, skip_bad=skip_bad_images)
+    with held_run_folder(out):
+        return train(cfg, splits.train, splits.val, out, device_name=device, amp=amp, resume=resume, init=init,
+                     max_steps=max_steps, show_progress=progress, force=force, state=state,
+                     on_epoch=on_epoch, on_note=on_note, on_start=on_start)
+
+
+def train_router(checkpoint: str | Path, data: str | Path | None = None, output: str | Path | None = None, *,
+                 overrides: Sequence[str] = (), epochs: int | None = None, lr: float | None = None,
+                 device: str = "auto", skip_bad_images: bool = False, progress: bool = True,
+                 train_ann: Path | None = None, train_images: Path | None = None,
+                 val_ann: Path | None = None, val_images: Path | None = None) -> tuple[Path, dict]:
+    """Step 2, as `dynamicdet train-router`: the router trained on `checkpoint`'s frozen
+    detectors (e.g. a run's best.pt) and stored with its validation scores, in `output` (default:
+    the checkpoint itself, rewritten atomically). Returns (the file written, the summary the
+    command prints: router against random routing, the share of the gap recovered, ...).
+    `overrides` take router keys only (router.*, model.router.*)."""
+    from dynamicdet_cli.router.training import train_router_step
+
+    allocator.keep_freed_memory()
+    sets = [*overrides, *([f"router.epochs={epochs}"] if epochs else []),
+            *([f"router.lr={lr}"] if lr is not None else [])]
+    dc = resolve_data(Path(data) if data is not None else None, train_ann, train_images, val_ann, val_images)
+    with held_for_update(checkpoint, output):
+        new, summary = train_router_step(load_checkpoint(checkpoint), dc, resolve_device(device), overrides=sets,
+                                         skip_bad=skip_bad_images, show_progress=progress)
+        return save_checkpoint(new, output or checkpoint), summary
 
 
 def _class_names(classes: str | Sequence[str]) -> list[str]:

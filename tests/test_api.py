@@ -185,3 +185,37 @@ def test_eight_bit_images_cross_to_the_device_before_they_are_converted(monkeypa
     assert torch.equal(_as_tensor(pixels, cpu), F.to_dtype(pixels, torch.float32, scale=True))
     moved.clear()
     assert _as_tensor(pixels.float() / 255, cpu).dtype == torch.float32 and moved == [torch.float32]
+
+
+def test_train_both_steps_from_code_and_predict(world, tmp_path):
+    """dd.train_detectors and dd.train_router are the commands' two steps: a run folder, then a
+    checkpoint with a router that dd.load predicts with; the callbacks see what the CLI prints."""
+    seen = {"start": [], "epoch": []}
+    result = dd.train_detectors(RECIPES / "shapes-tiny.yaml", world["data"], tmp_path / "run",
+                                overrides=[*TINY_OVERRIDES, "train.batch_size=2", "train.workers=0",
+                                           "train.warmup_iters=1"], epochs=1, progress=False,
+                                on_start=seen["start"].append, on_epoch=seen["epoch"].append)
+    assert result.complete and result.epochs == 1 and result.run == tmp_path / "run"
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "state.pt").is_file()
+    assert seen["start"][0].startswith("training on cpu") and seen["epoch"][0]["epoch"] == 1
+    assert "d1" in result.last_val and "AP" in result.last_val["d1"]
+    with pytest.raises(DynamicDetError, match="already holds a run"):
+        dd.train_detectors(RECIPES / "shapes-tiny.yaml", world["data"], tmp_path / "run", epochs=1, progress=False)
+
+    path, summary = dd.train_router(tmp_path / "run" / "best.pt", world["data"], tmp_path / "model.pt",
+                                    overrides=["router.epochs=2", "router.loss_draws=1"], progress=False)
+    assert path == tmp_path / "model.pt" and isinstance(summary["delta"], float)
+    assert "gap_router_50" in summary and "gap_random_50" in summary
+    model = dd.load(path, device="cpu")
+    assert model.checkpoint.router is not None and model.checkpoint.validation is not None
+    (out,) = model.predict([world["val"][0]], hard_ratio=0.5)
+    assert out["route"] in ("easy", "hard") and out["boxes"].shape[-1] == 4
+
+
+def test_train_from_code_refuses_what_the_command_refuses(world, tmp_path):
+    with pytest.raises(DynamicDetError, match="give a RECIPE"):
+        dd.train_detectors(None, world["data"], tmp_path / "run")
+    with pytest.raises(DynamicDetError, match="no resume state"):
+        dd.train_detectors(None, world["data"], tmp_path / "nothing", resume=True)
+    with pytest.raises(DynamicDetError, match="router"):
+        dd.train_router(world["model"], world["data"], tmp_path / "m.pt", overrides=["train.lr=0.1"])

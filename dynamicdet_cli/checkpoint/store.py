@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import pickle
 import sys
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,7 +55,7 @@ import torchvision
 
 from dynamicdet_cli import __version__
 from dynamicdet_cli.core import allocator
-from dynamicdet_cli.core.atomic import atomic_path
+from dynamicdet_cli.core.atomic import atomic_path, locked
 from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core.checksum import content_checksum
 from dynamicdet_cli.core.errors import DynamicDetError, missing_file, warn
@@ -311,3 +313,18 @@ def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu"):
         example = (missing or unexpected)[0]
         raise DynamicDetError(f"checkpoint weights do not match its recipe (e.g. {example}); the file is damaged")
     return model.to(device)
+
+
+@contextmanager
+def held_for_update(checkpoint: str | Path, output: str | Path | None = None):
+    """Hold a checkpoint that a command rewrites in place (`output` None or the same file) from
+    its read to its write: two commands updating one file then run one after the other, and
+    neither update is lost. Writing elsewhere holds nothing."""
+    checkpoint = Path(checkpoint)
+    output = Path(output) if output is not None else None
+    if not checkpoint.is_file() or (output is not None and not (output.exists() and os.path.samefile(output, checkpoint))):
+        yield
+        return
+    with locked(checkpoint, on_wait=lambda: warn(f"{checkpoint} is being updated by another command; "
+                                                    "waiting for it to finish")):
+        yield

@@ -8,8 +8,6 @@ command, and typer's usage errors (unknown option, value out of range), are prin
 
 from __future__ import annotations
 
-import contextlib
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -163,33 +161,20 @@ def train_detectors(
 ):
     """Step 1: train both detectors jointly (loss = w1 L1 + w2 L2) into the run folder --out."""
     _set_threads(threads)
-    from dynamicdet_cli.config.recipe import load_recipe, option_overrides, recipe_from_dict
+    from dynamicdet_cli import api
     from dynamicdet_cli.cli.tables import epoch_table
-    from dynamicdet_cli.data.open import open_splits, resolve_data
-    from dynamicdet_cli.model.build import needs_masks
     from dynamicdet_cli.train.distributed import leave_distributed
-    from dynamicdet_cli.train.loop import TrainingInterrupted, load_run_state, train_detectors as _train
+    from dynamicdet_cli.train.loop import TrainingInterrupted
 
-    sets = option_overrides(epochs=epochs, batch_size=batch_size, lr=lr, router_holdout=router_holdout,
-                            image_size=image_size)
-    state = load_run_state(out) if resume else None  # read once: the recipe here, the rest by training
-    if state is not None:
-        cfg = recipe_from_dict(state["recipe"])
-        if recipe or overrides or sets:
-            _warn("--resume continues with the run's own recipe; the recipe and override options given are ignored")
-    elif recipe is None:
-        raise DynamicDetError("give a RECIPE, or --resume an existing run folder")
-    else:
-        cfg = load_recipe(recipe, [*(overrides or []), *sets])
-    splits = open_splits(resolve_data(data, train_ann, train_images, val_ann, val_images),
-                         needs_masks(cfg.model.family), augment=cfg.train.augment, skip_bad=skip_bad_images)
-    train_set, val_set = splits.train, splits.val
     try:
-        with _run_folder(out):
-            result = _train(cfg, train_set, val_set, out, device_name=device, amp=amp, resume=resume,
-                            init=init, max_steps=max_steps, show_progress=progress, force=force,
-                            on_epoch=lambda record: console.print(epoch_table(record)), state=state,
-                            on_note=lambda note: _say(f"note: {note}"), on_start=_say)
+        result = api.train_detectors(recipe, data, out, overrides=overrides or (), epochs=epochs,
+                                     batch_size=batch_size, lr=lr, image_size=image_size,
+                                     router_holdout=router_holdout, resume=resume, force=force, init=init,
+                                     device=device, amp=amp, skip_bad_images=skip_bad_images, max_steps=max_steps,
+                                     progress=progress, train_ann=train_ann, train_images=train_images,
+                                     val_ann=val_ann, val_images=val_images,
+                                     on_epoch=lambda record: console.print(epoch_table(record)),
+                                     on_note=lambda note: _say(f"note: {note}"), on_start=_say)
     except TrainingInterrupted as stop:
         _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
     leave_distributed()
@@ -199,30 +184,6 @@ def train_detectors(
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), f" (best.pt, last.pt, metrics.jsonl{plot})")
     else:
         _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
-
-
-@contextlib.contextmanager
-def _run_folder(run: Path):
-    """Hold the run folder while training writes it: a second train-detectors into the same
-    --out is refused at once instead of interleaving its files with the first's. Under torchrun
-    rank 0 holds it (the only writer)."""
-    from dynamicdet_cli.core.atomic import locked
-    if _QUIET:
-        yield
-        return
-    created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
-    try:
-        with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(locked(run, wait=False))
-            except BlockingIOError:
-                raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to "
-                                      "finish, or choose another --out") from None
-            yield
-    finally:
-        if created and run.is_dir() and not any(run.iterdir()):
-            run.rmdir()  # nothing was written: leave no empty folder behind
 
 
 def _saved(run: Path, epochs: int) -> str:
@@ -248,35 +209,15 @@ def train_router(
 ):
     """Step 2: train the router with both detectors frozen; store it with the validation scores."""
     _set_threads(threads)
-    from dynamicdet_cli.checkpoint.store import load_checkpoint, save_checkpoint
-    from dynamicdet_cli.data.open import resolve_data
+    from dynamicdet_cli import api
     from dynamicdet_cli.router.summary import summary_table
-    from dynamicdet_cli.router.training import train_router_step
-    from dynamicdet_cli.train.distributed import resolve_device
 
-    sets = [*(overrides or []), *([f"router.epochs={epochs}"] if epochs else []),
-            *([f"router.lr={lr}"] if lr is not None else [])]
-    with _updating(checkpoint, output):
-        new, summary = train_router_step(load_checkpoint(checkpoint),
-                                         resolve_data(data, train_ann, train_images, val_ann, val_images),
-                                         resolve_device(device), overrides=sets, skip_bad=skip_bad_images,
-                                         show_progress=progress)
-        path = save_checkpoint(new, output or checkpoint)
+    path, summary = api.train_router(checkpoint, data, output, overrides=overrides or (), epochs=epochs, lr=lr,
+                                     device=device, skip_bad_images=skip_bad_images, progress=progress,
+                                     train_ann=train_ann, train_images=train_images, val_ann=val_ann,
+                                     val_images=val_images)
     console.print(summary_table(summary))
     _say("router trained; wrote ", (str(path), "bold"))
-
-
-@contextlib.contextmanager
-def _updating(checkpoint: Path, output: Path | None):
-    """Hold a checkpoint that a command rewrites in place from its read to its write: two
-    commands updating one file then run one after the other, and neither update is lost."""
-    from dynamicdet_cli.core.atomic import locked
-    if not checkpoint.is_file() or (output is not None and not (output.exists() and os.path.samefile(output, checkpoint))):
-        yield
-        return
-    with locked(checkpoint, on_wait=lambda: _warn(f"{checkpoint} is being updated by another command; "
-                                                     "waiting for it to finish")):
-        yield
 
 
 # ----------------------------------------------------------------------------- inference
@@ -324,9 +265,10 @@ def calibrate(
     With none of --latency, --hard-ratio, --threshold: only measure and store the latency."""
     _set_threads(threads)
     from dynamicdet_cli import api
+    from dynamicdet_cli.checkpoint.store import held_for_update
     from dynamicdet_cli.cli.tables import calibrate_table
 
-    with _updating(checkpoint, output):
+    with held_for_update(checkpoint, output):
         model = api.load(checkpoint, device)
         result = model.calibrate(latency=latency, hard_ratio=hard_ratio, threshold=threshold, name=name, clamp=clamp,
                                  batch_size=batch_size, repeats=repeats, reuse=reuse_latency, images=images,

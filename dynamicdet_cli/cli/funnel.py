@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
+from dynamicdet_cli.core.cpus import is_rank_zero
 from dynamicdet_cli.core.errors import USER_ERRORS, memory_message, set_warning_sink, user_message
 
 _click_errors = import_module(typer.BadParameter.__module__)  # click.exceptions, or typer's copy of it
@@ -36,7 +37,7 @@ NoArgsIsHelpError = getattr(_click_errors, "NoArgsIsHelpError", ())
 assert issubclass(typer.BadParameter, ClickException)
 
 # Under torchrun only rank 0 talks; errors are still shown by whichever process hits them.
-QUIET = os.environ.get("RANK", "0") not in ("", "0")
+QUIET = not is_rank_zero()
 err_console = Console(stderr=True)
 
 

@@ -1,4 +1,5 @@
-"""The CPU cores this process may use, and how many data-loader workers fit on them."""
+"""The CPU cores this process may use, how many data-loader workers fit on them, and this
+process's place among the ones torchrun started (read from its environment: no torch import)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def is_rank_zero() -> bool:
+    """Whether this is torchrun's rank 0 (or no torchrun): the process that talks and writes."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def local_processes() -> int:

@@ -31,7 +31,7 @@ import json
 import math
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,8 +40,8 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from dynamicdet_cli.core.atomic import atomic_path, write_text
-from dynamicdet_cli.core.cpus import loader_workers
+from dynamicdet_cli.core.atomic import atomic_path, locked, write_text
+from dynamicdet_cli.core.cpus import is_rank_zero, loader_workers
 from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.checkpoint.types import TrainingRecord
 from dynamicdet_cli.data.coco import CocoDataset, collate
@@ -267,6 +267,29 @@ def _write_metrics(run: Path, record: dict) -> None:
     """Append one line by rewriting the (small) file atomically: a kill never leaves half a line."""
     path = run / "metrics.jsonl"
     write_text(path, "".join(line + "\n" for line in _metric_lines(path)) + json.dumps(record) + "\n")
+
+
+@contextmanager
+def held_run_folder(run: Path):
+    """Hold the run folder while training writes it: a second training into the same folder is
+    refused at once instead of interleaving its files with the first's. Under torchrun rank 0
+    holds it (the only writer). A folder this call created and nothing wrote is removed again."""
+    if not is_rank_zero():
+        yield
+        return
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as held:
+            try:
+                held.enter_context(locked(run, wait=False))
+            except BlockingIOError:
+                raise DynamicDetError(f"{run} is being written by another train-detectors; wait for it to "
+                                      "finish, or choose another --out") from None
+            yield
+    finally:
+        if created and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()  # nothing was written: leave no empty folder behind
 
 
 def holds_a_run(run: Path) -> bool:
