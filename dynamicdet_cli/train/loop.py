@@ -323,13 +323,15 @@ def _metric_lines(path: Path) -> list[str]:
 def start_line(device: torch.device, env: Dist, cfg, steps_per_epoch: int, amp: bool, start_epoch: int) -> str:
     """Where and how a run trains, in one line: the device (with --device auto the user did
     not name it), processes, batch, precision, and the epochs ahead."""
+    threads = torch.get_num_threads()
+    each = " each" if env.enabled else ""
     where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" \
-        else f"cpu ({torch.get_num_threads()} threads)"
-    processes = f", {env.world_size} processes of batch {process_batch_size(cfg.batch_size, env)}" \
-        if env.enabled else ""
+        else f"cpu ({threads} thread{'s' * (threads != 1)}{each})"
+    processes = f", {env.world_size} processes" if env.enabled else ""
+    per = f" ({process_batch_size(cfg.batch_size, env)} per process)" if env.enabled else ""
     precision = str(amp_dtype(device)).removeprefix("torch.") if amp else "float32"
     ahead = f"epochs {start_epoch + 1}-{cfg.epochs}" if start_epoch else f"{cfg.epochs} epoch(s)"
-    return (f"training on {where}{processes}: batch {cfg.batch_size}, {precision}, {ahead} of "
+    return (f"training on {where}{processes}: batch {cfg.batch_size}{per}, {precision}, {ahead} of "
             f"{steps_per_epoch} steps")
 
 

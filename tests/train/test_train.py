@@ -459,3 +459,13 @@ def test_a_run_stopped_before_its_first_epoch_ended_starts_again_as_it_says(data
     assert done.exit_code == 0 and "done: 1 epoch(s)" in done.output, done.output
     refused = cli(*train_cli(data, out, "--epochs", 1))
     one_error_line(refused, "already holds a run", "--resume", "--force")
+
+
+def test_the_start_line_says_where_and_how_the_run_trains(one_thread):
+    from dynamicdet_cli.train.loop import start_line
+    cfg = recipe("train.epochs=3", "train.batch_size=8").train
+    cpu = torch.device("cpu")
+    assert start_line(cpu, Dist(0, 1, 0), cfg, 10, amp=False, start_epoch=0) == \
+        "training on cpu (1 thread): batch 8, float32, 3 epoch(s) of 10 steps"
+    assert start_line(cpu, Dist(0, 2, 0), cfg, 5, amp=True, start_epoch=1) == \
+        "training on cpu (1 thread each), 2 processes: batch 8 (4 per process), bfloat16, epochs 2-3 of 5 steps"
