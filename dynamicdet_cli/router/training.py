@@ -146,8 +146,13 @@ def train_router_step(ckpt: Checkpoint, data: DataConfig, device, overrides: lis
     if not data.has_val:
         raise DynamicDetError("train-router needs validation data (val_ann, val_images) for the difficulty scores")
     splits = open_splits(data, needs_masks(ckpt.family), skip_bad=skip_bad)
-    new, summary = train_router_checkpoint(ckpt, splits.train, splits.val, ckpt.recipe.router, device,
-                                           show_progress=show_progress, router_set=splits.router)
+    # The target images are read no larger than the model's training input, as step 1 read them
+    # (CocoDataset.fit_to); the validation images stay whole: their AP is counted in their pixels.
+    size = ckpt.recipe.model.transform
+    train_set, router_set = (None if ds is None else ds.fit_to(max(size.min_size), size.max_size)
+                             for ds in (splits.train, splits.router))
+    new, summary = train_router_checkpoint(ckpt, train_set, splits.val, ckpt.recipe.router, device,
+                                           show_progress=show_progress, router_set=router_set)
     bad = first_non_finite({"router": new.router})  # the detector's weights were checked when loaded
     if bad is not None:  # never saved: every later load would refuse it
         raise DynamicDetError(f"router training diverged: {bad} is NaN or infinite; nothing "

@@ -109,3 +109,22 @@ def test_held_out_ids_missing_from_the_data_are_refused(shapes, trained_ckpt):
     ckpt = replace(trained_ckpt, training=TrainingRecord(1, 0, "", router_image_ids=(10_001, 10_002)))
     with pytest.raises(DynamicDetError, match="kept 2 training images out of step 1.*only 0"):
         train_router_checkpoint(ckpt, train_set, val_set, FAST, "cpu", show_progress=False)
+
+
+def test_the_target_images_are_read_at_the_model_input_and_the_validation_whole(trained_ckpt, tmp_path,
+                                                                                 monkeypatch):
+    """train-router reads its target images (the training split, or a router split) no larger than
+    the model's training input, as step 1 did, and the validation images whole (their AP is
+    counted in their own pixels)."""
+    data = load_data_config(make_shapes(tmp_path / "data", n_train=4, n_val=2, n_router=2, size=96, seed=0))
+    seen = {}
+
+    def capture(ckpt, train_set, val_set, cfg, device, show_progress=True, router_set=None):
+        seen.update(train=train_set, val=val_set, router=router_set)
+        raise DynamicDetError("captured")
+
+    monkeypatch.setattr(training, "train_router_checkpoint", capture)
+    with pytest.raises(DynamicDetError, match="captured"):
+        training.train_router_step(trained_ckpt, data, torch.device("cpu"))
+    assert seen["train"].fit == (64, 64) and seen["router"].fit == (64, 64) and seen["val"].fit is None
+    assert tuple(seen["train"][0][0].shape[-2:]) == (64, 64) and tuple(seen["val"][0][0].shape[-2:]) == (96, 96)
