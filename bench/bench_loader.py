@@ -85,7 +85,7 @@ def pipelines(recipe_path: str, ann: Path) -> dict:
     recipe = load_recipe(find_recipe(recipe_path))
     augment, size = recipe.train.augment, recipe.model.transform
     plain = open_dataset(ann, ann.parent / "images", True, augment)
-    fitted = plain.fit_to(max(size.min_size), size.max_size)
+    fitted = plain.fit_to(*size.largest_training_input())
     if augment.mosaic > 0:
         return {"before": BeforeMosaic(plain, augment.mosaic), "now": Mosaic(fitted, augment.mosaic)}
     return {"before": plain, "now": fitted}

@@ -312,10 +312,9 @@ def _train_recipe(c: Check):
 def _train_dataset(c: Check, recipe) -> CocoDataset:
     aug = recipe.train.augment  # as train-detectors opens its training set
     folder = c.data_yaml.parent
-    size = recipe.model.transform
     return CocoDataset(folder / "train.json", folder / "train",
                        transforms=build_transforms(True, aug.hflip, aug.photometric, aug.zoom_out)
-                       ).fit_to(max(size.min_size), size.max_size)
+                       ).fit_to(*recipe.model.transform.largest_training_input())
 
 
 def _loader(dataset, cfg, steps: int, seed: int) -> DataLoader:

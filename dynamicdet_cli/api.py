@@ -43,7 +43,7 @@ from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb
 from dynamicdet_cli.data.open import open_dataset, resolve_data
 from dynamicdet_cli.evaluation import evaluate as evaluation
 from dynamicdet_cli.model.build import needs_masks
-from dynamicdet_cli.predict import check_options, check_route, keep_confident
+from dynamicdet_cli.predict import check_options, check_route, keep_confident, to_model_input
 from dynamicdet_cli.speed.batcher import RouteBatcher, route_stream
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.speed.latency import Calibration, calibrate_checkpoint
@@ -333,8 +333,8 @@ def _as_list(images) -> list:
 
 
 def _as_tensor(image: ImageInput, device: torch.device) -> Tensor:
-    """A 3,H,W float image in [0, 1] on `device`. An 8-bit image is copied there before it is
-    converted: a quarter of the bytes of float32 cross to a GPU."""
+    """A path, PIL image or 3,H,W tensor as the model takes it (predict.to_model_input: float32
+    in [0, 1] on `device`, an 8-bit image copied there before it is converted)."""
     if isinstance(image, (str, Path)):
         try:
             image = load_rgb(Path(image))
@@ -350,8 +350,4 @@ def _as_tensor(image: ImageInput, device: torch.device) -> Tensor:
         image = F.pil_to_tensor(image.convert("RGB"))
     if image.ndim != 3 or image.shape[0] != 3:
         raise DynamicDetError(f"an image tensor must be 3,H,W (RGB), got shape {list(image.shape)}")
-    if image.dtype == torch.uint8:
-        image = image.to(device)
-    if not image.is_floating_point():
-        return F.to_dtype(image, torch.float32, scale=True).to(device)
-    return image.float().to(device)
+    return to_model_input(image, device)

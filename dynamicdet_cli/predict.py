@@ -211,7 +211,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                         say_skipped(path, reason)
                 # render names in input order, whichever route finishes first
                 read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
-                yield ([_on_device(img, device) for _, _, img in batch],
+                yield ([to_model_input(img, device) for _, _, img in batch],
                        [index for index, _, _ in batch])
 
         for done in route_stream(batcher, inputs(), hold):
@@ -305,10 +305,11 @@ def _never_over_inputs(paths: list[Path], out_dir: Path, render_dir: Path | None
                                   "choose another --out so that no input is written over")
 
 
-def _on_device(image: Tensor, device: torch.device) -> Tensor:
-    """A decoded image as the model takes it: float32 in [0, 1] on `device`. An 8-bit image is
-    copied there first and converted there (a quarter of the bytes cross to a GPU); 16-bit ones
-    are converted on the host, where every torch supports their dtype."""
+def to_model_input(image: Tensor, device: torch.device) -> Tensor:
+    """A 3,H,W image as the model takes it: float32 in [0, 1] on `device` (predict and the Python
+    API). An 8-bit image is copied there first and converted there (a quarter of the bytes cross
+    to a GPU); other integer ones are converted on the host, where every torch supports their
+    dtype; a float one is taken as in [0, 1]."""
     if image.dtype == torch.uint8:
         image = image.to(device)
     return F.to_dtype(image, torch.float32, scale=True).to(device)

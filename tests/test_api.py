@@ -164,7 +164,7 @@ def test_eight_bit_images_cross_to_the_device_before_they_are_converted(monkeypa
     import torch
     from PIL import Image
     from dynamicdet_cli.api import _as_tensor
-    from dynamicdet_cli.predict import _on_device
+    from dynamicdet_cli.predict import to_model_input
     moved, real = [], torch.Tensor.to
 
     def to(self, *args, **kwargs):
@@ -177,7 +177,7 @@ def test_eight_bit_images_cross_to_the_device_before_they_are_converted(monkeypa
     cpu = torch.device("cpu")
     pixels = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8)
     for convert in (lambda: _as_tensor(pixels, cpu), lambda: _as_tensor(Image.new("RGB", (5, 4)), cpu),
-                    lambda: _on_device(pixels, cpu)):
+                    lambda: to_model_input(pixels, cpu)):
         moved.clear()
         out = convert()
         assert out.dtype == torch.float32 and moved[0] == torch.uint8

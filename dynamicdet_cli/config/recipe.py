@@ -172,6 +172,11 @@ class TransformConfig:
     image_mean: tuple[float, ...] = _f((0.485, 0.456, 0.406), "per-channel mean for normalisation")
     image_std: tuple[float, ...] = _f((0.229, 0.224, 0.225), "per-channel std for normalisation")
 
+    def largest_training_input(self) -> tuple[int, int]:
+        """(short, long): the largest sides the model's resize gives an image in training (the
+        largest of min_size, and max_size); what the training loader reads images down to."""
+        return max(self.min_size), self.max_size
+
 
 @dataclass(frozen=True)
 class RouterConfig:

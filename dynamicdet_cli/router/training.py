@@ -149,7 +149,7 @@ def train_router_step(ckpt: Checkpoint, data: DataConfig, device, overrides: lis
     # The target images are read no larger than the model's training input, as step 1 read them
     # (CocoDataset.fit_to); the validation images stay whole: their AP is counted in their pixels.
     size = ckpt.recipe.model.transform
-    train_set, router_set = (None if ds is None else ds.fit_to(max(size.min_size), size.max_size)
+    train_set, router_set = (None if ds is None else ds.fit_to(*size.largest_training_input())
                              for ds in (splits.train, splits.router))
     new, summary = train_router_checkpoint(ckpt, train_set, splits.val, ckpt.recipe.router, device,
                                            show_progress=show_progress, router_set=router_set)

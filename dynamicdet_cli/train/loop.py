@@ -417,8 +417,7 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         train_set = train_set.restricted_to(kept)
     # Images larger than the model's input are read at its size: the loader never augments (nor
     # ships to the device) pixels the model's resize would throw away.
-    size = recipe.model.transform
-    train_set = train_set.fit_to(max(size.min_size), size.max_size)
+    train_set = train_set.fit_to(*recipe.model.transform.largest_training_input())
 
     seed_everything(cfg.seed)
     model = build_model(recipe.model, num_classes=train_set.num_classes)
