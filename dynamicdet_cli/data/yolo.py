@@ -183,7 +183,7 @@ def _relative_to(p: Path, folder: Path) -> Path:
 def _names(path: Path, raw: dict) -> tuple[str, ...]:
     names = raw.get("names")
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if any(type(k) is not int for k in names) or sorted(names) != list(range(len(names))):
             raise DynamicDetError(f"{path.name}: 'names' keys must be the class indices 0..{len(names) - 1}, "
                                   f"got {sorted(names, key=str)[:6]}")
         names = [names[i] for i in range(len(names))]

@@ -21,8 +21,9 @@ def pool_features(feats: dict[int, Tensor], stages: list[int],
     """The router's input vector: global-average-pooled stage outputs, concatenated. B,d
 
     With `image_sizes` (each image's size inside the padded batch of `padded_size`), each
-    image is pooled over its own region only, so its score does not depend on batch-mates
-    of other sizes.
+    image is pooled over its own region only, padding excluded. That alone does not make the score
+    independent of batch-mates: deep features inside an image also read the padding beside
+    it, so the detector feeds this one padded shape at a time (DynamicDetector.shape_groups).
     """
     pooled = []
     for s in stages:

@@ -33,8 +33,10 @@ Contract:
   of a call, and BatchNorm runs in eval mode, so regrouping changes only float rounding.
 - What waits: backbone 1's features, and the resized pixels only for the hard route
   (backbone 2 reads them; detector 1 reads the batch's shape alone, see _no_pixels).
-- Images wait in groups of one padded input shape: features of different shapes are never
-  stacked. Fewer than `batch_size` images wait per route: when a route's groups of several
+- An input batch is split by the padded shape each image would have alone
+  (model.shape_groups), backbone 1 runs once per shape, and images wait in groups of one
+  such shape: features of different shapes are never stacked, and no image's phi or
+  detections depend on its batch-mates. Fewer than `batch_size` images wait per route: when a route's groups of several
   shapes hold that many between them, its oldest group runs as it is (variable-size inputs
   run some partial batches, and memory stays bounded).
 - `ms`: the image's model time: its equal share of its input batch's shared part
@@ -114,6 +116,16 @@ class _Waiting:
                         [w for p in parts for w in p.warmup])
 
 
+def _in_input_order(groups: list[tuple[list[int], Tensor]], n: int) -> Tensor:
+    """The scores of an input batch's shape groups, back in input order. n"""
+    if len(groups) == 1:
+        return groups[0][1]
+    phi = groups[0][1].new_zeros(n)
+    for index, scores in groups:
+        phi[index] = scores
+    return phi
+
+
 def _no_pixels(tensors: Tensor, n: int) -> Tensor:
     """An n,C,H,W stand-in for an image batch, no memory behind it (one zero, stride 0).
 
@@ -167,28 +179,33 @@ class RouteBatcher:
         start = time.perf_counter()
         model = self.model
         image_list, _, original_sizes = model.prepare(images)
-        feats1 = model.backbone1(image_list.tensors)
-        phi = model.difficulty(feats1, image_list)
-        routed = model.split_by_route(phi, self.route if route is None else route)
-        self.last_phi = phi
-        batch = _Waiting(keys, image_list.tensors, feats1, list(image_list.image_sizes), original_sizes, phi,
-                         [0.0] * len(images), [self.batches == 0] * len(images))
-        shape = tuple(image_list.tensors.shape[-2:])
-        stored = []
-        for name, index in zip(("easy", "hard"), routed):
-            if index:
-                part = batch.without_pixels() if name == "easy" else batch
-                stored.append(part.take(index) if len(index) < len(batch) else part)
-                self.waiting.setdefault((name, shape), []).append(stored[-1])
+        phis, stored, ready = [], [], []
+        for group_index, group in model.shape_groups(image_list):  # one padded shape each
+            feats1 = model.backbone1(group.tensors)
+            phi = model.difficulty(feats1, group)
+            phis.append((group_index, phi))
+            routed = model.split_by_route(phi, self.route if route is None else route)
+            batch = _Waiting([keys[i] for i in group_index], group.tensors, feats1, list(group.image_sizes),
+                             [original_sizes[i] for i in group_index], phi,
+                             [0.0] * len(group_index), [self.batches == 0] * len(group_index))
+            shape = tuple(group.tensors.shape[-2:])
+            for name, index in zip(("easy", "hard"), routed):
+                if index:
+                    part = batch.without_pixels() if name == "easy" else batch
+                    stored.append(part.take(index) if len(index) < len(batch) else part)
+                    self.waiting.setdefault((name, shape), []).append(stored[-1])
+                    ready.append((name, shape))
+        self.last_phi = _in_input_order(phis, len(images))
         sync()
         share = 1000.0 * (time.perf_counter() - start) / len(images)
         for part in stored:
             part.ms[:] = [share] * len(part)
         self.batches += 1
         done = []
-        for name, index in zip(("easy", "hard"), routed):
-            if index:
-                done += self._run_ready(name, shape) if self.regroup else self._run(name, self.waiting.pop((name, shape)))
+        for name, shape in ready:
+            if (name, shape) not in self.waiting:
+                continue  # run with an earlier group's full batch
+            done += self._run_ready(name, shape) if self.regroup else self._run(name, self.waiting.pop((name, shape)))
         return done
 
     def finish(self) -> list[Done]:

@@ -86,6 +86,12 @@ def warmup_steps(cfg, total_steps: int) -> int:
     return min(cfg.warmup_iters, max(total_steps // 5, 1), max(total_steps - 1, 0))
 
 
+def mosaic_off_epochs(cfg) -> int:
+    """The last epochs that train without mosaic: the recipe's, at most a fifth of the run's
+    epochs (a run no longer than augment.mosaic_off_epochs would otherwise never see one)."""
+    return min(cfg.augment.mosaic_off_epochs, cfg.epochs // 5)
+
+
 def schedule_notes(cfg, total_steps: int) -> list[str]:
     """What this run does differently from the recipe's numbers, because the run is short: one
     line each, for the CLI to print and metrics.jsonl to keep."""
@@ -94,6 +100,10 @@ def schedule_notes(cfg, total_steps: int) -> list[str]:
     if cfg.warmup_iters > warm:
         notes.append(f"lr warm-up: {warm} step{'s' * (warm != 1)}, not train.warmup_iters={cfg.warmup_iters}: at most a fifth "
                      f"of this run's {total_steps} steps")
+    if cfg.augment.mosaic > 0 and cfg.augment.mosaic_off_epochs > mosaic_off_epochs(cfg):
+        off = mosaic_off_epochs(cfg)
+        notes.append(f"mosaic: off for the last {off} epoch{'s' * (off != 1)}, not augment.mosaic_off_epochs="
+                     f"{cfg.augment.mosaic_off_epochs}: at most a fifth of this run's {cfg.epochs} epochs")
     capped = ema_decay_at(total_steps, cfg.ema_decay, cfg.ema_ramp, total_steps)
     if cfg.ema_decay > 0 and capped < ema_decay_at(total_steps, cfg.ema_decay, cfg.ema_ramp, total_steps, None):
         notes.append(f"weight average: train.ema_decay={cfg.ema_decay:g} reaches back about "
@@ -229,9 +239,9 @@ RANK_SEED_STRIDE = 7919  # between the seeds of two training processes' draws in
 
 def _augmented(dataset, cfg, epoch: int):
     """The training set as epoch `epoch` sees it: with mosaics (data/mosaic.py) at the recipe's
-    probability, except in the last `augment.mosaic_off_epochs` epochs."""
+    probability, except in the last mosaic_off_epochs(cfg) epochs."""
     a = cfg.augment
-    if a.mosaic > 0 and epoch < cfg.epochs - a.mosaic_off_epochs:
+    if a.mosaic > 0 and epoch < cfg.epochs - mosaic_off_epochs(cfg):
         return Mosaic(dataset, a.mosaic)
     return dataset
 

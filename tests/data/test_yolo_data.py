@@ -115,6 +115,8 @@ def test_a_bad_label_line_is_one_error_line_in_the_cli(yolo, tmp_path):
 
 @pytest.mark.parametrize("text, needle", [
     ("train: images/train\nnames: {0: a, 2: b}\n", "'names' keys must be the class indices 0..1"),
+    ("train: images/train\nnames: {0: a, x: b}\n", "'names' keys must be the class indices 0..1"),
+    ("train: images/train\nnames: {0: a, '1': b}\n", "'names' keys must be the class indices 0..1"),
     ("train: images/train\nnames: [a, b]\nnc: 3\n", "nc is 3 but 'names' lists 2 classes"),
     ("train: images/train\nnames: [a, a]\n", "a given more than once"),
     ("train: images/train\nnames: []\n", "'names' must list the class names"),

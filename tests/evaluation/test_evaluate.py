@@ -351,11 +351,14 @@ class _RouteRecorder(torch.nn.Module):
     class transform:
         min_size = (64,)
 
+        size_divisible = 1
+
         @staticmethod
         def postprocess(dets, image_sizes, original_sizes):
             return dets
 
     split_by_route = staticmethod(DynamicDetector.split_by_route)
+    shape_groups = DynamicDetector.shape_groups
 
     def __init__(self):
         super().__init__()
@@ -363,7 +366,8 @@ class _RouteRecorder(torch.nn.Module):
         self.calls = []
 
     def prepare(self, images):
-        return ImageList(torch.stack(images), [tuple(im.shape[-2:]) for im in images]), None, None
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        return ImageList(torch.stack(images), sizes), None, sizes
 
     def backbone1(self, x):
         return {1: x}

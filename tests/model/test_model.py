@@ -286,6 +286,51 @@ def test_router_pools_each_image_over_its_own_region(make_model):
     assert (v_region - v_alone).norm() < 0.3 * (v_whole - v_alone).norm()
 
 
+def _mixed_sizes(seed: int = 2) -> list[torch.Tensor]:
+    """Images of three padded shapes at the tiny recipe's 64 px: 64x64, 32x64 and 64x32 (two
+    each), interleaved so that every shape shares the batch with the others."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) for h, w in [(64, 64), (32, 64), (64, 32), (32, 64), (64, 64), (64, 32)]]
+
+
+def test_own_shape_groups_crop_each_image_to_the_shape_it_has_alone(tiny_model):
+    with torch.no_grad():
+        batch, _, _ = tiny_model.prepare(_mixed_sizes())
+    groups = tiny_model.shape_groups(batch)
+    assert [index for index, _ in groups] == [[0, 4], [1, 3], [2, 5]]
+    assert [tuple(g.tensors.shape) for _, g in groups] == [(2, 3, 64, 64), (2, 3, 32, 64), (2, 3, 64, 32)]
+    for index, group in groups:
+        with torch.no_grad():
+            alone, _, _ = tiny_model.prepare([_mixed_sizes()[index[0]]])
+        assert torch.equal(group.tensors[0], alone.tensors[0])
+    square, _, _ = tiny_model.prepare(_mixed_sizes()[:1] * 3)
+    (index, same), = tiny_model.shape_groups(square)
+    assert index == [0, 1, 2] and same is square  # one shape: the batch itself, no copy
+
+
+def test_an_images_phi_and_detections_do_not_depend_on_its_batch_mates(tiny_model):
+    """detect and detect_both give every image of a mixed-size batch what it gets alone; the
+    whole batch through backbone 1 at once (padded to 64x64) would move phi."""
+    images = _mixed_sizes()
+    with torch.inference_mode():
+        alone = [tiny_model.detect([im], route="hard")[0] for im in images]
+        mixed = tiny_model.detect(images, route="hard")
+        easy, hard, phi = tiny_model.detect_both(images)
+        batch, _, _ = tiny_model.prepare(images)
+        padded_phi = tiny_model.difficulty(tiny_model.backbone1(batch.tensors), batch)
+    want = torch.stack([a["difficulty"] for a in alone])
+    assert_close(torch.stack([m["difficulty"] for m in mixed]), want)
+    assert_close(phi, want)
+    assert (padded_phi - want).abs().max() > 1e-4  # what the test would catch
+    for got, via_both, want_one in zip(mixed, hard, alone):
+        assert_same_detections(got, want_one)
+        assert_close(via_both["boxes"], want_one["boxes"], atol=1e-3, rtol=1e-4)
+    with torch.inference_mode():
+        alone_easy = [tiny_model.detect([im], route="easy")[0] for im in images]
+    for got, want_one in zip(easy, alone_easy):
+        assert_close(got["boxes"], want_one["boxes"], atol=1e-3, rtol=1e-4)
+
+
 def test_frozen_batchnorm_keeps_the_inputs_dtype_and_torchvisions_float32_result():
     """Under half-precision autocast torchvision's FrozenBatchNorm2d turned every output back
     into float32 (its buffers promote the product); ours keeps the input's dtype, and in float32

@@ -39,6 +39,29 @@ def _same_detection(a: dict, b: dict) -> None:
     assert torch.equal(a["labels"], b["labels"])
 
 
+@pytest.mark.parametrize("regroup", [True, False])
+def test_mixed_sizes_get_what_each_image_gets_alone(tiny_model, regroup):
+    """Input batches that mix padded shapes: every image's phi, route and detections are its
+    own alone (backbone 1 runs per shape), and the hold controller's scores stay in input order."""
+    g = torch.Generator().manual_seed(5)
+    sizes = [(64, 64), (32, 64), (64, 32), (32, 64), (64, 64), (64, 32), (32, 64), (64, 64)]
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+    with torch.inference_mode():
+        alone_phi = torch.stack([tiny_model.detect([im], route="easy")[0]["difficulty"] for im in images])
+    tau = float(alone_phi.median())
+    batcher = RouteBatcher(tiny_model, tau, 2, regroup)
+    done = []
+    with torch.inference_mode():
+        for i in (0, 4):
+            done += batcher.add(images[i:i + 4], range(i, i + 4))
+            torch.testing.assert_close(batcher.last_phi, alone_phi[i:i + 4])
+        done += batcher.finish()
+    assert sorted(d.key for d in done) == list(range(len(images)))
+    with torch.inference_mode():
+        for d in done:
+            _same_detection(d.detection, tiny_model.detect([images[d.key]], route=tau)[0])
+
+
 def test_regrouped_results_match_detect_and_each_route_runs_full_batches(tiny_model, make_images):
     images = make_images(11, seed=3)
     phi = _phi(tiny_model, images)

@@ -49,3 +49,23 @@ def test_schedule_notes_name_what_a_short_run_changes_and_nothing_else():
     warm, average = schedule_notes(coco, 5000)  # a fine-tuning run
     assert warm.startswith("lr warm-up: 1000 steps, not train.warmup_iters=5000")
     assert "train.ema_decay=0.9999 reaches back about 10000 steps, more than this run's 5000" in average
+
+
+def test_a_run_no_longer_than_the_mosaic_off_epochs_still_sees_mosaics_and_says_so(shapes):
+    from dataclasses import replace
+
+    from dynamicdet_cli.config.recipe import load_recipe
+    from dynamicdet_cli.data.mosaic import Mosaic
+    from dynamicdet_cli.train.loop import _augmented, schedule_notes
+    from conftest import RECIPES
+
+    coco = load_recipe(RECIPES / "dy-yolo-s.yaml").train  # mosaic_off_epochs 10 of 300
+    train_set, _ = shapes
+    assert isinstance(_augmented(train_set, coco, 289), Mosaic)
+    assert _augmented(train_set, coco, 290) is train_set  # its own run: the last 10 epochs plain
+    short = replace(coco, epochs=10)  # a fine-tuning run
+    assert [isinstance(_augmented(train_set, short, e), Mosaic) for e in range(10)] == [True] * 8 + [False] * 2
+    mosaic_note, = [n for n in schedule_notes(short, 5000) if n.startswith("mosaic")]
+    assert mosaic_note == ("mosaic: off for the last 2 epochs, not augment.mosaic_off_epochs=10: "
+                           "at most a fifth of this run's 10 epochs")
+    assert not any(n.startswith("mosaic") for n in schedule_notes(coco, 554_700))
