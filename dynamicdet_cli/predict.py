@@ -249,7 +249,7 @@ def summary_table(summary: PredictSummary) -> Table:
     table.add_row("images", str(summary.n_images))
     table.add_row("skipped", str(summary.n_skipped) + (f" (e.g. {escape(str(summary.skipped[0][0]))}: "
                                                        f"{escape(summary.skipped[0][1])})" if summary.skipped else ""))
-    table.add_row("hard route", f"{summary.n_hard} images ({100 * summary.share_hard:.1f}%)")
+    table.add_row("hard route", f"{summary.n_hard} image{'s' * (summary.n_hard != 1)} ({100 * summary.share_hard:.1f}%)")
     for route, ms in summary.latency_ms.items():
         table.add_row(f"{route} latency", "-" if ms is None else
                       f"{ms:.1f} ms/image (model only, batch {summary.batch_size})"

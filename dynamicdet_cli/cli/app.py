@@ -183,15 +183,17 @@ def train_detectors(
         plot = f", {PLOT_NAME}" if (result.run / PLOT_NAME).exists() else ""
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), f" (best.pt, last.pt, metrics.jsonl{plot})")
     else:
-        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
+        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs, "--max-steps"))
 
 
-def _saved(run: Path, epochs: int) -> str:
-    """What a train-detectors run folder holds, and how to go on."""
+def _saved(run: Path, epochs: int, drop: str | None = None) -> str:
+    """What a train-detectors run folder holds, and how to go on (`drop`: an option the
+    command that goes on must leave out, or it stops where this one did)."""
     if epochs == 0:
         return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
+    again = f"the same command without {drop}" if drop else "the same command"
     return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
-            "to continue, run the same command with --resume")
+            f"to continue, run {again} with --resume")
 
 
 @app.command("train-router")

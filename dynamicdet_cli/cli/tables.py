@@ -16,6 +16,11 @@ from dynamicdet_cli.config.recipe import ONE_STAGE_FAMILIES, BackboneConfig, Mod
 from dynamicdet_cli.speed.regime import Regime
 
 
+def _ap(x) -> str:
+    """A COCO metric: COCOeval's -1 (no ground truth of that size or kind) shown as "-"."""
+    return "-" if isinstance(x, float) and x < 0 else _fmt(x)
+
+
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -104,7 +109,7 @@ def info_table(ckpt: Checkpoint, count_flops: bool = True, image_size: int | Non
     training = ckpt.training
     table.add_row("detectors", "fresh weights (not trained)" if training is None else
                   f"trained {training.epochs} epochs; " +
-                  ", ".join(f"{k} {_fmt(v)}" for k, v in training.val.items()))
+                  ", ".join(f"{k} {_ap(v)}" for k, v in training.val.items()))
     stats = ckpt.router_stats
     shown = {"delta": "Delta", "val_spearman": "val Spearman(phi, L1-L2)", "ap_router_50": "AP at 50% hard",
              "gap_router_50": "gap recovered at 50%"}
@@ -172,8 +177,8 @@ def epoch_table(record: dict) -> Table:
     for d, name in (("d1", "detector 1 (easy)"), ("d2", "detector 2 (hard)")):
         m = val.get(d, {})
         table.add_row(name, _fmt(record.get(f"{d}/total")),
-                      *[_fmt(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
-                      *((_fmt(m.get("mask_AP")),) if with_masks else ()))
+                      *[_ap(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")],
+                      *((_ap(m.get("mask_AP")),) if with_masks else ()))
     table.caption = f"lr {record['lr']:.2e}, {record['images_per_s']:.1f} images/s, {record['seconds']:.0f} s"
     return table
 
@@ -207,11 +212,11 @@ def evaluate_table(evaluation, route_text: str) -> Table:
     for col in ("", "AP", "AP50", "AP75", "APs", "APm", "APl", "hard", "ms/image"):
         table.add_column(col, justify="right")
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    table.add_row("box", *[_fmt(m[k]) for k in keys],
+    table.add_row("box", *[_ap(m[k]) for k in keys],
                   f"{100 * evaluation.hard_share:.0f}%", f"{evaluation.latency_ms:.2f}")
     if with_masks:
-        table.add_row("mask", *[_fmt(m["mask_" + k]) for k in keys], "", "")
-    table.caption = f"{evaluation.n_images} images; detections: {escape(str(evaluation.detections_path))}"
+        table.add_row("mask", *[_ap(m["mask_" + k]) for k in keys], "", "")
+    table.caption = f"{evaluation.n_images} image{'s' * (evaluation.n_images != 1)}; detections: {escape(str(evaluation.detections_path))}"
     return table
 
 

@@ -88,7 +88,7 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
         hard_ms=statistics.median(passes["hard"]) / len(images),
         curve_ms=tuple((sum(d.detection["route"] == "hard" for d in done[tau]) / len(images),
                         statistics.median(passes[tau]) / len(images)) for tau in routes[len(ROUTES):]),
-        images=source or f"{len(images)} images",
+        images=source or f"{len(images)} image{'s' * (len(images) != 1)}",
         repeats=repeats,
         spread_pct=max(spread_pct(passes[r]) for r in ROUTES) if repeats > 1 else None,
         time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

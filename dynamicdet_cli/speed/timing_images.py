@@ -101,7 +101,7 @@ def folder_images(folder: Path, batch_size: int, limit: int = 128) -> TimingImag
     if not decoded:
         raise DynamicDetError(f"--images {folder}: no readable images in it")
     images = _spread(decoded, _count(len(decoded), limit, batch_size))
-    return TimingImages(images, f"{len(images)} images of {folder}")
+    return TimingImages(images, f"{len(images)} image{'s' * (len(images) != 1)} of {folder}")
 
 
 def random_images(n: int, side: int, seed: int = 0) -> TimingImages:

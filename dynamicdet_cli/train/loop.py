@@ -404,6 +404,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
     state = (state if state is not None else load_run_state(run)) if resume else None
     if state is not None:
         recipe = recipe_from_dict(state["recipe"])
+        if state["epoch"] >= recipe.train.epochs:
+            raise DynamicDetError(f"{run} finished its {recipe.train.epochs} epochs: nothing to resume (best.pt and "
+                                  f"last.pt hold it); to train on from it, start a new run with --init {run}/last.pt")
         if list(state["classes"]) != list(train_set.classes):
             raise DynamicDetError(f"{run}: the run was trained on classes {state['classes'][:5]}..., "
                                   f"the data has {train_set.classes[:5]}...")

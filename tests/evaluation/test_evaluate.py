@@ -456,3 +456,22 @@ def test_evaluates_latency_leaves_each_routes_warm_up_batch_at_that_routes_stead
              ("hard", False): [0.0, 0], ("hard", True): [60.0, 2]}     # hard ran only its warm-up
     assert _steady_ms(times, 10) == pytest.approx((8 * 5.0 + 2 * 30.0) / 10)
     assert _steady_ms({k: [0.0, 0] for k in times}, 0) == 0.0
+
+
+def test_the_evaluate_table_shows_cocos_no_ground_truth_as_a_dash_and_counts_one_image():
+    """COCOeval's -1 (no ground truth of a size) is not a score: the table shows "-"."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dynamicdet_cli.cli.tables import evaluate_table
+    metrics = {"AP": 0.5, "AP50": 0.75, "AP75": 0.25, "APs": -1.0, "APm": 0.125, "APl": -1.0}
+    evaluation = SimpleNamespace(metrics=metrics, hard_share=0.5, latency_ms=3.0, n_images=1,
+                                 detections_path="dets.json")
+    console = Console(width=200, record=True)
+    console.print(evaluate_table(evaluation, "tau 0.5"))
+    text = console.export_text()
+    assert "-1.000" not in text
+    row = next(line for line in text.splitlines() if line.startswith("│ box"))
+    assert [cell.strip() for cell in row.split("│")[2:8]] == ["0.500", "0.750", "0.250", "-", "0.125", "-"], row
+    assert "1 image;" in text

@@ -459,6 +459,18 @@ def test_a_run_stopped_before_its_first_epoch_ended_starts_again_as_it_says(data
     assert done.exit_code == 0 and "done: 1 epoch(s)" in done.output, done.output
     refused = cli(*train_cli(data, out, "--epochs", 1))
     one_error_line(refused, "already holds a run", "--resume", "--force")
+    before = (out / "metrics.jsonl").read_text()
+    finished = cli(*train_cli(data, out, "--epochs", 1, "--resume"))
+    one_error_line(finished, "finished its 1 epochs: nothing to resume", f"--init {out}/last.pt")
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_run_stopped_by_max_steps_says_to_go_on_without_it(data, tmp_path):
+    out = tmp_path / "run"
+    stopped = cli(*train_cli(data, out, "--epochs", 2, "--max-steps", 3))  # 2 steps an epoch: in epoch 2
+    assert stopped.exit_code == 0, stopped.output
+    assert "holds 1 complete epoch(s)" in stopped.output
+    assert "run the same command without --max-steps with --resume" in stopped.output
 
 
 def test_the_start_line_says_where_and_how_the_run_trains(one_thread):
