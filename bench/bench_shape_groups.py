@@ -81,26 +81,34 @@ def main(argv=None) -> None:
                   for path, (w, h) in zip(files, wanted)]
     else:
         images = [torch.rand(3, h, w, generator=g).to(device) for w, h in wanted]
-    sync = sync_for(device)
+    result = compare(model, images, args.warmup, args.repeats, sync_for(device))
+    print(f"model: {source}; device {device}, {args.threads} threads; batch {len(images)} of "
+          f"{' '.join(args.sizes)} -> padded {tuple(result['padded_shape'])}, {result['groups']} shape groups")
+    print(f"padded together: {result['padded_ms_per_image']:8.1f} ms/image   max |phi - phi alone| "
+          f"{result['padded_phi_shift']:.4f}")
+    print(f"grouped:         {result['grouped_ms_per_image']:8.1f} ms/image   max |phi - phi alone| "
+          f"{result['grouped_phi_shift']:.4f}")
+    print(f"grouped / padded: {result['grouped_over_padded']:.2f}x (medians of {args.repeats} alternated calls)")
+
+
+def compare(model, images: list[torch.Tensor], warmup: int, repeats: int, sync=lambda: None) -> dict:
+    """Both ways on `images` (one batch), calls alternated: ms per image (medians), the largest
+    shift of phi from each image's phi alone, and the ratio grouped / padded. Call it under
+    whatever autocast the caller measures."""
     with torch.inference_mode():
         alone = torch.stack([model.detect([im], route="easy")[0]["difficulty"] for im in images]).float()
         grouped_phi = torch.stack([d["difficulty"] for d in model.detect(images, route="hard")]).float()
         padded_phi = padded_hard(model, images)[1].float()
         batch, _, _ = model.prepare(images)
-        groups = len(model.shape_groups(batch))
         t_padded, t_grouped = alternate_many([lambda: padded_hard(model, images),
-                                              lambda: model.detect(images, route="hard")],
-                                             args.warmup, args.repeats, sync)
-    per = lambda ts: statistics.median(ts) / len(images)  # noqa: E731
-    print(f"model: {source}; device {device}, {args.threads} threads; batch {len(images)} of "
-          f"{' '.join(args.sizes)} -> padded {tuple(batch.tensors.shape[-2:])}, {groups} shape groups")
-    print(f"padded together: {per(t_padded):8.1f} ms/image   max |phi - phi alone| "
-          f"{(padded_phi - alone).abs().max():.4f}")
-    print(f"grouped:         {per(t_grouped):8.1f} ms/image   max |phi - phi alone| "
-          f"{(grouped_phi - alone).abs().max():.4f}")
-    print(f"grouped / padded: {statistics.median(t_grouped) / statistics.median(t_padded):.2f}x "
-          f"(medians of {args.repeats} alternated calls)")
-
+                                              lambda: model.detect(images, route="hard")], warmup, repeats, sync)
+    padded, grouped = statistics.median(t_padded), statistics.median(t_grouped)
+    return {"batch": len(images), "padded_shape": list(batch.tensors.shape[-2:]),
+            "groups": len(model.shape_groups(batch)), "repeats": repeats,
+            "padded_ms_per_image": round(padded / len(images), 3), "grouped_ms_per_image": round(grouped / len(images), 3),
+            "padded_phi_shift": round(float((padded_phi - alone).abs().max()), 4),
+            "grouped_phi_shift": round(float((grouped_phi - alone).abs().max()), 4),
+            "grouped_over_padded": round(grouped / padded, 3)}
 
 if __name__ == "__main__":
     main()

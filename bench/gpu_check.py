@@ -31,6 +31,10 @@ measured) and OUT/log.txt (everything printed, the subprocesses' output too). St
   yolo_family  every Dy-YOLO scale (recipes/dy-yolo-{n,s,m,l,x}.yaml) at 640 px, float16 autocast,
                batch 1 and 8, routes alternated over all of them (bench_yolo.family_latency): ms per
                image and FPS of each route, hard / easy in time beside the FLOP ratio
+  shape_groups recipes/dy-yolo-s.yaml, batch 8 of three COCO-like shapes (4:3, 3:4, 3:2 at 640 px),
+               float16 autocast: backbone 1 once per padded shape (what inference does) against
+               the batch padded together, ms per image and phi's shift from each image alone
+               (bench/bench_shape_groups.py)
   suite        the test suite (pytest, with pytest-xdist when present), with what is left of the budget
 
 Each step runs under an alarm set to what is left of the budget; a step that fails records its
@@ -70,6 +74,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_easy_route import alternate, autocast_for, build_pair, compare, router_ms, sync_for  # noqa: E402
+from bench_shape_groups import compare as compare_shape_groups  # noqa: E402
 from bench_train import training_flops  # noqa: E402
 from bench_yolo import YOLO_TIMING_SETS, family_latency, train_step_memory  # noqa: E402
 from dynamicdet_cli.speed.calibrate import measure_latency  # noqa: E402
@@ -119,19 +124,20 @@ class Sizes:
     yolo_train_boxes: int = 500
     family_batch_sizes: tuple = (1, 8)
     family_repeats: int = 30
+    shape_repeats: int = 20
     suite: tuple = ("tests",)
 
 
 QUICK = Sizes(recipe="recipes/shapes-tiny.yaml", side=128, train_images=16, val_images=16, train_steps=4,
               train_warmup=1, train_seconds=20.0, loader_batches=8, easy_repeats=3, sync_repeats=3,
               calibrate_repeats=1, yolo_side=128, yolo_repeats=3, yolo_train_batch=2, yolo_train_boxes=50,
-              family_batch_sizes=(1,), family_repeats=2,
+              family_batch_sizes=(1,), family_repeats=2, shape_repeats=2,
               suite=("tests/test_cuda.py", "tests/config/test_recipe.py"))
 
 # Seconds a step needs at least to be worth starting (full run; --quick: a tenth), and at most
 # may take (full run only: a toy run on a busy CPU is slow, and its budget alone stops it).
 NEEDS = {"env": 0, "data": 30, "cuda_tests": 30, "train": 90, "loader": 15, "easy_route": 40, "route_sync": 20,
-         "calibrate": 90, "yolo": 20, "yolo_family": 20,
+         "calibrate": 90, "yolo": 20, "yolo_family": 20, "shape_groups": 20,
          "suite": 30}
 CAPS = {"env": 30, "data": 90, "cuda_tests": 90, "train": 200, "loader": 45, "easy_route": 90, "route_sync": 60,
         "calibrate": 180, "yolo": 60, "yolo_family": 60,
@@ -653,6 +659,22 @@ def step_yolo_family(c: Check) -> dict:
                           repeats=s.family_repeats, device=c.device, amp=True, sync=sync, partial=c.partial)
 
 
+def step_shape_groups(c: Check) -> dict:
+    s = c.sizes
+    recipe = load_recipe(YOLO_RECIPE, YOLO_TIMING_SETS)
+    torch.manual_seed(0)
+    model = build_model(recipe.model).eval().to(c.device)
+    side = s.yolo_side
+    shapes = [(side * 3 // 4, side), (side, side * 3 // 4), (side * 2 // 3, side)]  # height, width
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *shapes[i % 3], generator=g).to(c.device) for i in range(8)]
+    with torch.autocast(c.device.type, dtype=amp_dtype(c.device)):
+        result = compare_shape_groups(model, images, warmup=3 if not c.quick else 1, repeats=s.shape_repeats,
+                                      sync=sync_for(c.device))
+    return {"recipe": str(YOLO_RECIPE.relative_to(REPO)), "overrides": YOLO_TIMING_SETS,
+            "shapes_hw": shapes, "precision": f"autocast {amp_dtype(c.device)}", **result}
+
+
 def step_cuda_tests(c: Check) -> dict:
     return _pytest(c, ["tests/test_cuda.py"], workers=0)
 
@@ -681,7 +703,7 @@ def _pytest(c: Check, paths: list[str], workers: int) -> dict:
 STEPS = [("env", step_env), ("data", step_data), ("cuda_tests", step_cuda_tests), ("train", step_train),
          ("loader", step_loader), ("easy_route", step_easy_route), ("route_sync", step_route_sync),
          ("calibrate", step_calibrate), ("yolo", step_yolo),
-         ("yolo_family", step_yolo_family), ("suite", step_suite)]
+         ("yolo_family", step_yolo_family), ("shape_groups", step_shape_groups), ("suite", step_suite)]
 NEEDS_DATA = {"train", "loader", "calibrate"}
 
 
