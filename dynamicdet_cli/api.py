@@ -43,7 +43,7 @@ from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb
 from dynamicdet_cli.data.open import open_dataset, resolve_data
 from dynamicdet_cli.evaluation import evaluate as evaluation
 from dynamicdet_cli.model.build import needs_masks
-from dynamicdet_cli.predict import check_options, check_route, keep_confident, to_model_input
+from dynamicdet_cli.predict import check_options, check_route, keep_confident, to_model_inputs
 from dynamicdet_cli.speed.batcher import RouteBatcher, route_stream
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.speed.latency import Calibration, calibrate_checkpoint
@@ -235,11 +235,15 @@ class DynamicDet:
                             batch_size=batch_size)
         check_route(chosen.route)
         batcher = RouteBatcher(self.network, chosen.route, batch_size)
-        inputs = (([_as_tensor(image, self.device) for image in batch[start:start + batch_size]],
-                   list(range(start, min(start + batch_size, len(batch)))))
-                  for start in range(0, len(batch), batch_size))
+
+        def inputs():
+            for start in range(0, len(batch), batch_size):
+                decoded = [_decoded(image) for image in batch[start:start + batch_size]]
+                tensors, sizes = to_model_inputs(decoded, self.network, self.device)
+                yield tensors, list(range(start, start + len(decoded))), sizes
+
         out = {d.key: keep_confident(d.detection, conf)
-               for done in route_stream(batcher, inputs, chosen.hold) for d in done}
+               for done in route_stream(batcher, inputs(), chosen.hold) for d in done}
         self.last_hold = None if chosen.hold is None else chosen.hold.report()
         return [out[i] for i in range(len(batch))]
 
@@ -332,9 +336,9 @@ def _as_list(images) -> list:
     return [images]
 
 
-def _as_tensor(image: ImageInput, device: torch.device) -> Tensor:
-    """A path, PIL image or 3,H,W tensor as the model takes it (predict.to_model_input: float32
-    in [0, 1] on `device`, an 8-bit image copied there before it is converted)."""
+def _decoded(image: ImageInput) -> Tensor:
+    """A path, PIL image or 3,H,W tensor as a 3,H,W tensor (a file or PIL image: uint8), for
+    predict.to_model_inputs."""
     if isinstance(image, (str, Path)):
         try:
             image = load_rgb(Path(image))
@@ -350,4 +354,4 @@ def _as_tensor(image: ImageInput, device: torch.device) -> Tensor:
         image = F.pil_to_tensor(image.convert("RGB"))
     if image.ndim != 3 or image.shape[0] != 3:
         raise DynamicDetError(f"an image tensor must be 3,H,W (RGB), got shape {list(image.shape)}")
-    return to_model_input(image, device)
+    return image

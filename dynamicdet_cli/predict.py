@@ -62,6 +62,8 @@ from dynamicdet_cli.core.atomic import atomic_path, write_text
 from dynamicdet_cli.speed.calibrate import expected_latency
 from dynamicdet_cli.evaluation.coco import NON_FINITE, encode_masks, to_coco_results
 from dynamicdet_cli.data.coco import BadImage, load_rgb
+from dynamicdet_cli.data.transforms import fit_image
+from dynamicdet_cli.model.transform import inference_sides
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.model.detector import Route
@@ -204,15 +206,15 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
                     renders.append((d.key, _render(img, det, class_names, render_dir / f"{stem}.png")))
                 bar.advance(task)
 
-        def inputs() -> Iterator[tuple[list[Tensor], list[int]]]:
+        def inputs() -> Iterator[tuple[list[Tensor], list[int], list[tuple[int, int]]]]:
             for batch in _read_batches(paths, batch_size, skip):
                 if not (read or lines):
                     for path, reason in skipped:  # files skipped before the first readable one
                         say_skipped(path, reason)
                 # render names in input order, whichever route finishes first
                 read.update({index: (path, img, _unique_stem(path.stem, stems)) for index, path, img in batch})
-                yield ([to_model_input(img, device) for _, _, img in batch],
-                       [index for index, _, _ in batch])
+                tensors, sizes = to_model_inputs([img for _, _, img in batch], model, device)
+                yield tensors, [index for index, _, _ in batch], sizes
 
         for done in route_stream(batcher, inputs(), hold):
             write(done)
@@ -303,6 +305,17 @@ def _never_over_inputs(paths: list[Path], out_dir: Path, render_dir: Path | None
             where = render_dir if full.parent == render_at else out_dir
             raise DynamicDetError(f"--out {out_dir} would write into {where}, which holds the input image {path}; "
                                   "choose another --out so that no input is written over")
+
+
+def to_model_inputs(images: list[Tensor], model, device: torch.device) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """Decoded images (3,H,W) as `model` takes them, and each one's own size: an image the
+    model's resize would shrink is scaled down first, as decoded (data/transforms.py
+    fit_image), so a 12-megapixel photo is never converted to float, copied to the device nor
+    normalised at full size; the sizes go to the model as original_sizes, so its boxes and
+    masks come back in the image's own pixels."""
+    short, long = inference_sides(model.transform)
+    return ([to_model_input(fit_image(image, short, long), device) for image in images],
+            [tuple(image.shape[-2:]) for image in images])
 
 
 def to_model_input(image: Tensor, device: torch.device) -> Tensor:

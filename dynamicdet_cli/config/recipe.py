@@ -177,6 +177,11 @@ class TransformConfig:
         largest of min_size, and max_size); what the training loader reads images down to."""
         return max(self.min_size), self.max_size
 
+    def inference_input(self) -> tuple[int, int]:
+        """(short, long): the sides the model's resize gives an image at inference (the last
+        min_size, and max_size); what inference reads large images down to."""
+        return self.min_size[-1], self.max_size
+
 
 @dataclass(frozen=True)
 class RouterConfig:

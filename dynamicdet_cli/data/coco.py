@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.data.coco_json import check_coco, is_segmentation, read_coco_json
-from dynamicdet_cli.data.transforms import model_scale, resize_sample
+from dynamicdet_cli.data.transforms import fitted_size, resize_sample
 from dynamicdet_cli.core.errors import DynamicDetError
 from dynamicdet_cli.core.stats import held_out
 
@@ -251,16 +250,17 @@ class CocoDataset(torch.utils.data.Dataset):
             target["masks"] = tv_tensors.Mask(self.instance_masks(image_id))
         return tv_tensors.Image(image), target
 
+    def file_size(self, image_id: int) -> tuple[int, int]:
+        """(height, width) of image `image_id` as decoded (EXIF-turned), from the annotations:
+        the frame evaluation reports its boxes in, whatever size it was read at."""
+        info = self.coco.imgs[int(image_id)]
+        return int(info["height"]), int(info["width"])
+
     def fitted_size(self, height: int, width: int) -> tuple[int, int]:
         """The size an image of (height, width) is read at: as it is, or, after `fit_to`, no
         larger than the model's transform makes it in training (its floor of the sides, at
         least one pixel each, as model/transform.py)."""
-        if self.fit is None:
-            return height, width
-        scale = model_scale(height, width, *self.fit)
-        if scale >= 1.0:
-            return height, width
-        return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
+        return (height, width) if self.fit is None else fitted_size(height, width, *self.fit)
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]] | None:
         sample = self.load(index)
@@ -279,8 +279,9 @@ class CocoDataset(torch.utils.data.Dataset):
         side would pass `long` (max_size). An image above that size is scaled down, in uint8 and
         by the model's own interpolation, before it is converted to float and augmented, so a
         folder of 12-megapixel photos costs the loader (and the copy to the device) what the
-        model's input does; smaller images are read as they are. Training only: evaluation
-        reports boxes in the file's pixels."""
+        model's input does; smaller images are read as they are. Training reads at the largest
+        training size (TransformConfig.largest_training_input); inference at the inference size
+        (inference_input), handing the model each image's `file_size` for its output."""
         fitted = copy.copy(self)
         fitted.fit = (int(short), int(long))
         return fitted

@@ -9,6 +9,7 @@ through untouched.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -62,6 +63,38 @@ def model_scale(height: int, width: int, short: int, long: int) -> float:
     return min(short / min(height, width), long / max(height, width))
 
 
+def fitted_size(height: int, width: int, short: int, long: int) -> tuple[int, int]:
+    """The size an image of (height, width) is read at to go no larger than the model's resize
+    to (`short`, `long`) makes it: as it is when that resize does not shrink it, else the
+    resize's own size (its floor of the sides, at least one pixel each, as model/transform.py)."""
+    scale = model_scale(height, width, short, long)
+    if scale >= 1.0:
+        return height, width
+    return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
+
+
+def fit_image(image: torch.Tensor, short: int, long: int) -> torch.Tensor:
+    """A decoded image (3,H,W, uint8 or uint16) scaled down, as decoded, to the size the model's
+    resize to (`short`, `long`) would give it, with the model's own interpolation (bilinear, no
+    antialias): what the model makes of it is then what it makes of the whole image, within one
+    uint8 step, without a float copy of the whole image. Smaller images come back as they are.
+    Inference reads large photos this way (predict, evaluate, calibrate), and hands the model
+    the file's size for its output (model.detect's original_sizes), so boxes and masks come
+    back in the file's pixels."""
+    size = fitted_size(*image.shape[-2:], short, long)
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return _resize_pixels(image, size, antialias=False)
+
+
+def _resize_pixels(image: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
+    """Bilinear resize of a 3,H,W image; uint8 stays uint8, uint16 becomes float32 in [0, 1]."""
+    if image.dtype not in (torch.uint8, torch.float32):  # 16-bit PNG: torch resizes uint8 and float
+        image = F.to_dtype(image, torch.float32, scale=True)
+    return torch.nn.functional.interpolate(image.as_subclass(torch.Tensor)[None], size=list(size),
+                                           mode="bilinear", align_corners=False, antialias=antialias)[0]
+
+
 def resize_sample(image: torch.Tensor, target: dict[str, Any], size: tuple[int, int],
                   antialias: bool) -> tuple[tv_tensors.Image, dict[str, Any]]:
     """(image, target) resized to `size` (height, width): the image bilinearly (uint8 stays uint8,
@@ -72,11 +105,7 @@ def resize_sample(image: torch.Tensor, target: dict[str, Any], size: tuple[int, 
     height, width = size
     if tuple(image.shape[-2:]) == (height, width):
         return image, target
-    if image.dtype not in (torch.uint8, torch.float32):  # 16-bit PNG: torch resizes uint8 and float
-        image = F.to_dtype(image, torch.float32, scale=True)
-    pixels = torch.nn.functional.interpolate(image.as_subclass(torch.Tensor)[None], size=[height, width],
-                                             mode="bilinear", align_corners=False, antialias=antialias)[0]
-    out = tv_tensors.Image(pixels)
+    out = tv_tensors.Image(_resize_pixels(image, size, antialias))
     target = dict(target)
     target["boxes"] = F.resize(target["boxes"], [height, width])
     if "masks" in target:

@@ -23,7 +23,7 @@ from dynamicdet_cli.checkpoint.types import Checkpoint, LatencyRecord
 from dynamicdet_cli.core.atomic import write_json
 from dynamicdet_cli.evaluation.coco import coco_metrics, to_coco_results
 from dynamicdet_cli.data.coco import CocoDataset
-from dynamicdet_cli.evaluation.inference import loader_for, run_both_routes
+from dynamicdet_cli.evaluation.inference import file_sizes, loader_for, read_for_inference, run_both_routes
 from dynamicdet_cli.speed.batcher import Done, RouteBatcher
 from dynamicdet_cli.core.progress import progress_bar
 from dynamicdet_cli.speed.regime import Regime, find_latency
@@ -62,9 +62,10 @@ def evaluate_route(model, dataset: CocoDataset, route, device: torch.device, out
                 times[d.detection["route"], d.warmup][1] += 1
             bar.advance(task, len(done))
 
-        for images, targets in loader_for(dataset, batch_size):
+        for images, targets in loader_for(read_for_inference(dataset, model), batch_size):
             if images:
-                collect(batcher.add([im.to(device) for im in images], [int(t["image_id"]) for t in targets]))
+                collect(batcher.add([im.to(device) for im in images], [int(t["image_id"]) for t in targets],
+                                    original_sizes=file_sizes(dataset, targets)))
         collect(batcher.finish())
     results.sort(key=lambda r: r["image_id"])  # routes finish out of input order; stable within an image
     metrics = coco_metrics(dataset.coco, results, dataset.image_ids, masks=dataset.masks)

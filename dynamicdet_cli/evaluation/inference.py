@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from dynamicdet_cli.evaluation.coco import coco_metrics, to_coco_results
 from dynamicdet_cli.core.cpus import loader_workers
 from dynamicdet_cli.data.coco import CocoDataset, collate
+from dynamicdet_cli.model.transform import inference_sides
 from dynamicdet_cli.core.progress import progress_bar
 
 
@@ -28,6 +29,18 @@ class RouteResults:
     scores: Tensor
 
 
+def read_for_inference(dataset: CocoDataset, model) -> CocoDataset:
+    """`dataset` read as predict reads an image: one larger than the model's input scaled down
+    to it first (CocoDataset.fit_to at the inference size); hand the model each image's
+    file_size as its original size, so its boxes come back in the annotations' pixels."""
+    return dataset.fit_to(*inference_sides(model.transform))
+
+
+def file_sizes(dataset: CocoDataset, targets: list[dict]) -> list[tuple[int, int]]:
+    """Each target's image size as decoded: the frame COCOeval compares boxes in."""
+    return [dataset.file_size(int(t["image_id"])) for t in targets]
+
+
 def loader_for(dataset, batch_size: int, workers: int = 0) -> DataLoader:
     """An in-order loader (evaluation, caching)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=loader_workers(workers),
@@ -42,10 +55,11 @@ def run_both_routes(model, dataset: CocoDataset, device: torch.device, batch_siz
     easy, hard, scores, ids = {}, {}, [], []
     with progress_bar(show_progress) as bar:
         task = bar.add_task(label, total=len(dataset))
-        for images, targets in loader_for(dataset, batch_size, workers):
+        for images, targets in loader_for(read_for_inference(dataset, model), batch_size, workers):
             if not images:
                 continue
-            det_easy, det_hard, phi = model.detect_both([im.to(device) for im in images])
+            det_easy, det_hard, phi = model.detect_both([im.to(device) for im in images],
+                                                        file_sizes(dataset, targets))
             for t, de, dh in zip(targets, det_easy, det_hard):
                 image_id = int(t["image_id"])
                 ids.append(image_id)

@@ -107,11 +107,17 @@ class DynamicDetector(nn.Module):
         self.loss_weights = tuple(loss_weights)
 
     # ------------------------------------------------------------------ the parts, one by one
-    def prepare(self, images: list[Tensor], targets=None):
-        """Resize, normalise and batch. Returns (ImageList, targets in the resized frame, original sizes)."""
-        original_sizes = [tuple(img.shape[-2:]) for img in images]
+    def prepare(self, images: list[Tensor], targets=None, original_sizes=None):
+        """Resize, normalise and batch. Returns (ImageList, targets in the resized frame, original
+        sizes). `original_sizes` (height, width per image): the frame the output is given in, where
+        an image was scaled down before it came here (data/transforms.py fit_image); default,
+        each image's own size."""
+        if original_sizes is None:
+            original_sizes = [tuple(img.shape[-2:]) for img in images]
+        elif len(original_sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(original_sizes)} original sizes")
         image_list, targets = self.transform(images, targets)
-        return image_list, targets, original_sizes
+        return image_list, targets, [tuple(int(v) for v in size) for size in original_sizes]
 
     def difficulty(self, feats1: dict[int, Tensor], images: ImageList) -> Tensor:
         """phi for each image, B."""
@@ -189,9 +195,10 @@ class DynamicDetector(nn.Module):
         self.transform.eval()  # the inference size, not a random multi-scale pick
 
     # ------------------------------------------------------------------ inference
-    def detect(self, images: list[Tensor], route: Route = "hard") -> list[dict]:
-        """Detections on the given route(s); see the class docstring for the contract."""
-        image_list, _, original_sizes = self.prepare(images)
+    def detect(self, images: list[Tensor], route: Route = "hard", original_sizes=None) -> list[dict]:
+        """Detections on the given route(s); see the class docstring for the contract
+        (`original_sizes`: see prepare)."""
+        image_list, _, original_sizes = self.prepare(images, original_sizes=original_sizes)
         results: list[dict] = [{} for _ in images]
         for group_index, group in self.shape_groups(image_list):
             feats1 = self.backbone1(group.tensors)
@@ -223,12 +230,13 @@ class DynamicDetector(nn.Module):
             raise ValueError(f"run_route takes 'easy' or 'hard', got {route!r}")
         return dets
 
-    def detect_both(self, images: list[Tensor]) -> tuple[list[dict], list[dict], Tensor]:
+    def detect_both(self, images: list[Tensor], original_sizes=None) -> tuple[list[dict], list[dict], Tensor]:
         """Both detectors' detections for every image, backbone 1 run once: (easy, hard, phi).
 
         What evaluation and the accuracy-latency sweep need: each route's result per image.
+        `original_sizes`: see prepare.
         """
-        image_list, _, original_sizes = self.prepare(images)
+        image_list, _, original_sizes = self.prepare(images, original_sizes=original_sizes)
         easy: list[dict] = [{} for _ in images]
         hard: list[dict] = [{} for _ in images]
         phi = image_list.tensors.new_zeros(len(images))

@@ -48,3 +48,9 @@ class Transform(GeneralizedRCNNTransform):
         if "keypoints" in target:
             target["keypoints"] = resize_keypoints(target["keypoints"], (h, w), image.shape[-2:])
         return image, target
+
+
+def inference_sides(transform: GeneralizedRCNNTransform) -> Tuple[int, int]:
+    """(short, long): the sides `transform` gives an image at inference (its last min_size, and
+    max_size); what inference reads a larger image down to (data/transforms.py fit_image)."""
+    return int(transform.min_size[-1]), int(transform.max_size)

@@ -166,9 +166,10 @@ class RouteBatcher:
         self.batches = 0
         self.last_phi: Tensor | None = None  # B: the router scores of the latest input batch
 
-    def add(self, images: list[Tensor], keys: Iterable[Hashable], route=None) -> list[Done]:
+    def add(self, images: list[Tensor], keys: Iterable[Hashable], route=None, original_sizes=None) -> list[Done]:
         """Route `images` (keys: one per image) and run every route that has a full batch.
-        `route`: this batch's route or threshold, if not the batcher's."""
+        `route`: this batch's route or threshold, if not the batcher's; `original_sizes`: the
+        frame of each image's output, where it was scaled down before (model.prepare)."""
         keys = list(keys)
         if len(keys) != len(images):
             raise ValueError(f"{len(images)} images but {len(keys)} keys")
@@ -178,7 +179,7 @@ class RouteBatcher:
         sync()
         start = time.perf_counter()
         model = self.model
-        image_list, _, original_sizes = model.prepare(images)
+        image_list, _, original_sizes = model.prepare(images, original_sizes=original_sizes)
         phis, stored, ready = [], [], []
         for group_index, group in model.shape_groups(image_list):  # one padded shape each
             feats1 = model.backbone1(group.tensors)
@@ -260,21 +261,22 @@ class RouteBatcher:
         return out
 
 
-def route_stream(batcher: RouteBatcher, batches: Iterable[tuple[list[Tensor], list[Hashable]]],
-                 hold: LatencyHold | None = None) -> Iterator[list[Done]]:
-    """Every input batch (images, keys) through `batcher`, then whatever still waits: the
-    images finished at each step, in the order their routes ran.
+def route_stream(batcher: RouteBatcher, batches: Iterable[tuple], hold: LatencyHold | None = None) -> Iterator[list[Done]]:
+    """Every input batch (images, keys), or (images, keys, original_sizes) for images scaled
+    down before (RouteBatcher.add), through `batcher`, then whatever still waits: the images
+    finished at each step, in the order their routes ran.
 
     With `hold`, each batch is routed at the controller's tau and the controller times the
     batcher's work for it (start before, update after): the time the caller spends reading
     the next batch or writing results is not counted. Without, every image is routed at the
     batcher's route."""
-    for images, keys in batches:
+    for images, keys, *sizes in batches:
+        sizes = sizes[0] if sizes else None
         if hold is None:
-            yield batcher.add(images, keys)
+            yield batcher.add(images, keys, original_sizes=sizes)
             continue
         hold.start()
-        done = batcher.add(images, keys, route=hold.tau)
+        done = batcher.add(images, keys, route=hold.tau, original_sizes=sizes)
         _tell(hold, done, batcher.last_phi.tolist(), first=batcher.batches == 1)
         yield done
     if hold is None or not batcher.batches:

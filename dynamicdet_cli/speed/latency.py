@@ -32,7 +32,8 @@ SPREAD_WARN_PCT = 10.0  # calibrate warns when a route's passes disagree by more
 
 @torch.inference_mode()
 def measure_routes(model, device: torch.device, images: list[torch.Tensor], batch_size: int,
-                   warmup: int = 2, repeats: int = 5, source: str = "", mixed_taus: list[float] = ()) -> LatencyRecord:
+                   warmup: int = 2, repeats: int = 5, source: str = "", mixed_taus: list[float] = (),
+                   original_sizes: list[tuple[int, int]] | None = None) -> LatencyRecord:
     """Mean per-image latency of each route over `images`, in ms, with its regime.
 
     `images` (each 3,H,W in [0, 1]) run in batches of `batch_size`; a trailing partial batch
@@ -48,6 +49,8 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
     stored as `curve_ms`: [share of the images routed hard, ms per image] per threshold.
     `spread_pct` (with 2 or more repeats): how far a route's passes disagree, the larger of
     (max - min) / median over the two routes, in %: the noise of this measurement.
+    `original_sizes`: each image's size as decoded where it was scaled down before (as predict
+    hands them to the model, so the output is made at the size predict makes it).
     """
     if not images:
         raise DynamicDetError("no images to time the routes on")
@@ -55,12 +58,13 @@ def measure_routes(model, device: torch.device, images: list[torch.Tensor], batc
         raise DynamicDetError(f"need repeats >= 1 and batch size >= 1, got {repeats}, {batch_size}")
     model.eval()
     images = [im.to(device) for im in images]
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    sizes = list(original_sizes) if original_sizes is not None else [tuple(im.shape[-2:]) for im in images]
+    batches = [(images[i:i + batch_size], sizes[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
     def time_batch(batcher: RouteBatcher, batch, last: bool, done: list) -> float:
         def run():
-            done.extend(batcher.add(batch, range(len(batch))))
+            done.extend(batcher.add(batch[0], range(len(batch[0])), original_sizes=batch[1]))
             if last:
                 done.extend(batcher.finish())
         return measure_latency(run, warmup=0, repeats=1, sync=sync)
@@ -149,7 +153,8 @@ def calibrate_checkpoint(ckpt: Checkpoint, model, device: torch.device, name: st
             chosen = timing_images(ckpt, batch_size, max_images, images, random_images, image_size)
             result.warning = chosen.warning
             result.measured = measure_routes(model, device, chosen.images, batch_size, repeats=repeats,
-                                             source=chosen.source, mixed_taus=curve_thresholds(ckpt))
+                                             source=chosen.source, mixed_taus=curve_thresholds(ckpt),
+                                             original_sizes=chosen.sizes)
             result.timed = True
             spread = result.measured.spread_pct
             if spread is not None and spread > SPREAD_WARN_PCT:

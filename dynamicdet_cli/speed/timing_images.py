@@ -25,13 +25,17 @@ from dynamicdet_cli.core.errors import DynamicDetError
 
 @dataclass
 class TimingImages:
-    """images: each 3,H,W float32 in [0, 1] as decoded (the model resizes them itself), a
-    multiple of the batch size in number; source: what they are, shown and stored with the
-    measurement; warning: why the default (the validation images) could not be used."""
+    """images: each 3,H,W float32 in [0, 1], read as predict reads an image (one larger than
+    the model's input scaled down to it first, data/transforms.py fit_image), a multiple of the
+    batch size in number; sizes: each image's own size (height, width) as decoded, the frame
+    the model's output is given in (None: the images' sizes); source: what they are, shown and
+    stored with the measurement; warning: why the default (the validation images) could not be
+    used."""
 
     images: list[Tensor]
     source: str
     warning: str | None = None
+    sizes: list[tuple[int, int]] | None = None
 
 
 def timing_images(ckpt: Checkpoint, batch_size: int, limit: int = 128, folder: Path | None = None,
@@ -47,7 +51,7 @@ def timing_images(ckpt: Checkpoint, batch_size: int, limit: int = 128, folder: P
     if random:
         return random_images(_count(limit, limit, batch_size), side)
     if folder is not None:
-        return folder_images(folder, batch_size, limit)
+        return folder_images(folder, batch_size, limit, ckpt.recipe.model.transform.inference_input())
     try:
         return validation_images(ckpt, batch_size, limit)
     except DynamicDetError as err:
@@ -80,14 +84,19 @@ def validation_images(ckpt: Checkpoint, batch_size: int, limit: int = 128) -> Ti
     if len(ids) < len(val.image_ids):
         raise DynamicDetError(f"{ann} no longer holds the validation images whose scores the checkpoint stores")
     chosen = _spread(ids, _count(len(ids), limit, batch_size))
-    images = [dataset[position[i]][0].as_subclass(torch.Tensor) for i in chosen]
-    return TimingImages(images, f"{len(images)} validation images ({folder})")
+    fitted = dataset.fit_to(*ckpt.recipe.model.transform.inference_input())
+    images = [fitted[position[i]][0].as_subclass(torch.Tensor) for i in chosen]
+    sizes = [dataset.file_size(i) for i in chosen]
+    return TimingImages(images, f"{len(images)} validation images ({folder})", sizes=sizes)
 
 
-def folder_images(folder: Path, batch_size: int, limit: int = 128) -> TimingImages:
-    """Up to `limit` of the images in `folder` (files that are not images are left out)."""
+def folder_images(folder: Path, batch_size: int, limit: int = 128,
+                  fit: tuple[int, int] | None = None) -> TimingImages:
+    """Up to `limit` of the images in `folder` (files that are not images are left out), each
+    larger than `fit` (the model's inference_input) scaled down to it, as predict reads it."""
     from dynamicdet_cli.data.coco import BadImage, load_rgb
     from dynamicdet_cli.data.images import list_images
+    from dynamicdet_cli.data.transforms import fit_image
 
     if not Path(folder).is_dir():
         raise DynamicDetError(f"--images {folder}: not a folder")
@@ -95,13 +104,18 @@ def folder_images(folder: Path, batch_size: int, limit: int = 128) -> TimingImag
     decoded = []
     for path in _spread(paths, min(len(paths), limit)):
         try:
-            decoded.append(F.to_dtype(load_rgb(path), torch.float32, scale=True))  # 3,H,W in [0, 1]
+            image = load_rgb(path)
         except BadImage:
             continue  # not an image: predict would skip it too
+        size = tuple(image.shape[-2:])
+        if fit is not None:
+            image = fit_image(image, *fit)
+        decoded.append((F.to_dtype(image, torch.float32, scale=True), size))  # 3,H,W in [0, 1]
     if not decoded:
         raise DynamicDetError(f"--images {folder}: no readable images in it")
-    images = _spread(decoded, _count(len(decoded), limit, batch_size))
-    return TimingImages(images, f"{len(images)} image{'s' * (len(images) != 1)} of {folder}")
+    chosen = _spread(decoded, _count(len(decoded), limit, batch_size))
+    return TimingImages([image for image, _ in chosen], f"{len(chosen)} image{'s' * (len(chosen) != 1)} of {folder}",
+                        sizes=[size for _, size in chosen])
 
 
 def random_images(n: int, side: int, seed: int = 0) -> TimingImages:

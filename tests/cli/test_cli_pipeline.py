@@ -122,7 +122,7 @@ def fixed_latency(monkeypatch):
     the conditions asked for."""
     calls = []
 
-    def measure(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=()):
+    def measure(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=(), original_sizes=None):
         easy, hard = LATENCIES[min(len(calls), len(LATENCIES) - 1)]
         calls.append((batch_size, len(images), repeats))
         assert len(mixed_taus) == len(latency.CURVE_SHARES)  # calibrate times mixed batches too
@@ -280,7 +280,7 @@ def test_predict_warns_when_the_device_no_longer_runs_at_its_calibrated_speed(ca
 
 
 def test_calibrate_warns_when_its_passes_disagree(calibrated, tmp_path, monkeypatch):
-    def noisy(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=()):
+    def noisy(model, device, images, batch_size, warmup=2, repeats=5, source="", mixed_taus=(), original_sizes=None):
         return LatencyRecord(**Regime.of_run(model, device, batch_size).record(), easy_ms=10.0, hard_ms=20.0,
                              images=source, repeats=repeats, spread_pct=25.0, time="2026-01-01T00:00:00+00:00")
 

@@ -365,9 +365,9 @@ class _RouteRecorder(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.calls = []
 
-    def prepare(self, images):
+    def prepare(self, images, original_sizes=None):
         sizes = [tuple(im.shape[-2:]) for im in images]
-        return ImageList(torch.stack(images), sizes), None, sizes
+        return ImageList(torch.stack(images), sizes), None, original_sizes or sizes
 
     def backbone1(self, x):
         return {1: x}
