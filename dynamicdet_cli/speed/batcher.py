@@ -36,9 +36,9 @@ Contract:
 - An input batch is split by the padded shape each image would have alone
   (model.shape_groups), backbone 1 runs once per shape, and images wait in groups of one
   such shape: features of different shapes are never stacked, and no image's phi or
-  detections depend on its batch-mates. Fewer than `batch_size` images wait per route: when a route's groups of several
-  shapes hold that many between them, its oldest group runs as it is (variable-size inputs
-  run some partial batches, and memory stays bounded).
+  detections depend on its batch-mates. Fewer than `batch_size` images wait per route:
+  when a route's groups of several shapes hold that many between them, its oldest group
+  runs as it is (variable-size inputs run some partial batches, and memory stays bounded).
 - `ms`: the image's model time: its equal share of its input batch's shared part
   (resize/normalise, backbone 1, router, setting its images aside by route) plus its equal
   share of its route's call (gathering the waiting images; easy: detector 1; hard: composite
