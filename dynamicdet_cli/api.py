@@ -39,7 +39,7 @@ from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core import allocator
 from dynamicdet_cli.core.atomic import write_json
 from dynamicdet_cli.core.errors import DynamicDetError
-from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb
+from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb, pil_to_rgb
 from dynamicdet_cli.data.open import open_dataset, resolve_data
 from dynamicdet_cli.evaluation import evaluate as evaluation
 from dynamicdet_cli.model.build import needs_masks
@@ -90,7 +90,8 @@ def build(recipe: str | Path | Recipe, *, classes: str | Sequence[str] | None = 
     from dynamicdet_cli.model.build import build_model
     from dynamicdet_cli.train.starting_weights import load_backbone_weights
 
-    cfg = with_overrides(recipe, list(overrides)) if isinstance(recipe, Recipe) else load_recipe(recipe, list(overrides))
+    overrides = _override_list(overrides)
+    cfg = with_overrides(recipe, overrides) if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     names = _class_names(classes) if classes is not None else None
     num_classes = len(names) if names else cfg.model.num_classes
     names = names or [f"class{i}" for i in range(1, num_classes + 1)]
@@ -125,7 +126,7 @@ def train_detectors(recipe: str | Path | Recipe | None = None, data: str | Path 
 
     allocator.keep_freed_memory()
     out = Path(out)
-    sets = [*overrides, *option_overrides(epochs=epochs, batch_size=batch_size, lr=lr,
+    sets = [*_override_list(overrides), *option_overrides(epochs=epochs, batch_size=batch_size, lr=lr,
                                           router_holdout=router_holdout, image_size=image_size)]
     state = load_run_state(out) if resume else None  # read once: the recipe here, the rest by training
     if state is not None:
@@ -157,13 +158,22 @@ def train_router(checkpoint: str | Path, data: str | Path | None = None, output:
     from dynamicdet_cli.router.training import train_router_step
 
     allocator.keep_freed_memory()
-    sets = [*overrides, *([f"router.epochs={epochs}"] if epochs else []),
+    sets = [*_override_list(overrides), *([f"router.epochs={epochs}"] if epochs is not None else []),
             *([f"router.lr={lr}"] if lr is not None else [])]
     dc = resolve_data(Path(data) if data is not None else None, train_ann, train_images, val_ann, val_images)
     with held_for_update(checkpoint, output):
         new, summary = train_router_step(load_checkpoint(checkpoint), dc, resolve_device(device), overrides=sets,
                                          skip_bad=skip_bad_images, show_progress=progress)
         return save_checkpoint(new, output or checkpoint), summary
+
+
+def _override_list(overrides: Sequence[str]) -> list[str]:
+    """`overrides` as the list of "KEY=VALUE" strings the commands' --set takes; a mapping or a
+    single string is a one-line error (a string would be read letter by letter)."""
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise DynamicDetError(f"overrides: give a list of 'KEY=VALUE' strings, e.g. ['train.epochs=3'], "
+                              f"not a {type(overrides).__name__}")
+    return [str(item) for item in overrides]
 
 
 def _class_names(classes: str | Sequence[str]) -> list[str]:
@@ -209,6 +219,13 @@ class DynamicDet:
     def route(self, *, latency: str | None = None, point: str | None = None, hard_ratio: float | None = None,
               threshold: float | None = None, hold: bool = False, batch_size: int = 8) -> Route:
         """The route the options ask for (module docstring); with `hold`, its controller."""
+        check_options(batch_size)
+        for option, value in (("hard_ratio", hard_ratio), ("threshold", threshold)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DynamicDetError(f"{option} must be a number in [0, 1], got {value!r}")
+        for option, value in (("latency", latency), ("point", point)):
+            if value is not None and not isinstance(value, str):
+                raise DynamicDetError(f"{option} must be a string (latency: '40ms', '0.04s' or '50%'), got {value!r}")
         regime = self.regime(batch_size)
         name = str(self.path) if self.path else "MODEL"
         route, text = resolve_route(self.checkpoint, latency=latency, hard_ratio=hard_ratio, threshold=threshold,
@@ -256,6 +273,7 @@ class DynamicDet:
         calibrate_checkpoint); with none of latency / hard_ratio / threshold, only time them.
         The model's checkpoint is updated, and written to `save` (True: the file it came from;
         False: not written)."""
+        check_options(batch_size)
         if not name.strip() or name in ("easy", "hard"):
             raise DynamicDetError(f"--name {name!r}: give a non-empty name other than easy / hard "
                                   "(those select a whole route in --point)")
@@ -297,6 +315,7 @@ class DynamicDet:
                  progress: bool = False) -> EvaluationReport:
         """COCO AP on the validation data at one operating point (writes metrics.json and
         detections.json into `out`), or with `sweep` (hard ratios) the accuracy-latency curve."""
+        check_options(batch_size)
         if sweep is not None and self.checkpoint.router is None:
             raise DynamicDetError(f"{self.path or 'the model'} has no trained router, so --sweep would route by "
                                   "meaningless scores: run train-router on it first, or evaluate one route "
@@ -327,6 +346,8 @@ class DynamicDet:
 
 
 def _as_list(images) -> list:
+    if isinstance(images, (str, Path)) and Path(images).expanduser().is_dir():
+        raise DynamicDetError(f"{images} is a folder: pass its image files, e.g. sorted(Path({str(images)!r}).glob('*.jpg'))")
     if isinstance(images, Tensor) and images.ndim == 4:
         return list(images)  # B,3,H,W
     if isinstance(images, (list, tuple)):
@@ -351,7 +372,14 @@ def _decoded(image: ImageInput) -> Tensor:
             Image = None
         if Image is None or not isinstance(image, Image.Image):
             raise DynamicDetError(f"an image must be a path, a PIL image or a 3,H,W tensor, got {type(image).__name__}")
-        image = F.pil_to_tensor(image.convert("RGB"))
+        image = pil_to_rgb(image)  # as files are read: 16-bit images scaled, not clipped at 255
     if image.ndim != 3 or image.shape[0] != 3:
         raise DynamicDetError(f"an image tensor must be 3,H,W (RGB), got shape {list(image.shape)}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise DynamicDetError(f"an image has no pixels: shape {list(image.shape)}")
+    if image.dtype not in (torch.uint8, torch.uint16) and not image.is_floating_point():
+        raise DynamicDetError(f"an image tensor must be uint8 (0-255), uint16 or float in [0, 1], got {image.dtype}")
+    if image.is_floating_point() and float(image.max()) > 1.0:
+        raise DynamicDetError(f"a float image tensor must hold values in [0, 1], this one reaches "
+                              f"{float(image.max()):g} (divide by 255, or pass it as uint8)")
     return image

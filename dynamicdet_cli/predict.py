@@ -345,12 +345,13 @@ def _read_batches(paths: list[Path], batch_size: int,
         yield batch
 
 
-def check_options(batch_size: int, conf: float) -> None:
-    """A one-line DynamicDetError for a batch size or confidence threshold out of range."""
-    if batch_size < 1:
-        raise DynamicDetError(f"batch size must be at least 1, got {batch_size}")
-    if not 0.0 <= conf <= 1.0:
-        raise DynamicDetError(f"confidence threshold must lie in [0, 1], got {conf}")
+def check_options(batch_size: int, conf: float = 0.0) -> None:
+    """A one-line DynamicDetError for a batch size or confidence threshold out of range, or not
+    a number (from Python, nothing has checked the types before)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DynamicDetError(f"batch size must be a whole number, at least 1, got {batch_size!r}")
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+        raise DynamicDetError(f"confidence threshold must be a number in [0, 1], got {conf!r}")
 
 
 def check_route(route: Route) -> None:

@@ -180,8 +180,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            rgb = ImageOps.exif_transpose(im).convert("RGB")
-            return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):  # 16-bit gray: convert("RGB") would clip it at 255
+                gray = np.asarray(im, dtype=np.float32) / 65535.0
+                return np.repeat(gray[None], 3, axis=0)
+            return np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
     except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, truncated, not an image
         reason = " ".join(str(err).split()) or type(err).__name__
         raise SystemExit(f"error: {path}: cannot read the image ({reason})") from None

@@ -4,6 +4,8 @@ package is cheap and changes nothing."""
 
 from __future__ import annotations
 
+import re
+
 import json
 import subprocess
 import sys
@@ -97,9 +99,9 @@ def test_conf_leaves_out_low_scores(world):
     torch.testing.assert_close(mid["scores"], out["scores"][keep])
     torch.testing.assert_close(mid["boxes"], out["boxes"][keep])
     for bad in (-0.1, 1.5):  # the same one-line error as `predict --conf`
-        with pytest.raises(DynamicDetError, match="confidence threshold must lie in"):
+        with pytest.raises(DynamicDetError, match="confidence threshold must be a number in"):
             model.predict(world["val"][0], point="hard", conf=bad)
-    with pytest.raises(DynamicDetError, match="batch size must be at least 1"):
+    with pytest.raises(DynamicDetError, match="batch size must be a whole number, at least 1"):
         model.predict(world["val"][0], point="hard", batch_size=0)
 
 
@@ -115,6 +117,45 @@ def test_bad_images_are_one_error(world, tmp_path):
         model.predict(broken)
     with pytest.raises(DynamicDetError, match="not found"):
         dd.load(tmp_path / "missing.pt")
+
+
+def test_images_the_network_would_misread_are_one_error(world, tmp_path):
+    """Integer tensors other than uint8 / uint16 would be scaled by their dtype's maximum (a black
+    image), floats in 0-255 would saturate: refused, as are empty images and folders."""
+    model = dd.load(world["model"])
+    pixels = decode_png(read_file(str(world["val"][0])))  # 3,H,W uint8
+    for bad, needle in ((pixels.int(), "must be uint8 (0-255), uint16 or float in [0, 1], got torch.int32"),
+                        (pixels > 0, "got torch.bool"),
+                        (pixels.float(), "must hold values in [0, 1], this one reaches"),
+                        (torch.zeros(3, 0, 10, dtype=torch.uint8), "has no pixels")):
+        with pytest.raises(DynamicDetError, match=re.escape(needle)):
+            model.predict(bad)
+    with pytest.raises(DynamicDetError, match="is a folder: pass its image files"):
+        model.predict(world["val"][0].parent)
+    for kwargs, needle in ((dict(hard_ratio="50%"), "hard_ratio must be a number"),
+                           (dict(batch_size="2"), "batch size must be a whole number"),
+                           (dict(latency=40), "latency must be a string")):
+        with pytest.raises(DynamicDetError, match=needle):
+            model.predict(pixels, **kwargs)
+    for call in (lambda: model.calibrate(batch_size=0, save=False), lambda: model.evaluate(world["data"], batch_size=0)):
+        with pytest.raises(DynamicDetError, match="batch size must be a whole number"):
+            call()
+
+
+def test_a_sixteen_bit_pil_image_reads_as_its_file_does(world, tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255 (a white image): the API reads a 16-bit PIL
+    image as predict reads the file."""
+    from PIL import Image
+    from dynamicdet_cli.data.coco import load_rgb
+    gray = (decode_png(read_file(str(world["val"][0])))[0].numpy().astype("uint16") * 257)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(gray).save(path)
+    model = dd.load(world["model"])
+    from_pil, from_file = model.predict([Image.open(path), path], point="hard")
+    assert load_rgb(path).dtype == torch.uint16  # the file: 16 bits, scaled by 65535; PIL's: 8 bits
+    assert len(from_pil["boxes"]) == len(from_file["boxes"]) > 0
+    torch.testing.assert_close(from_pil["boxes"], from_file["boxes"], atol=0.05, rtol=0)
+    assert float(from_pil["difficulty"]) == pytest.approx(float(from_file["difficulty"]), abs=1e-3)
 
 
 def test_calibrate_and_a_held_latency_from_code(world, tmp_path):
@@ -202,6 +243,8 @@ def test_train_both_steps_from_code_and_predict(world, tmp_path):
     assert "d1" in result.last_val and "AP" in result.last_val["d1"]
     with pytest.raises(DynamicDetError, match="already holds a run"):
         dd.train_detectors(RECIPES / "shapes-tiny.yaml", world["data"], tmp_path / "run", epochs=1, progress=False)
+    with pytest.raises(DynamicDetError, match="resume state, not a checkpoint: use best.pt or last.pt"):
+        dd.load(tmp_path / "run" / "state.pt")
 
     path, summary = dd.train_router(tmp_path / "run" / "best.pt", world["data"], tmp_path / "model.pt",
                                     overrides=["router.epochs=2", "router.loss_draws=1"], progress=False)
@@ -220,3 +263,10 @@ def test_train_from_code_refuses_what_the_command_refuses(world, tmp_path):
         dd.train_detectors(None, world["data"], tmp_path / "nothing", resume=True)
     with pytest.raises(DynamicDetError, match="router"):
         dd.train_router(world["model"], world["data"], tmp_path / "m.pt", overrides=["train.lr=0.1"])
+    for kwargs, needle in ((dict(epochs=0), "train.epochs: 0 is below the minimum 1"),
+                           (dict(batch_size=0), "train.batch_size: 0 is below the minimum 1"),
+                           (dict(overrides={"train.epochs": 1}), "give a list of 'KEY=VALUE' strings")):
+        with pytest.raises(DynamicDetError, match=re.escape(needle)):  # not the recipe's whole schedule
+            dd.train_detectors(RECIPES / "shapes-tiny.yaml", world["data"], tmp_path / "zero", **kwargs)
+    with pytest.raises(DynamicDetError, match="router.epochs: 0 is below the minimum 1"):
+        dd.train_router(world["model"], world["data"], tmp_path / "m.pt", epochs=0)

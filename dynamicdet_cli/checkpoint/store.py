@@ -139,6 +139,9 @@ def read_checkpoint_dict(path: str | Path) -> dict:
             "(it is not a dynamicdet checkpoint, or it was tampered with)") from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError):
         raise DynamicDetError(f"{path}: truncated or corrupt checkpoint (could not be read)") from None
+    if isinstance(ckpt, dict) and {"optimizer", "epoch", "model"} <= set(ckpt):
+        raise DynamicDetError(f"{path}: a training run's resume state, not a checkpoint: use best.pt or last.pt "
+                              "beside it")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise DynamicDetError(f"{path}: not a dynamicdet checkpoint (build one with `dynamicdet build`)")
     version = ckpt.get("version")

@@ -538,9 +538,10 @@ def option_overrides(*, epochs: int | None = None, batch_size: int | None = None
                      router_holdout: float | None = None, image_size: int | None = None) -> list[str]:
     """The `--set` overrides that train-detectors' shortcut options stand for (None: not given);
     image_size sets both the shorter and the longer side."""
-    sets = [f"train.epochs={epochs}"] if epochs else []
-    sets += [f"train.batch_size={batch_size}"] if batch_size else []
+    sets = [f"train.epochs={epochs}"] if epochs is not None else []
+    sets += [f"train.batch_size={batch_size}"] if batch_size is not None else []
     sets += [f"train.lr={lr}"] if lr is not None else []
     sets += [f"train.router_holdout={router_holdout}"] if router_holdout is not None else []
-    sets += [f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"] if image_size else []
+    sets += ([f"model.transform.min_size=[{image_size}]", f"model.transform.max_size={image_size}"]
+             if image_size is not None else [])
     return sets

@@ -354,12 +354,13 @@ def load_rgb(path: Path) -> Tensor:
         pass  # formats torchvision does not decode (BMP, TIFF, ...) or broken files
     try:
         with Image.open(path) as im:
-            return _pil_to_rgb(ImageOps.exif_transpose(im))
+            return pil_to_rgb(ImageOps.exif_transpose(im))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise BadImage(f"cannot decode image: {err}") from None
 
 
-def _pil_to_rgb(im: Image.Image) -> Tensor:
+def pil_to_rgb(im: Image.Image) -> Tensor:
+    """A PIL image as a 3,H,W uint8 tensor, whatever its mode (16-bit gray scaled to 8 bits)."""
     if im.mode.startswith("I"):  # PIL's convert("RGB") would clip 16-bit values at 255
         arr = np.asarray(im, dtype=np.float32) / 257.0
         gray = torch.from_numpy(np.clip(np.rint(arr), 0, 255).astype(np.uint8))

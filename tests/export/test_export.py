@@ -219,3 +219,18 @@ def test_onnx_without_the_extra_says_how_to_install_it(ckpt_and_model, monkeypat
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(DynamicDetError, match=r"pip install 'dynamicdet\[export\]'"):
         check_exportable(ckpt, "onnx")
+
+
+def test_the_onnx_example_reads_a_sixteen_bit_png_as_predict_does(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: the example scales them as load_rgb does."""
+    import numpy as np
+    from PIL import Image
+
+    from dynamicdet_cli.data.coco import load_rgb
+    gray = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 300)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(gray).save(path)
+    read = _onnx_example().read_image(path)  # 3,H,W float32 in [0, 1]
+    want = load_rgb(path).float() / 65535
+    assert read.shape == (3, 12, 16) and float(read.max()) > 0.8  # allclose below tells it from a clipped read (1.0 almost everywhere)
+    np.testing.assert_allclose(read, want.numpy(), atol=1e-6)
