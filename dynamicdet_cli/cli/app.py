@@ -8,6 +8,7 @@ command, and typer's usage errors (unknown option, value out of range), are prin
 
 from __future__ import annotations
 
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -176,24 +177,24 @@ def train_detectors(
                                      on_epoch=lambda record: console.print(epoch_table(record)),
                                      on_note=lambda note: _say(f"note: {note}"), on_start=_say)
     except TrainingInterrupted as stop:
-        _fail(f"interrupted in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 130)
+        how = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {signal.Signals(stop.signum).name}"
+        _fail(f"{how} in epoch {stop.epoch + 1}; " + _saved(stop.run, stop.epochs_done), 128 + stop.signum)
     leave_distributed()
     if result.complete:
         from dynamicdet_cli.train.run_plot import PLOT_NAME
         plot = f", {PLOT_NAME}" if (result.run / PLOT_NAME).exists() else ""
         _say(f"done: {result.epochs} epoch(s); run folder ", (str(result.run), "bold"), f" (best.pt, last.pt, metrics.jsonl{plot})")
     else:
-        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs, "--max-steps"))
+        _say(f"stopped early (--max-steps {max_steps}) in epoch {result.epochs + 1}: " + _saved(result.run, result.epochs))
 
 
-def _saved(run: Path, epochs: int, drop: str | None = None) -> str:
-    """What a train-detectors run folder holds, and how to go on (`drop`: an option the
-    command that goes on must leave out, or it stops where this one did)."""
+def _saved(run: Path, epochs: int) -> str:
+    """What a train-detectors run folder holds, and how to go on (a resumed run keeps its own
+    recipe and options: only the data is given again)."""
     if epochs == 0:
         return f"no epoch was complete, so {run} holds no checkpoint; start the run again"
-    again = f"the same command without {drop}" if drop else "the same command"
-    return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); "
-            f"to continue, run {again} with --resume")
+    return (f"{run} holds {epochs} complete epoch(s) (best.pt, last.pt, metrics.jsonl); to continue: "
+            f"dynamicdet train-detectors --resume --out {run} with the same data options")
 
 
 @app.command("train-router")

@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -355,21 +357,36 @@ def _trim_metrics(run: Path, epochs_done: int) -> None:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; says which epoch was running and how many are saved."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; says which epoch was running, how many are
+    saved in state.pt, and which signal stopped it."""
 
-    def __init__(self, run: Path, epoch: int, epochs_done: int):
-        super().__init__(run, epoch, epochs_done)
-        self.run, self.epoch, self.epochs_done = run, epoch, epochs_done
+    def __init__(self, run: Path, epoch: int, epochs_done: int, signum: int = signal.SIGINT):
+        super().__init__(run, epoch, epochs_done, signum)
+        self.run, self.epoch, self.epochs_done, self.signum = run, epoch, epochs_done, signum
 
 
 @contextmanager
-def _interrupted(run: Path, current_epoch, start_epoch: int, history: list):
+def _interrupted(run: Path, current_epoch, saved_epochs):
+    """Ctrl-C, or SIGTERM (docker stop, a scheduler's preemption, torchrun stopping its
+    processes), as one TrainingInterrupted: the epoch running and `saved_epochs()`, the epochs
+    state.pt holds. SIGTERM is caught only in the main thread, and its handler is put back after."""
+    received = [signal.SIGINT]
+
+    def on_term(signum, frame):
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, on_term) if main else None
     try:
         yield
     except KeyboardInterrupt as err:
         if isinstance(err, TrainingInterrupted):
             raise
-        raise TrainingInterrupted(run, current_epoch(), start_epoch + len(history)) from None
+        raise TrainingInterrupted(run, current_epoch(), saved_epochs(), received[0]) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
 
 
 @dataclass
@@ -468,6 +485,8 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         else:  # a new run (--force) replaces the old one's files, so none outlives it half-replaced
             for name in (*RUN_FILES, PLOT_NAME):
                 (run / name).unlink(missing_ok=True)
+            for events in run.glob("events.out.tfevents.*"):  # TensorBoard would show both runs as one
+                events.unlink(missing_ok=True)
         if on_start is not None:
             on_start(start_line(device, env, cfg, steps_per_epoch, amp, start_epoch))
         if init_note:
@@ -478,9 +497,9 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 on_note(note)
 
     history, last_val, complete = [], None, True
-    epoch = start_epoch
+    epoch = epochs_saved = start_epoch  # epochs_saved: what state.pt holds, for an interruption's account
     plot = RunPlot(run)
-    with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, start_epoch, history), \
+    with progress_bar(show_progress and env.is_main) as bar, _interrupted(run, lambda: epoch, lambda: epochs_saved), \
             TensorBoardLog(run, start_epoch) as board:
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(cfg.seed * 1000 + epoch + env.rank * RANK_SEED_STRIDE)  # augmentation in the main process
@@ -512,13 +531,16 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
                 if (metric is None and best < 0) or (metric is not None and metric >= best):
                     best = metric if metric is not None else best
                     save_checkpoint(ckpt, run / "best.pt")
-                _write_metrics(run, record)  # before state.pt: a resume trims lines past its epoch
-                _save_state(run / "state.pt", model, optimizer, scheduler, scaler, epoch + 1, step, best,
-                            recipe_data, train_set.classes, train_set.cat_ids, ema)
-                if on_epoch is not None:
-                    on_epoch(record)
+                # The logs before state.pt, the epoch's commit point: a resume from an earlier state
+                # trims metrics.jsonl past its epoch and TensorBoard purges the steps after it.
+                _write_metrics(run, record)
                 plot.update()  # from the whole file: a resumed run's plot shows the whole run
                 board.log(record)
+                _save_state(run / "state.pt", model, optimizer, scheduler, scaler, epoch + 1, step, best,
+                            recipe_data, train_set.classes, train_set.cat_ids, ema)
+                epochs_saved = epoch + 1
+                if on_epoch is not None:
+                    on_epoch(record)
             history.append(record)
             if env.enabled:
                 dist.barrier()

@@ -324,8 +324,32 @@ def test_training_never_claims_files_it_did_not_write(run, world, tmp_path, monk
     out = tmp_path / "run2"
     line = run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress",
                       "--epochs", 2, *FAST_SETS], "interrupted in epoch 2", "1 complete epoch",
-                     "same command with --resume", status=130)
+                     f"dynamicdet train-detectors --resume --out {out}", status=130)
     assert "error:" in line and (out / "last.pt").is_file()
+
+    def sigterm_in_epoch_2(*args, **kwargs):  # what the handler does when SIGTERM arrives
+        if args[6] == 1:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", sigterm_in_epoch_2)
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", tmp_path / "run3", "--no-progress",
+               "--epochs", 2, *FAST_SETS], "stopped by SIGTERM in epoch 2", "1 complete epoch", status=143)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back after training
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+
+    import dynamicdet_cli.cli.tables as tables
+    shown = tables.epoch_table
+
+    def ctrl_c_printing_epoch_1(record):  # after state.pt holds the epoch, before the table is out
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tables, "epoch_table", ctrl_c_printing_epoch_1)
+    out = tmp_path / "run4"
+    run.fails(["train-detectors", TINY, "--data", world["yaml"], "--out", out, "--no-progress",
+               "--epochs", 2, *FAST_SETS], "interrupted in epoch 1", "holds 1 complete epoch", status=130)
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(tables, "epoch_table", shown)
 
     from dynamicdet_cli.evaluation import evaluate as evaluation
     def ctrl_c(*args, **kwargs):

@@ -309,6 +309,9 @@ def test_force_removes_the_replaced_runs_plot(data, tmp_path):
     run = tmp_path / "run"
     train(data, run, "train.epochs=1")
     assert_png(run / PLOT_NAME)
+    old_events = run / "events.out.tfevents.1700000000.host.1.0"  # as TensorBoard names them
+    old_events.write_bytes(b"an earlier run's scalars")
     killed = train(data, run, "train.epochs=1", force=True, max_steps=1)  # stops before its first epoch ends
     assert not killed.complete
     assert not (run / PLOT_NAME).exists()  # no picture of the old run beside the new one
+    assert not old_events.exists()  # nor its TensorBoard curves, which TensorBoard would join to the new ones

@@ -470,7 +470,7 @@ def test_a_run_stopped_by_max_steps_says_to_go_on_without_it(data, tmp_path):
     stopped = cli(*train_cli(data, out, "--epochs", 2, "--max-steps", 3))  # 2 steps an epoch: in epoch 2
     assert stopped.exit_code == 0, stopped.output
     assert "holds 1 complete epoch(s)" in stopped.output
-    assert "run the same command without --max-steps with --resume" in stopped.output
+    assert f"to continue: dynamicdet train-detectors --resume --out {out} with the same data" in stopped.output
 
 
 def test_the_start_line_says_where_and_how_the_run_trains(one_thread):
