@@ -64,7 +64,7 @@ from dynamicdet_cli.evaluation.coco import NON_FINITE, encode_masks, to_coco_res
 from dynamicdet_cli.data.coco import BadImage, load_rgb
 from dynamicdet_cli.data.transforms import fit_image
 from dynamicdet_cli.model.transform import inference_sides
-from dynamicdet_cli.core.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError, warn
 from dynamicdet_cli.speed.hold import HoldReport, LatencyHold
 from dynamicdet_cli.model.detector import Route
 from dynamicdet_cli.speed.batcher import Done, RouteBatcher, route_stream
@@ -162,6 +162,7 @@ def predict(model: nn.Module, paths: list[Path], route: Route, out_dir: Path, cl
         raise DynamicDetError(f"output folder {out_dir} is a file: give a folder")
     render_dir = out_dir / "render"
     _never_over_inputs(paths, out_dir, render_dir if render else None)
+    _clear_earlier_renders(render_dir, paths)
     (render_dir if render else out_dir).mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     model.to(device).eval()
@@ -343,6 +344,18 @@ def _read_batches(paths: list[Path], batch_size: int,
             batch = []
     if batch:
         yield batch
+
+
+def _clear_earlier_renders(render_dir: Path, inputs: list[Path]) -> None:
+    """An earlier run's pictures in `render_dir` go, as its JSON files are replaced: left there,
+    they would pass for this run's (warned). Never where this run reads its inputs."""
+    if not render_dir.is_dir() or any(Path(p).resolve().parent == render_dir.resolve() for p in inputs):
+        return
+    earlier = sorted(render_dir.glob("*.png"))
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        warn(f"{render_dir}: removed {len(earlier)} picture(s) of an earlier predict run")
 
 
 def check_options(batch_size: int, conf: float = 0.0) -> None:

@@ -8,14 +8,24 @@ from dynamicdet_cli.core.errors import DynamicDetError
 
 
 def list_images(inputs: list[str]) -> list[Path]:
-    """Files named by `inputs`: folders (their files, not recursive, sorted), files, or glob
-    patterns (sorted matches). Input order is kept and duplicates are dropped. Hidden files
-    in folders are left out. Whether a file is an image is decided later, when it is read."""
+    """Files named by `inputs`: folders (their image files by suffix, IMAGE_SUFFIXES as YOLO
+    data reads them, sorted; not their subfolders, which a warning counts: an output folder
+    inside the input one must not be read back), files, or glob patterns (sorted matches).
+    Input order is kept and duplicates are dropped. Hidden files in folders are left out.
+    Whether a named file or a pattern's match is an image is decided later, when it is read."""
+    from dynamicdet_cli.core.errors import warn
+    from dynamicdet_cli.data.yolo import IMAGE_SUFFIXES
+
     found: dict[Path, None] = {}  # ordered set
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+            files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            folders = sum(p.is_dir() for p in entries)
+            if folders:
+                warn(f"{path}: {folders} subfolder(s) not read; name them too (or a pattern such as "
+                     f"{path}/*/*.jpg) to read their images")
         elif path.is_file():
             files = [path]
         else:

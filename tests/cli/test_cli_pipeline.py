@@ -335,9 +335,9 @@ def test_predict_skips_bad_files_and_counts_them(calibrated, data, tmp_path):
     (extra / "corrupt.png").write_bytes(good.read_bytes()[:60])  # a PNG header, then nothing
     (extra / "notes.txt").write_text("not an image\n")
     out_dir = tmp_path / "pred"
-    out = ok(cli("predict", data / "val", extra, "--checkpoint", calibrated, "--point", "half", "--out", out_dir,
-                 "--no-render", "--no-progress"))
-    assert re.search(r"skipped 2\b", out), out
+    out = ok(cli("predict", data / "val", extra, extra / "notes.txt", "--checkpoint", calibrated, "--point", "half",
+                 "--out", out_dir, "--no-render", "--no-progress"))
+    assert re.search(r"skipped 2\b", out), out  # the corrupt PNG, and notes.txt named (a folder's is left out)
     assert re.search(rf"images {N_VAL}\b", out), out
     lines = (out_dir / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == N_VAL

@@ -62,7 +62,8 @@ def _run(model, paths, out, route="hard", **kw):
 
 
 def test_good_images_written_bad_ones_skipped(model, mixed_folder, tmp_path):
-    paths = list_images([str(mixed_folder)])
+    assert "e_notes.txt" not in [p.name for p in list_images([str(mixed_folder)])]  # a folder: its images
+    paths = list_images([str(mixed_folder), str(mixed_folder / "e_notes.txt")])  # a file named: tried
     assert [p.name for p in paths] == ["a_rgb.png", "b_gray.png", "c_photo.jpg", "d_corrupt.png", "e_notes.txt"]
     out = tmp_path / "out"
     summary = _run(model, paths, out, batch_size=2)
@@ -146,7 +147,7 @@ def test_only_bad_files_raise(model, mixed_folder, tmp_path):
     for name in ("d_corrupt.png", "e_notes.txt"):
         (bad / name).write_bytes((mixed_folder / name).read_bytes())
     with pytest.raises(DynamicDetError, match="no readable images among 2 files"):
-        _run(model, list_images([str(bad)]), tmp_path / "out")
+        _run(model, list_images([str(bad), str(bad / "e_notes.txt")]), tmp_path / "out")
     assert not (tmp_path / "out" / "predictions.jsonl").exists()
 
 
@@ -205,13 +206,25 @@ def test_list_images_globs_files_and_errors(mixed_folder, tmp_path):
     assert [p.name for p in list_images([str(mixed_folder / "*.png")])] == ["a_rgb.png", "b_gray.png", "d_corrupt.png"]
     # a file named twice (directly and through a folder) is listed once, in first-seen order
     both = list_images([str(mixed_folder / "c_photo.jpg"), str(mixed_folder)])
-    assert both[0].name == "c_photo.jpg" and len(both) == 5
+    assert both[0].name == "c_photo.jpg" and len(both) == 4  # the folder's images: not e_notes.txt
     with pytest.raises(DynamicDetError, match="no file matches"):
         list_images([str(tmp_path / "nothing*.png")])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DynamicDetError, match="no files"):
         list_images([str(empty)])
+    (empty / "sub").mkdir()
+    (empty / "sub" / "x.png").write_bytes((mixed_folder / "a_rgb.png").read_bytes())
+    (empty / "top.JPG").write_bytes((mixed_folder / "c_photo.jpg").read_bytes())
+    from dynamicdet_cli.core.errors import set_warning_sink
+    said = []
+    set_warning_sink(said.append)
+    try:
+        assert [p.name for p in list_images([str(empty)])] == ["top.JPG"]  # suffixes in any case
+    finally:
+        set_warning_sink(None)
+    assert said == [f"{empty}: 1 subfolder(s) not read; name them too (or a pattern such as {empty}/*/*.jpg) "
+                    "to read their images"]
 
 
 def test_bad_arguments(model, mixed_folder, tmp_path):
@@ -344,3 +357,21 @@ def test_a_held_target_sends_fewer_images_hard_when_the_hard_route_grows_dearer(
     rendered.print(summary_table(summary))
     text = rendered.export_text()
     assert "held target" in text and f"tau {tau:.4f} -> {report.tau_end:.4f}" in text
+
+
+def test_a_second_run_into_the_same_folder_replaces_the_first_runs_pictures(model, mixed_folder, tmp_path):
+    from dynamicdet_cli.core.errors import set_warning_sink
+    out = tmp_path / "out"
+    _run(model, list_images([str(mixed_folder)]), out)
+    assert len(list((out / "render").glob("*.png"))) == 3
+    said = []
+    set_warning_sink(said.append)
+    try:
+        _run(model, [mixed_folder / "a_rgb.png"], out)
+        assert sorted(p.name for p in (out / "render").iterdir()) == ["a_rgb.png"]  # matches predictions.jsonl
+        assert said == [f"{out / 'render'}: removed 3 picture(s) of an earlier predict run"]
+        # pictures read as inputs are never removed
+        _run(model, [out / "render" / "a_rgb.png"], out, render=False)
+        assert (out / "render" / "a_rgb.png").is_file()
+    finally:
+        set_warning_sink(None)
