@@ -30,10 +30,11 @@ from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.data.coco_json import check_coco, is_segmentation, read_coco_json
 from dynamicdet_cli.data.transforms import fitted_size, resize_sample
-from dynamicdet_cli.core.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError, warn
 from dynamicdet_cli.core.stats import held_out
 
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
+_REPORTED_SKIPS: set[Path] = set()  # images skipped on reading, already reported by this process
 
 
 class BadImage(Exception):
@@ -236,6 +237,9 @@ class CocoDataset(torch.utils.data.Dataset):
                 )
         except BadImage as err:
             if self.skip_bad_images:
+                if path not in _REPORTED_SKIPS:  # once per process (a loader worker is one)
+                    _REPORTED_SKIPS.add(path)
+                    warn(f"skipped {path}: {err}")
                 return None
             raise DynamicDetError(f"{path}: {err}; {SKIP_HINT}") from None
         boxes, labels = self._boxes[image_id]

@@ -207,9 +207,17 @@ def test_skip_bad_images_skips_and_reports(tmp_path):
     assert ds.image_ids == [1]
     assert sorted(Path(p).name for p, _ in ds.skipped) == ["junk.png", "missing.png", "truncated.png"]
     assert dict((Path(p).name, r) for p, r in ds.skipped)["missing.png"] == "file not found"
-    # A file that breaks after construction is skipped at access time, and collate drops it.
+    # A file that breaks after construction (or whose pixels break past a header that reads, as a
+    # truncated JPEG's) is skipped at access time, said once, and collate drops it.
+    from dynamicdet_cli.core.errors import set_warning_sink
     (tmp_path / "good.png").write_bytes(b"broken later")
-    assert ds[0] is None
+    said = []
+    set_warning_sink(said.append)
+    try:
+        assert ds[0] is None and ds[0] is None
+    finally:
+        set_warning_sink(None)
+    assert len(said) == 1 and said[0].startswith(f"skipped {tmp_path / 'good.png'}: ")
     images_out, targets = collate([None, None])
     assert images_out == [] and targets == []
 
