@@ -74,7 +74,10 @@ class DynamicDetONNX:
             return 1.0   # phi <= 1 always
         if name == "hard":
             return -1.0  # phi > -1 always
-        if name is None or name not in points:
+        if name is None:
+            raise SystemExit("error: the export names no default operating point; give --tau, or --point "
+                             f"{' / '.join([*points, 'easy', 'hard'])}")
+        if name not in points:
             raise SystemExit(f"error: no operating point {name!r} in the export ({', '.join(points) or 'none stored'}); "
                              "give --tau or --point easy / hard")
         return float(points[name]["tau"])

@@ -14,7 +14,9 @@ dynamicdet.json says what a runtime needs besides the graphs:
                              (shorter side), max_size (longer side cap), image_mean, image_std,
                              size_divisible (zero padding)
     operating_points         the checkpoint's stored points, name -> {tau, hard_ratio, target_ms,
-                             expected_ms, ...}: phi > tau takes the hard route
+                             expected_ms, ...}: phi > tau takes the hard route; with none stored
+                             and a trained router, "default": predict's fallback, 50% hard on the
+                             validation images (with a "note" saying so)
     default_point            the point `predict` would use with no route option ("default", or the
                              only stored point), else "hard" without a trained router, else null
     router_trained           false: phi is the untrained router's, and only the easy/hard routes mean anything
@@ -145,10 +147,15 @@ def _check_folder(out_dir: Path, fmt: str) -> None:
 def export_meta(ckpt: Checkpoint, source: str = "") -> dict:
     """Everything in dynamicdet.json but the format-specific part (see the module docstring)."""
     t = ckpt.recipe.model.transform
-    points = ckpt.operating_points
+    points = {name: p.to_dict() for name, p in ckpt.operating_points.items()}
     default = ckpt.default_point
     if default is None and ckpt.router is None:
         default = "hard"  # what predict does without a router
+    elif default is None and ckpt.validation is not None:  # predict's fallback, written down
+        from dynamicdet_cli.speed.latency import operating_point
+        points["default"] = {**operating_point(ckpt, hard_ratio=0.5).to_dict(),
+                             "note": "no point stored: what predict uses then, 50% of the validation images hard"}
+        default = "default"
     return {
         "format": "dynamicdet-export",
         "version": 1,
@@ -160,7 +167,7 @@ def export_meta(ckpt: Checkpoint, source: str = "") -> dict:
                       "image_mean": list(t.image_mean), "image_std": list(t.image_std),
                       "resize": "bilinear, scale = min(min_size / shorter side, max_size / longer side)",
                       "size_divisible": 32, "applied": "inside the exported graphs / module"},
-        "operating_points": {name: p.to_dict() for name, p in points.items()},
+        "operating_points": points,
         "default_point": default,
         "router_trained": ckpt.router is not None,
         "provenance": {"dynamicdet": __version__, "torch": str(torch.__version__),

@@ -2,6 +2,7 @@
 module against the PyTorch model, on a batch that mixes routes and image sizes; the CLI and its errors."""
 
 import importlib.util
+from types import SimpleNamespace
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -234,3 +235,22 @@ def test_the_onnx_example_reads_a_sixteen_bit_png_as_predict_does(tmp_path):
     want = load_rgb(path).float() / 65535
     assert read.shape == (3, 12, 16) and float(read.max()) > 0.8  # allclose below tells it from a clipped read (1.0 almost everywhere)
     np.testing.assert_allclose(read, want.numpy(), atol=1e-6)
+
+
+def test_an_export_without_a_stored_point_records_predicts_fallback(ckpt_and_model):
+    """predict routes a trained router with no stored point at 50% hard on the validation images;
+    the export writes that point down, so the ONNX example routes as predict does."""
+    from dynamicdet_cli.checkpoint.types import ValidationScores
+    from dynamicdet_cli.export.exporter import export_meta
+    from dynamicdet_cli.speed.routing import resolve_route
+    ckpt, _ = ckpt_and_model
+    scores = torch.linspace(0.1, 0.9, 9)
+    bare = replace(ckpt, operating_points={}, validation=ValidationScores(tuple(range(9)), scores))
+    meta = export_meta(bare)
+    tau, _ = resolve_route(bare)
+    assert meta["default_point"] == "default" and meta["operating_points"]["default"]["tau"] == pytest.approx(tau)
+    assert "50%" in meta["operating_points"]["default"]["note"]
+    example = _onnx_example().DynamicDetONNX
+    assert example.tau_for(SimpleNamespace(meta=meta)) == pytest.approx(tau)  # the example's default
+    assert export_meta(replace(bare, router=None))["default_point"] == "hard"
+    assert export_meta(ckpt)["operating_points"]["default"]["tau"] == 0.45  # a stored point stays as it is
