@@ -80,3 +80,16 @@ def coco_to_yolo(coco: Path, dest: Path, splits=("train", "val")) -> Path:
     text += "".join(f"  {i}: {n}\n" for i, n in names.items())
     (dest / "data.yaml").write_text(text)
     return dest / "data.yaml"
+
+
+def detector_keeping_everything(num_classes: int):
+    """recipes/shapes-tiny.yaml at 64 px with `num_classes` classes, seed 0, eval mode, keeping
+    every detection (an untrained model's scores are low): predict's tests compare its outputs."""
+    import torch
+
+    from dynamicdet_cli.config.recipe import load_recipe, with_overrides
+    from dynamicdet_cli.model.build import build_model
+    recipe = with_overrides(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "shapes-tiny.yaml"), [
+        "model.transform.min_size=64", "model.transform.max_size=64", "model.roi_heads.score_thresh=0.0"])
+    torch.manual_seed(0)
+    return build_model(recipe.model, num_classes=num_classes).eval()

@@ -15,28 +15,23 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from dynamicdet_cli.config.recipe import load_recipe, with_overrides
 from dynamicdet_cli.data.transforms import fit_image, fitted_size
 from dynamicdet_cli.evaluation.inference import run_both_routes
-from dynamicdet_cli.model.build import build_model
 from dynamicdet_cli.predict import predict, to_model_inputs
 from dynamicdet_cli.speed.timing_images import folder_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from test_loader_size import _photos  # noqa: E402
+from helpers import detector_keeping_everything  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
                                         "ignore:The image encoding:DeprecationWarning")
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def model():
-    """The tiny recipe at 64 px, keeping every detection (untrained scores are low)."""
-    recipe = with_overrides(load_recipe(REPO / "recipes" / "shapes-tiny.yaml"), [
-        "model.transform.min_size=64", "model.transform.max_size=64", "model.roi_heads.score_thresh=0.0"])
-    torch.manual_seed(0)
-    return build_model(recipe.model, num_classes=1).eval()
+    """The tiny recipe at 64 px, one class, keeping every detection (untrained scores are low)."""
+    return detector_keeping_everything(1)
 
 
 def _photo(h: int, w: int) -> torch.Tensor:

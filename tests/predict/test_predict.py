@@ -14,17 +14,15 @@ from torchvision.io import decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
 from dynamicdet_cli.core.errors import DynamicDetError
-from dynamicdet_cli.model.build import build_model
+from helpers import detector_keeping_everything
 from dynamicdet_cli.checkpoint.types import LatencyRecord
 from dynamicdet_cli.data.images import list_images
 from dynamicdet_cli.predict import CAPTION_HEIGHT, PredictSummary, predict, summary_table
-from dynamicdet_cli.config.recipe import load_recipe, with_overrides
 
 # torchvision 0.29 deprecates its image codecs (in favour of torchcodec) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
                                         "ignore:The image encoding:DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
 CAT_IDS = [3, 7, 9]  # not 1..3, so a label/category mix-up shows
 
@@ -32,10 +30,7 @@ CAT_IDS = [3, 7, 9]  # not 1..3, so a label/category mix-up shows
 @pytest.fixture(scope="module")
 def model():
     """The tiny recipe at 64 px, 3 classes, keeping every detection (untrained scores are low)."""
-    recipe = with_overrides(load_recipe(REPO / "recipes" / "shapes-tiny.yaml"), [
-        "model.transform.min_size=64", "model.transform.max_size=64", "model.roi_heads.score_thresh=0.0"])
-    torch.manual_seed(0)
-    return build_model(recipe.model, num_classes=3).eval()
+    return detector_keeping_everything(3)
 
 
 def _noise(h: int, w: int, seed: int) -> np.ndarray:
