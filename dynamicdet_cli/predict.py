@@ -433,10 +433,14 @@ def _render(image: Tensor, det: dict, class_names: list[str], path: Path) -> Pat
             canvas = draw_segmentation_masks(canvas, masks[:, 0], alpha=0.45, colors=colors)
         canvas = draw_bounding_boxes(canvas, boxes, labels=text, colors=colors, width=2, label_colors="white",
                                      label_background_colors=colors, fill_labels=True)  # white on the class colour: legible on any image
-    font = ImageFont.load_default(size=CAPTION_HEIGHT * 2 // 3)
+    text = f"{det['route']} route   phi {det['difficulty']:.3f}"
+    size = CAPTION_HEIGHT * 2 // 3
+    font = ImageFont.load_default(size=size)
+    while size > 6 and font.getlength(text) > canvas.shape[-1] - 12:  # a narrow image: a smaller font, not a cut caption
+        size -= 1
+        font = ImageFont.load_default(size=size)
     strip = Image.new("RGB", (canvas.shape[-1], CAPTION_HEIGHT), "#202020")
-    ImageDraw.Draw(strip).text((6, CAPTION_HEIGHT // 2), f"{det['route']} route   phi {det['difficulty']:.3f}",
-                               fill="white", font=font, anchor="lm")
+    ImageDraw.Draw(strip).text((6, CAPTION_HEIGHT // 2), text, fill="white", font=font, anchor="lm")
     caption = F.pil_to_tensor(strip)  # 3,CAPTION_HEIGHT,W' uint8
     with atomic_path(path) as tmp:
         write_png(torch.cat([caption, canvas], dim=1), str(tmp))

@@ -113,6 +113,18 @@ def test_a_small_image_renders_large_with_a_caption(model, tmp_path):
     assert not torch.equal(drawn["easy"][:, :CAPTION_HEIGHT], drawn["hard"][:, :CAPTION_HEIGHT])
 
 
+def test_a_narrow_images_caption_fits_its_width(model, tmp_path):
+    """A 25x100 image renders 128 px wide: the caption's text shrinks to fit, so its last
+    columns are the strip's plain background, not text cut at the edge."""
+    Image.fromarray(_noise(100, 25, 4)).save(tmp_path / "thin.png")
+    _run(model, [tmp_path / "thin.png"], tmp_path / "out", conf=1.0)
+    caption = decode_png(read_file(str(tmp_path / "out" / "render" / "thin.png")))[:, :CAPTION_HEIGHT]
+    assert caption.shape[-1] == 128
+    background = torch.tensor([0x20, 0x20, 0x20], dtype=torch.uint8)[:, None, None]
+    assert torch.equal(caption[:, :, -4:], background.expand(3, CAPTION_HEIGHT, 4))
+    assert len(torch.unique(caption.reshape(3, -1), dim=1).T) > 10  # still text
+
+
 def test_boxes_scale_with_the_render(model, tmp_path):
     """A detection at the top-left quarter of a 64 px image is drawn in that quarter of the
     512 px render: its box colour shows there and nowhere in the bottom-right quarter."""
