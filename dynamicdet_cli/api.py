@@ -245,7 +245,10 @@ class DynamicDet:
         FloatTensor[N, 4] x1y1x2y2 in the image's pixels, labels Int64Tensor[N] (1-based:
         classes[l - 1]), scores FloatTensor[N], masks FloatTensor[N, 1, H, W] for segmenting
         families), plus route ("easy" / "hard") and difficulty (the router's score phi).
-        Detections scoring below `conf` are left out. An unreadable file is a DynamicDetError."""
+        `images`: file paths, PIL images or 3,H,W RGB tensors (uint8, uint16, or float in [0, 1]);
+        one larger than the model's input is scaled down to it first (predict.to_model_inputs).
+        Detections scoring below `conf` are left out. An unreadable file, or an image the
+        network would misread, is a DynamicDetError."""
         check_options(batch_size, conf)
         batch = _as_list(images)
         chosen = self.route(latency=latency, point=point, hard_ratio=hard_ratio, threshold=threshold, hold=hold,
