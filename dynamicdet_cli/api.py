@@ -39,7 +39,7 @@ from dynamicdet_cli.config.recipe import Recipe
 from dynamicdet_cli.core import allocator
 from dynamicdet_cli.core.atomic import write_json
 from dynamicdet_cli.core.errors import DynamicDetError
-from dynamicdet_cli.data.coco import BadImage, CocoDataset, load_rgb, pil_to_rgb
+from dynamicdet_cli.data.coco import BadImage, CocoDataset, class_mismatch, load_rgb, pil_to_rgb
 from dynamicdet_cli.data.open import open_dataset, resolve_data
 from dynamicdet_cli.evaluation import evaluate as evaluation
 from dynamicdet_cli.model.build import needs_masks
@@ -306,9 +306,9 @@ class DynamicDet:
             raise DynamicDetError(f"{data}: no val_ann / val_images to evaluate on")
         dataset = open_dataset(dc.val_ann, dc.val_images, False, None, skip_bad_images,
                                masks=needs_masks(self.checkpoint.family))
-        if tuple(dataset.classes) != self.classes:
-            raise DynamicDetError(f"the data's classes {dataset.classes[:5]} differ from the checkpoint's "
-                                  f"{list(self.classes[:5])}")
+        problem = class_mismatch(dataset.classes, self.classes, "data", "checkpoint")
+        if problem:
+            raise DynamicDetError(problem)
         return dataset
 
     def evaluate(self, data: str | Path | None = None, *, val_ann: Path | None = None, val_images: Path | None = None,

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,26 @@ from dynamicdet_cli.core.stats import held_out
 
 SKIP_HINT = "fix or remove it, or skip bad images with --skip-bad-images"
 _REPORTED_SKIPS: set[Path] = set()  # images skipped on reading, already reported by this process
+
+
+def class_mismatch(data: Sequence[str], reference: Sequence[str], what: str, against: str) -> str | None:
+    """None when two class lists are equal, else one line saying how `what`'s classes differ from
+    `against`'s. Classes are the categories' names in category-id order, so two annotation files
+    agree only with the same names under ids in the same order."""
+    data, reference = [str(c) for c in data], [str(c) for c in reference]
+    if data == reference:
+        return None
+    extra = [c for c in data if c not in reference]
+    missing = [c for c in reference if c not in data]
+    if extra or missing:
+        detail = (f"{len(data)} against {len(reference)}"
+                  + (f"; only in the {what}: {', '.join(extra[:5])}" if extra else "")
+                  + (f"; only in the {against}: {', '.join(missing[:5])}" if missing else ""))
+    else:
+        i = next(k for k, (a, b) in enumerate(zip(data, reference)) if a != b)
+        detail = f"the same names in another category-id order ({data[i]!r} where the {against} has {reference[i]!r})"
+    return (f"the {what}'s classes differ from the {against}'s: {detail}; give it the categories the "
+            "detectors were trained on, with the same names in the same id order")
 
 
 class BadImage(Exception):
@@ -181,11 +201,13 @@ class CocoDataset(torch.utils.data.Dataset):
     def _check_images(self, ids: list[int]) -> list[int]:
         """Fail early on missing files; with skip_bad_images also verify and drop bad ones."""
         if not self.skip_bad_images:
-            missing = [self.image_path_of(i) for i in ids if not self.image_path_of(i).is_file()]
+            missing = [i for i in ids if not self.image_path_of(i).is_file()]
             if missing:
+                first = self.coco.imgs[missing[0]]["file_name"]
+                slashes = "; its file_name has Windows backslashes: write / between folders" if "\\" in first else ""
                 raise DynamicDetError(
                     f"{self.ann_file.name}: {len(missing)} image file(s) missing, e.g. "
-                    f"{missing[0]}; {SKIP_HINT}"
+                    f"{self.image_path_of(missing[0])}{slashes}; {SKIP_HINT}"
                 )
             return ids
         kept = []
@@ -231,9 +253,12 @@ class CocoDataset(torch.utils.data.Dataset):
         try:
             image = load_rgb(path)  # 3,H,W uint8 or uint16
             if tuple(image.shape[-2:]) != (info["height"], info["width"]):
+                turned = tuple(image.shape[-2:]) == (info["width"], info["height"])
                 raise BadImage(
                     f"image is {image.shape[-1]}x{image.shape[-2]} but "
                     f"{self.ann_file.name} says {info['width']}x{info['height']}"
+                    + (" (width and height swapped: where an EXIF orientation tag turns the image, the "
+                       "annotations must give its size, and its boxes, as it is shown)" if turned else "")
                 )
         except BadImage as err:
             if self.skip_bad_images:

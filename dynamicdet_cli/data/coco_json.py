@@ -58,12 +58,23 @@ def check_coco(data: dict, name: str) -> None:
     _unique_ids(data["annotations"], "annotation", name)  # a repeated id makes COCOeval count one object twice
     if not cat_ids:
         raise DynamicDetError(f"{name}: 'categories' is empty")
+    files: dict[str, Any] = {}
     for img in data["images"]:
+        for k in ("width", "height"):  # some exporters write 640.0: a whole number all the same
+            if isinstance(img[k], float) and img[k].is_integer():
+                img[k] = int(img[k])
         if not all(_is_int(img[k]) and img[k] > 0 for k in ("width", "height")):
-            raise DynamicDetError(f"{name}: image id {img['id']} has no positive integer width/height")
+            raise DynamicDetError(f"{name}: image id {img['id']} has no positive whole-number width/height "
+                                  f"(width {img['width']!r}, height {img['height']!r})")
         if not isinstance(img["file_name"], str) or not img["file_name"].strip():
             raise DynamicDetError(f"{name}: image id {img['id']} has file_name {img['file_name']!r}; "
                                   "expected the image's path (a non-empty string)")
+        files.setdefault(img["file_name"], []).append(img["id"])
+    twice = {f: ids for f, ids in files.items() if len(ids) > 1}
+    if twice:  # merged exports: the image would be evaluated (or trained on) once per id
+        f, ids = next(iter(twice.items()))
+        warn(f"{name}: {len(twice)} file(s) listed under more than one image id, e.g. {f} as ids "
+             f"{', '.join(map(str, ids[:4]))}: each id counts as an image of its own")
     for ann in data["annotations"]:
         if ann["image_id"] not in image_ids:
             raise DynamicDetError(

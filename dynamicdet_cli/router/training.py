@@ -24,6 +24,7 @@ import torch
 from dynamicdet_cli.checkpoint.store import first_non_finite, model_from_checkpoint, router_state
 from dynamicdet_cli.checkpoint.types import Checkpoint, ValidationScores
 from dynamicdet_cli.config.recipe import parse_override, with_overrides
+from dynamicdet_cli.data.coco import class_mismatch
 from dynamicdet_cli.data.config import DataConfig
 from dynamicdet_cli.data.open import open_splits
 from dynamicdet_cli.data.transforms import Transform, build_transforms
@@ -47,13 +48,9 @@ def _check_inputs(ckpt: Checkpoint, datasets: dict) -> None:
         if ds is not None and needs_masks(family) and not ds.masks:
             raise DynamicDetError(f"the {name} data was opened without instance masks, but the detectors "
                                   f"({family}) need them for their losses: open it with masks=True")
-        if ds is not None and list(ds.classes) != list(ckpt.classes):
-            raise DynamicDetError(f"the {name} data's classes {_brief(ds.classes)} differ from the checkpoint's "
-                                  f"{_brief(list(ckpt.classes))}; use the data the detectors were trained on")
-
-
-def _brief(names: list[str], n: int = 5) -> str:
-    return "[" + ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "") + "]"
+        problem = class_mismatch(ds.classes, ckpt.classes, f"{name} data", "checkpoint") if ds is not None else None
+        if problem:
+            raise DynamicDetError(problem)
 
 
 def view_augmentation(ckpt: Checkpoint) -> Transform:

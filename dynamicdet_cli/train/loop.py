@@ -46,7 +46,7 @@ from dynamicdet_cli.core.atomic import atomic_path, locked, write_text
 from dynamicdet_cli.core.cpus import is_rank_zero, loader_workers
 from dynamicdet_cli.checkpoint.store import first_non_finite, new_checkpoint, save_checkpoint
 from dynamicdet_cli.checkpoint.types import TrainingRecord
-from dynamicdet_cli.data.coco import CocoDataset, collate
+from dynamicdet_cli.data.coco import CocoDataset, class_mismatch, collate
 from dynamicdet_cli.data.mosaic import Mosaic
 from dynamicdet_cli.train.ema import WeightAverage, ema_decay_at
 from dynamicdet_cli.train.distributed import (Dist, evaluation_threads, init_distributed, mean_over_processes,
@@ -431,6 +431,10 @@ def train_detectors(recipe: Recipe, train_set: CocoDataset, val_set: CocoDataset
         held = ", ".join(name for name in RUN_FILES if (run / name).exists())
         raise DynamicDetError(f"{run} already holds a run ({held}); continue it with --resume, replace it with "
                               "--force, or choose another --out")
+    problem = class_mismatch(val_set.classes, train_set.classes, "validation data", "training data") \
+        if val_set is not None else None
+    if problem:  # its AP would score labels as other categories, or stop the run at its first evaluation
+        raise DynamicDetError(problem)
     recipe = with_overrides(recipe, [f"model.num_classes={train_set.num_classes}"])
     for name, ds in (("training", train_set), ("validation", val_set)):
         if ds is not None and needs_masks(recipe.model.family) and not ds.masks:

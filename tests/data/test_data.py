@@ -307,3 +307,31 @@ def test_no_warning_on_clean_data(one_image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CocoDataset(write_coco(one_image, [(1, "a.png")], anns), one_image)
+
+
+def test_real_exports_quirks_are_read_or_named(tmp_path):
+    """640.0 as a width is a whole number; a file under two ids is warned of; a Windows path and a
+    turned image are named as the cause, not only as a missing file or a size mismatch."""
+    from dynamicdet_cli.core.errors import set_warning_sink
+    save_rgb(tmp_path / "a.png")
+    path = write_coco(tmp_path, [(1, "a.png"), (2, "a.png")], [])
+    data = json.loads(path.read_text())
+    data["images"][0]["width"] = float(W)
+    path.write_text(json.dumps(data))
+    said = []
+    set_warning_sink(said.append)
+    try:
+        ds = CocoDataset(path, tmp_path)
+    finally:
+        set_warning_sink(None)
+    assert ds.image_ids == [1, 2] and tuple(ds[0][0].shape) == (3, H, W)
+    assert said == ["ann.json: 1 file(s) listed under more than one image id, e.g. a.png as ids 1, 2: each id "
+                    "counts as an image of its own"]
+    (tmp_path / "sub").mkdir()
+    save_rgb(tmp_path / "sub" / "b.png")
+    with pytest.raises(DynamicDetError, match="Windows backslashes: write / between folders"):
+        CocoDataset(write_coco(tmp_path, [(1, "sub\\b.png")], [], name="win.json"), tmp_path)
+    Image.new("RGB", (H, W)).save(tmp_path / "turned.png")  # 16x20 where the file says 20x16
+    turned = CocoDataset(write_coco(tmp_path, [(1, "turned.png")], [], name="turned.json"), tmp_path)
+    with pytest.raises(DynamicDetError, match="width and height swapped: where an EXIF orientation tag"):
+        turned[0]

@@ -72,8 +72,18 @@ def test_untrained_checkpoint_is_refused(shapes, trained_ckpt):
 def test_other_classes_are_refused(shapes, trained_ckpt):
     train_set, val_set = shapes
     other = replace(trained_ckpt, classes=("cat", "dog", "bird", "fish", "cow"))
-    with pytest.raises(DynamicDetError, match=r"classes \[circle.*differ.*\[cat, dog"):
+    with pytest.raises(DynamicDetError, match=r"classes differ from the checkpoint's: 5 against 5; only in "
+                                              r"the training data: circle.*; only in the checkpoint: cat, dog"):
         train_router_checkpoint(other, train_set, val_set, FAST, "cpu", show_progress=False)
+
+
+def test_class_mismatches_say_what_differs():
+    from dynamicdet_cli.data.coco import class_mismatch
+    assert class_mismatch(["a", "b"], ("a", "b"), "data", "checkpoint") is None
+    more = class_mismatch(["a", "b", "c", "d", "e", "unused"], ["a", "b", "c", "d", "e"], "data", "checkpoint")
+    assert "6 against 5; only in the data: unused" in more  # not two lists that print alike
+    swapped = class_mismatch(["b", "a"], ["a", "b"], "validation data", "training data")
+    assert "the same names in another category-id order ('b' where the training data has 'a')" in swapped
 
 
 def test_missing_validation_set_is_refused(shapes, trained_ckpt):

@@ -481,3 +481,21 @@ def test_the_start_line_says_where_and_how_the_run_trains(one_thread):
         "training on cpu (1 thread): batch 8, float32, 3 epoch(s) of 10 steps"
     assert start_line(cpu, Dist(0, 2, 0), cfg, 5, amp=True, start_epoch=1) == \
         "training on cpu (1 thread each), 2 processes: batch 8 (4 per process), bfloat16, epochs 2-3 of 5 steps"
+
+
+def test_validation_data_with_other_categories_is_refused_before_training(data, tmp_path):
+    """Val categories numbered otherwise would score every label as another class (and best.pt be
+    picked on that); one missing would stop the run at its first evaluation, nothing saved."""
+    coco = json.loads((data / "val.json").read_text())
+    reversed_ids = {c["id"]: len(coco["categories"]) + 1 - c["id"] for c in coco["categories"]}
+    coco["categories"] = [dict(c, id=reversed_ids[c["id"]]) for c in coco["categories"]]
+    for ann in coco["annotations"]:
+        ann["category_id"] = reversed_ids[ann["category_id"]]
+    (tmp_path / "val_other_ids.json").write_text(json.dumps(coco))
+    out = tmp_path / "run"
+    refused = cli("train-detectors", TINY, "--train-ann", data / "train.json", "--train-images", data / "train",
+                  "--val-ann", tmp_path / "val_other_ids.json", "--val-images", data / "val", "--out", out,
+                  "--no-progress", *FAST_SETS)
+    one_error_line(refused, "the validation data's classes differ from the training data's",
+                   "another category-id order")
+    assert not out.exists()
