@@ -237,7 +237,7 @@ def test_user_text_is_never_read_as_markup(run, world, tmp_path):
     coco["categories"][0]["name"] = "[b]disc"
     (data / "val.json").write_text(json.dumps(coco))
     run.fails(["evaluate", world["fresh"], "--data", data / "data.yaml", "--no-progress"],
-              "classes ['[b]disc'", inputs=[data, world["fresh"]])
+              "only in the data: [b]disc", inputs=[data, world["fresh"]])
 
 
 # ----------------------------------------------------------------------------- class 5
