@@ -382,7 +382,8 @@ def _decoded(image: ImageInput) -> Tensor:
         raise DynamicDetError(f"an image has no pixels: shape {list(image.shape)}")
     if image.dtype not in (torch.uint8, torch.uint16) and not image.is_floating_point():
         raise DynamicDetError(f"an image tensor must be uint8 (0-255), uint16 or float in [0, 1], got {image.dtype}")
-    if image.is_floating_point() and float(image.max()) > 1.0:
+    top = float(image.max()) if image.is_floating_point() else 0.0
+    if top > 1.0:
         raise DynamicDetError(f"a float image tensor must hold values in [0, 1], this one reaches "
-                              f"{float(image.max()):g} (divide by 255, or pass it as uint8)")
+                              f"{top:g} (divide by 255, or pass it as uint8)")
     return image

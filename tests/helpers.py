@@ -93,3 +93,35 @@ def detector_keeping_everything(num_classes: int):
         "model.transform.min_size=64", "model.transform.max_size=64", "model.roi_heads.score_thresh=0.0"])
     torch.manual_seed(0)
     return build_model(recipe.model, num_classes=num_classes).eval()
+
+
+PHOTO_COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)]
+
+
+def coco_photos(tmp_path: Path, sizes, masks: bool = False) -> "CocoDataset":  # noqa: F821
+    """One PNG per (width, height): a textured gray field with one rectangle of its own colour
+    (a quarter of each side, at a third of the way in), boxed (and masked) in a COCO file."""
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_util
+
+    from dynamicdet_cli.data import CocoDataset, build_transforms
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes):
+        pixels = (100 + rng.integers(0, 40, (h, w, 3))).astype(np.uint8)
+        x, y, bw, bh = w // 3, h // 3, w // 4, h // 4
+        pixels[y:y + bh, x:x + bw] = PHOTO_COLOURS[i % 4]
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
+        ann = {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [x, y, bw, bh], "iscrowd": 0,
+               "area": bw * bh}
+        if masks:
+            m = np.zeros((h, w), dtype=np.uint8)
+            m[y:y + bh, x:x + bw] = 1
+            rle = mask_util.encode(np.asfortranarray(m))
+            ann["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        anns.append(ann)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    return CocoDataset(path, tmp_path, transforms=build_transforms(False), masks=masks)

@@ -4,18 +4,18 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from dynamicdet_cli.core.errors import DynamicDetError
+from dynamicdet_cli.core.errors import DynamicDetError, warn
+
+# What a folder contributes: YOLO data's image folders (data/yolo.py) and predict's folders alike.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 
 
 def list_images(inputs: list[str]) -> list[Path]:
-    """Files named by `inputs`: folders (their image files by suffix, IMAGE_SUFFIXES as YOLO
-    data reads them, sorted; not their subfolders, which a warning counts: an output folder
+    """Files named by `inputs`: folders (their image files by suffix, IMAGE_SUFFIXES,
+    sorted; not their subfolders, which a warning counts: an output folder
     inside the input one must not be read back), files, or glob patterns (sorted matches).
     Input order is kept and duplicates are dropped. Hidden files in folders are left out.
     Whether a named file or a pattern's match is an image is decided later, when it is read."""
-    from dynamicdet_cli.core.errors import warn
-    from dynamicdet_cli.data.yolo import IMAGE_SUFFIXES
-
     found: dict[Path, None] = {}  # ordered set
     for item in inputs:
         path = Path(item).expanduser()

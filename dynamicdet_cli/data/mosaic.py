@@ -12,8 +12,9 @@ per epoch, so a resumed epoch draws the same mosaics.
 
 Each of the four is read as its file holds it, scaled to its quarter (side S/2) while still
 uint8, and only then converted and augmented (flip, photometric distortion, ...), so the
-augmentations work on a quarter of the pixels: the hue change's colour conversions alone took
-58% of a mosaic's time when they ran on the full images (docs/benchmarks.md, Data loading). S is the longest side of the four
+augmentations work on a quarter of the pixels: the hue change's colour conversions took most of
+a mosaic's time when they ran on the full images (figures: docs/benchmarks.md, Data loading).
+S is the longest side of the four
 as the dataset reads them (CocoDataset.fit_to: at most the model's input size).
 """
 

@@ -58,8 +58,8 @@ def _labels(inputs: Any) -> torch.Tensor:
 
 def model_scale(height: int, width: int, short: int, long: int) -> float:
     """The factor by which the model's transform (model/transform.py) scales an image of this
-    size in training at its largest: the short side to `short` (the largest of
-    model.transform.min_size) unless the long side would pass `long` (max_size)."""
+    size to (`short`, `long`): the short side to `short` unless the long side would pass `long`
+    (training at its largest: max(min_size), max_size; inference: min_size[-1], max_size)."""
     return min(short / min(height, width), long / max(height, width))
 
 

@@ -31,10 +31,10 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from dynamicdet_cli.data.coco import TURNED, SKIP_HINT
 from dynamicdet_cli.data.config import DataConfig
+from dynamicdet_cli.data.images import IMAGE_SUFFIXES
 from dynamicdet_cli.core.errors import DynamicDetError
 
 # What Pillow or torchvision decode among Ultralytics' image suffixes.
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 _SPLITS = ("train", "val", "router")
 # Ultralytics keys that do not concern detection here: accepted and not used (a `download`
 # script is never run).

@@ -44,9 +44,9 @@ def own_shape_groups(images: ImageList, size_divisible: int) -> list[tuple[list[
 
     A convolution near an image's border reads the padding beside it, and in a batch padded to
     a larger batch-mate that padding is wider than the image's own: deep features inside the
-    image, and so the router's phi, would depend on which images share the batch (measured on
-    a trained model: phi 0.600 alone, 0.687 beside taller images). Each group's crop holds its
-    images exactly as a batch of that image alone would (the transform pads with zeros).
+    image, and so the router's phi, would depend on which images share the batch (how much:
+    docs/benchmarks.md, Batches of mixed shapes). Each group's crop holds its images exactly as
+    a batch of that image alone would (the transform pads with zeros).
     """
     batch_shape = tuple(images.tensors.shape[-2:])
     d = size_divisible
@@ -58,6 +58,16 @@ def own_shape_groups(images: ImageList, size_divisible: int) -> list[tuple[list[
         groups.setdefault(shape, []).append(i)
     return [(index, ImageList(images.tensors[index, :, :h, :w], [images.image_sizes[i] for i in index]))
             for (h, w), index in groups.items()]
+
+
+def in_input_order(groups: list[tuple[list[int], Tensor]], n: int) -> Tensor:
+    """Per-image values (phi) of a batch's shape groups, [(indices, values)], back in input order. n"""
+    if len(groups) == 1:
+        return groups[0][1]
+    out = groups[0][1].new_zeros(n)
+    for index, values in groups:
+        out[index] = values
+    return out
 
 
 class DynamicDetector(nn.Module):
@@ -239,10 +249,10 @@ class DynamicDetector(nn.Module):
         image_list, _, original_sizes = self.prepare(images, original_sizes=original_sizes)
         easy: list[dict] = [{} for _ in images]
         hard: list[dict] = [{} for _ in images]
-        phi = image_list.tensors.new_zeros(len(images))
+        phis = []
         for group_index, group in self.shape_groups(image_list):
             feats1 = self.backbone1(group.tensors)
-            phi[group_index] = self.difficulty(feats1, group).to(phi.dtype)
+            phis.append((group_index, self.difficulty(feats1, group)))
             sizes = [original_sizes[i] for i in group_index]
             dets1, _ = self.head1(group, feats1)
             dets2, _ = self.head2(group, self.second_backbone(group.tensors, feats1))
@@ -250,7 +260,7 @@ class DynamicDetector(nn.Module):
             dets2 = self.transform.postprocess(dets2, group.image_sizes, sizes)
             for i, d1, d2 in zip(group_index, dets1, dets2):
                 easy[i], hard[i] = d1, d2
-        return easy, hard, phi
+        return easy, hard, in_input_order(phis, len(images))
 
     @staticmethod
     def split_by_route(phi: Tensor, route: Route) -> tuple[list[int], list[int]]:

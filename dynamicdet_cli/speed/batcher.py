@@ -58,6 +58,7 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
 from dynamicdet_cli.core import allocator
+from dynamicdet_cli.model.detector import in_input_order
 from dynamicdet_cli.speed.hold import LatencyHold
 
 
@@ -114,16 +115,6 @@ class _Waiting:
                         [s for p in parts for s in p.image_sizes], [s for p in parts for s in p.original_sizes],
                         torch.cat([p.phi for p in parts]), [m for p in parts for m in p.ms],
                         [w for p in parts for w in p.warmup])
-
-
-def _in_input_order(groups: list[tuple[list[int], Tensor]], n: int) -> Tensor:
-    """The scores of an input batch's shape groups, back in input order. n"""
-    if len(groups) == 1:
-        return groups[0][1]
-    phi = groups[0][1].new_zeros(n)
-    for index, scores in groups:
-        phi[index] = scores
-    return phi
 
 
 def _no_pixels(tensors: Tensor, n: int) -> Tensor:
@@ -196,7 +187,7 @@ class RouteBatcher:
                     stored.append(part.take(index) if len(index) < len(batch) else part)
                     self.waiting.setdefault((name, shape), []).append(stored[-1])
                     ready.append((name, shape))
-        self.last_phi = _in_input_order(phis, len(images))
+        self.last_phi = in_input_order(phis, len(images))
         sync()
         share = 1000.0 * (time.perf_counter() - start) / len(images)
         for part in stored:

@@ -2,53 +2,22 @@
 mosaic scales its four images to their quarters before augmenting them (data/mosaic.py): what
 the model trains on must stay what it was, only cheaper to make."""
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools import mask as mask_util
 
-from dynamicdet_cli.data import CocoDataset, build_transforms
+from dynamicdet_cli.data import build_transforms
 from dynamicdet_cli.data.mosaic import Mosaic
 from dynamicdet_cli.model.transform import Transform
+from helpers import PHOTO_COLOURS, coco_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-
-COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)]
-
-
-def _photos(tmp_path: Path, sizes, masks: bool = False) -> CocoDataset:
-    """One PNG per (width, height): a textured gray field with one rectangle of its own colour
-    (a quarter of each side, at a third of the way in), boxed (and masked) in a COCO file."""
-    rng = np.random.default_rng(0)
-    images, anns = [], []
-    for i, (w, h) in enumerate(sizes):
-        pixels = (100 + rng.integers(0, 40, (h, w, 3))).astype(np.uint8)
-        x, y, bw, bh = w // 3, h // 3, w // 4, h // 4
-        pixels[y:y + bh, x:x + bw] = COLOURS[i % 4]
-        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h})
-        ann = {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [x, y, bw, bh], "iscrowd": 0,
-               "area": bw * bh}
-        if masks:
-            m = np.zeros((h, w), dtype=np.uint8)
-            m[y:y + bh, x:x + bw] = 1
-            rle = mask_util.encode(np.asfortranarray(m))
-            ann["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-        anns.append(ann)
-    path = tmp_path / "ann.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
-    return CocoDataset(path, tmp_path, transforms=build_transforms(False), masks=masks)
 
 
 def test_an_image_larger_than_the_model_input_is_read_at_that_size(tmp_path):
     """A 320x240 photo under a model input of short 120 / long 160 is read at 160x120, boxes
     scaled with it, and the model's transform then makes of it what it makes of the full photo
     (the same interpolation: within one uint8 step), so training sees the same input."""
-    data = _photos(tmp_path, [(320, 240)])
+    data = coco_photos(tmp_path, [(320, 240)])
     image, target = data[0]
     fitted = data.fit_to(120, 160)
     small, small_target = fitted[0]
@@ -65,7 +34,7 @@ def test_an_image_larger_than_the_model_input_is_read_at_that_size(tmp_path):
 
 
 def test_smaller_images_are_read_as_they_are(tmp_path):
-    data = _photos(tmp_path, [(64, 48)])
+    data = coco_photos(tmp_path, [(64, 48)])
     fitted = data.fit_to(800, 1333)
     assert torch.equal(data[0][0], fitted[0][0])
     assert torch.equal(data[0][1]["boxes"], fitted[0][1]["boxes"])
@@ -73,7 +42,7 @@ def test_smaller_images_are_read_as_they_are(tmp_path):
 
 
 def test_masks_are_read_at_the_image_size(tmp_path):
-    data = _photos(tmp_path, [(96, 64)], masks=True).fit_to(32, 48)
+    data = coco_photos(tmp_path, [(96, 64)], masks=True).fit_to(32, 48)
     image, target = data[0]
     assert tuple(image.shape[-2:]) == (32, 48) and tuple(target["masks"].shape) == (1, 32, 48)
     x1, y1, x2, y2 = target["boxes"][0].round().int().tolist()
@@ -84,7 +53,7 @@ def test_masks_are_read_at_the_image_size(tmp_path):
 def test_a_mosaic_of_large_photos_is_made_at_the_model_input_size(tmp_path):
     """Four photos of different sizes, each larger than the model's input: the mosaic is the input
     size (the longest fitted side), and every box it keeps frames its own rectangle's colour."""
-    data = _photos(tmp_path, [(400, 300), (300, 400), (360, 360), (480, 240)]).fit_to(96, 96)
+    data = coco_photos(tmp_path, [(400, 300), (300, 400), (360, 360), (480, 240)]).fit_to(96, 96)
     data.transforms = build_transforms(True, hflip=0.5, photometric=0.0)
     mosaics = Mosaic(data, prob=1.0)
     torch.manual_seed(0)
@@ -99,14 +68,14 @@ def test_a_mosaic_of_large_photos_is_made_at_the_model_input_size(tmp_path):
                 if (x2 - x1) < 4 or (y2 - y1) < 4:
                     continue  # cut to a sliver by its quadrant
                 inside = image[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1].reshape(3, -1).mean(1) * 255
-                assert min(((inside - torch.tensor(c, dtype=torch.float32)).abs().max()) for c in COLOURS) < 12
+                assert min(((inside - torch.tensor(c, dtype=torch.float32)).abs().max()) for c in PHOTO_COLOURS) < 12
                 seen += 1
     assert seen >= 6
 
 
 def test_a_mosaic_draws_the_same_for_the_same_seed(tmp_path):
     """Resume replays an epoch from its seed: the mosaic draws only from torch's generator."""
-    data = _photos(tmp_path, [(80, 60)] * 4).fit_to(32, 48)
+    data = coco_photos(tmp_path, [(80, 60)] * 4).fit_to(32, 48)
     data.transforms = build_transforms(True, hflip=0.5, photometric=1.0)
     mosaics = Mosaic(data, prob=0.7)
     torch.manual_seed(3)

@@ -6,8 +6,6 @@ it made of the whole image (within one uint8 step); its boxes stay in the file's
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +18,7 @@ from dynamicdet_cli.evaluation.inference import run_both_routes
 from dynamicdet_cli.predict import predict, to_model_inputs
 from dynamicdet_cli.speed.timing_images import folder_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from test_loader_size import _photos  # noqa: E402
-from helpers import detector_keeping_everything  # noqa: E402
+from helpers import coco_photos, detector_keeping_everything
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
                                         "ignore:The image encoding:DeprecationWarning")
@@ -88,7 +84,7 @@ def test_predict_reads_a_large_photo_at_the_model_size_and_reports_the_files_pix
 
 
 def test_evaluation_reads_at_the_model_size_and_compares_in_the_annotations_pixels(model, tmp_path, monkeypatch):
-    data = _photos(tmp_path, [(320, 240), (48, 32)])
+    data = coco_photos(tmp_path, [(320, 240), (48, 32)])
     seen = _prepared_inputs(model, monkeypatch)
     routes = run_both_routes(model, data, torch.device("cpu"), batch_size=2, show_progress=False)
     assert seen == [[(3, 48, 64), (3, 32, 48)]]  # the photo read at 48x64, the small image as it is
