@@ -140,7 +140,7 @@ NEEDS = {"env": 0, "data": 30, "cuda_tests": 30, "train": 90, "loader": 15, "eas
          "calibrate": 90, "yolo": 20, "yolo_family": 20, "shape_groups": 20,
          "suite": 30}
 CAPS = {"env": 30, "data": 90, "cuda_tests": 90, "train": 200, "loader": 45, "easy_route": 90, "route_sync": 60,
-        "calibrate": 180, "yolo": 60, "yolo_family": 60,
+        "calibrate": 180, "yolo": 60, "yolo_family": 60, "shape_groups": 60,
         "suite": 600}
 
 
