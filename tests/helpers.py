@@ -125,3 +125,10 @@ def coco_photos(tmp_path: Path, sizes, masks: bool = False) -> "CocoDataset":  #
     path = tmp_path / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
     return CocoDataset(path, tmp_path, transforms=build_transforms(False), masks=masks)
+
+
+def repo_pythonpath(repo: Path) -> str:
+    """PYTHONPATH for a subprocess that imports the package from `repo`: the repository first,
+    then whatever the caller's PYTHONPATH held (on the GPU machine, where pycocotools is)."""
+    import os
+    return os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)

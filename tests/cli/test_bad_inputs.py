@@ -34,6 +34,7 @@ from dynamicdet_cli.checkpoint.store import (load_checkpoint, new_checkpoint, re
 from dynamicdet_cli.checkpoint.types import ValidationScores
 from dynamicdet_cli.data.shapes import CLASSES, make_shapes
 from dynamicdet_cli.model.build import build_model
+from helpers import repo_pythonpath
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning",
@@ -387,7 +388,7 @@ def test_option_errors_are_one_line_and_version(run, world, tmp_path):
 
 
 def test_only_rank_0_prints(world, tmp_path):
-    env = {**os.environ, "RANK": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "RANK": "1", "PYTHONPATH": repo_pythonpath(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "dynamicdet_cli", "make-shapes", str(tmp_path / "s"), "--train", "1",
                            "--val", "1", "--size", "32"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -410,7 +411,7 @@ def test_kill_9_during_training_loses_at_most_one_epoch(world, tmp_path):
     """A run killed with SIGKILL (no cleanup at all) resumes from its last complete epoch,
     and its files all read: no torn metrics line, checkpoints that pass their checksum."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(REPO), "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "dynamicdet_cli", "train-detectors"]
     args = ["--out", str(out), "--no-progress"]
     epochs = 4

@@ -18,6 +18,7 @@ import torch
 
 from dynamicdet_cli.data.shapes import make_shapes
 from dynamicdet_cli.config.recipe import load_recipe
+from helpers import repo_pythonpath
 from test_bad_inputs import FAST, FAST_SETS, TINY, Cli, _checkpoint, _damaged
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -160,7 +161,7 @@ def _cli_process(*args):
     import os
     import subprocess
     import sys
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "dynamicdet_cli", *[str(a) for a in args]], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -451,4 +452,4 @@ def test_examples_and_readme_snippets_are_part_of_the_product(world, tmp_path):
 
 def _env() -> dict:
     import os
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": repo_pythonpath(REPO), "OMP_NUM_THREADS": "1"}
